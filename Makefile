@@ -1,0 +1,38 @@
+# Set-up, demo and tests. `make demo` and `make test` work on a fresh Debian/Ubuntu machine.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+PYTEST_ARGS ?=
+
+.PHONY: setup data demo test lint clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+# Fashion-MNIST from Debian's package where apt is available; digits always works without it.
+data:
+	@if [ -f $(FMNIST) ]; then echo "Fashion-MNIST: $(dir $(FMNIST))"; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+		(apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1 || \
+		 (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist)) && echo "Fashion-MNIST installed"; \
+	elif command -v sudo >/dev/null 2>&1; then sudo apt-get install -y dataset-fashion-mnist; \
+	else echo "Fashion-MNIST missing: install dataset-fashion-mnist or set FEDLAYER_DATA"; fi
+
+demo: setup data
+	$(BIN)/fedlayer run simulations/demo.toml
+
+test: setup data
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: setup
+	$(BIN)/ruff check fedlayer strategies tests
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,258 @@
+"""Interpolation curves: loss and error along every group's path, on both bases, as one table.
+
+Columns of the curves table (one row per group, base, direction and alpha):
+  group      readable group name ("conv1", "full", "shallow:3", "window:2@layer1.0.conv1", a selector)
+  kind       full, layer, shallow, deep, random, minimal, window, selector, or random-direction
+  layers     the group's layer names joined with "|";  n_layers: how many
+  base       "a" or "b": the model that keeps every layer outside the group
+  bn         the BatchNorm policy, "interpolate" or "recompute"
+  direction  the random-direction draw (0..N-1) on random-direction rows, -1 on all others
+  alpha      position on the path (0 = the base itself); always includes 0, 0.5 and 1
+  loss, error                     sample-weighted cross-entropy and error rate (%) at this point
+  loss_a, loss_b, error_a, error_b  the two FULL models (same on every row, so `barriers` needs
+                                    nothing but this table)
+"""
+
+from __future__ import annotations
+
+import logging
+import numbers
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import pandas as pd
+import torch
+from torch import nn
+
+from fedlayer.analysis.directions import random_direction
+from fedlayer.analysis.evaluate import (
+    Metrics,
+    PlainEvaluator,
+    Segment,
+    WorkingModel,
+    as_eval_data,
+    as_inputs,
+)
+from fedlayer.analysis.graph import GraphEvaluator, Untraceable
+from fedlayer.analysis.groups import Group, resolve_groups
+from fedlayer.analysis.interpolate import BASES, alpha_grid, mirrored
+from fedlayer.checkpoints import check_state_fits
+from fedlayer.errors import FedlayerError, choices_message
+from fedlayer.layers import Layer, model_layers
+
+log = logging.getLogger(__name__)
+
+BN_POLICIES = ("interpolate", "recompute")
+CURVE_COLUMNS = [
+    "group", "kind", "layers", "n_layers", "base", "bn", "direction", "alpha",
+    "loss", "error", "loss_a", "loss_b", "error_a", "error_b",
+]  # fmt: skip
+RANDOM_KIND = "random-direction"
+
+
+def interpolation_curves(
+    model: nn.Module,
+    state_a: Mapping[str, torch.Tensor],
+    state_b: Mapping[str, torch.Tensor],
+    data,
+    *,
+    groups: str | Sequence[str] = "layers",
+    alphas: int | Sequence[float] = 11,
+    bases: Sequence[str] = BASES,
+    bn: str = "interpolate",
+    bn_data=None,
+    random_directions: int = 0,
+    seed: int = 0,
+    device: str | torch.device | None = None,
+    batch_size: int = 256,
+) -> pd.DataFrame:
+    """Loss and error along the paths of `groups` between models A and B (see the module doc).
+
+    `model` is any nn.Module with A's architecture (it is copied, never changed); `data` is a
+    DataLoader or an (inputs, labels) pair. bn="recompute" re-estimates BatchNorm running stats
+    on `bn_data` (training inputs) at every point, endpoints included; a model without BatchNorm
+    statistics gives the same numbers under both policies and does not need `bn_data`.
+    `random_directions=N` adds N seeded random-direction curves per layer that appears in a group.
+    """
+    engine = CurveEngine(model, data, bn=bn, bn_data=bn_data, device=device, batch_size=batch_size)
+    return engine.curves(
+        state_a, state_b, groups=groups, alphas=alphas, bases=bases, random_directions=random_directions, seed=seed
+    )
+
+
+@dataclass(frozen=True)
+class _Curve:
+    """One path to evaluate on one base and how to label its rows."""
+
+    group: str
+    kind: str
+    layers: str
+    n_layers: int
+    direction: int
+    segments: tuple[Segment, ...]
+    alphas: tuple[float, ...]  # the alphas that need an evaluation (not the base itself)
+
+
+class CurveEngine:
+    """One working copy of the model and one prepared evaluation set, reused for many model pairs."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        data,
+        *,
+        bn: str = "interpolate",
+        bn_data=None,
+        device: str | torch.device | None = None,
+        batch_size: int = 256,
+    ):
+        if bn not in BN_POLICIES:
+            raise FedlayerError(choices_message("BatchNorm policy", bn, BN_POLICIES))
+        if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
+            raise FedlayerError(f"batch_size must be a positive integer, got {batch_size!r}")
+        self.bn = bn
+        self.work = WorkingModel(model, _device(model, device))
+        self.layers: list[Layer] = model_layers(self.work.model)
+        data = as_eval_data(data)
+        if bn == "recompute" and self.work.bn_modules:
+            if bn_data is None:
+                raise FedlayerError("bn='recompute' needs bn_data (training inputs) to re-estimate BatchNorm stats")
+            self.evaluator = PlainEvaluator(self.work, data, batch_size, as_inputs(bn_data))
+        else:
+            self.evaluator = _fast_evaluator(self.work, data, batch_size)
+
+    def curves(
+        self,
+        state_a: Mapping[str, torch.Tensor],
+        state_b: Mapping[str, torch.Tensor],
+        *,
+        groups: str | Sequence[str] = "layers",
+        alphas: int | Sequence[float] = 11,
+        bases: Sequence[str] = BASES,
+        random_directions: int = 0,
+        seed: int = 0,
+    ) -> pd.DataFrame:
+        """The curves table for one pair of models (see the module doc)."""
+        bases = _checked_bases(bases)
+        grid = alpha_grid(alphas)
+        for what, count in (("random_directions", random_directions), ("seed", seed)):
+            if isinstance(count, bool) or not isinstance(count, numbers.Integral) or count < 0:
+                raise FedlayerError(f"{what} must be a non-negative integer, got {count!r}")
+        resolved = resolve_groups(self.layers, groups, seed=seed)
+        for what, state in (("state_a", state_a), ("state_b", state_b)):
+            check_state_fits(self.work.model, state, what=what)
+        states = {"a": self.work.prepare(state_a), "b": self.work.prepare(state_b)}
+        directions = self._directions(states, resolved, random_directions, seed)
+        symmetric = all(mirrored(alpha) in grid for alpha in grid)
+
+        endpoints: dict[str, Metrics] = {}
+        points: dict[tuple[str, int], list[Metrics]] = {}
+        plans: dict[str, list[_Curve]] = {}
+        with torch.inference_mode():
+            for base in BASES:
+                other = "b" if base == "a" else "a"
+                mirror_full = base == "b" and "a" in bases and symmetric
+                curves = self._curves(base, other, states, resolved, directions, grid, mirror_full)
+                plans[base] = curves if base in bases else []
+                endpoints[base], results = self.evaluator.evaluate(
+                    states[base], [(c.segments, c.alphas) for c in plans[base]]
+                )
+                for index, metrics in enumerate(results):
+                    points[base, index] = metrics
+        rows = []
+        for base in bases:
+            for index, curve in enumerate(plans[base]):
+                values = dict(zip(curve.alphas, points[base, index], strict=True))
+                for alpha in grid:
+                    metrics = self._point(curve, base, alpha, values, endpoints, points, plans)
+                    rows.append(
+                        (curve.group, curve.kind, curve.layers, curve.n_layers, base, self.bn, curve.direction,
+                         alpha, metrics.loss, metrics.error, endpoints["a"].loss, endpoints["b"].loss,
+                         endpoints["a"].error, endpoints["b"].error)
+                    )  # fmt: skip
+        return pd.DataFrame(rows, columns=CURVE_COLUMNS)
+
+    def _point(self, curve, base, alpha, values, endpoints, points, plans) -> Metrics:
+        """A point's metrics: evaluated, or known (the base itself, the other model, the mirrored full path)."""
+        if alpha in values:
+            return values[alpha]
+        if alpha == 0.0:
+            return endpoints[base]
+        if curve.kind == "full" and alpha == 1.0:
+            return endpoints["b" if base == "a" else "a"]
+        full_a = next(i for i, c in enumerate(plans["a"]) if c.kind == "full")
+        mirror = dict(zip(plans["a"][full_a].alphas, points["a", full_a], strict=True))
+        return mirror[mirrored(alpha)]
+
+    def _curves(self, base, other, states, groups, directions, grid, mirror_full) -> list[_Curve]:
+        start, end = states[base], states[other]
+        curves = []
+        for group in groups:
+            if group.kind == "full":
+                alphas = () if mirror_full else tuple(a for a in grid if 0.0 < a < 1.0)
+            else:
+                alphas = tuple(a for a in grid if a > 0.0)
+            segments = tuple(Segment(t, start[k], end=end[k]) for k, t in self._targets(group.keys))
+            curves.append(_Curve(group.name, group.kind, group.layer_names, len(group.layers), -1, segments, alphas))
+        for layer, draw, delta in directions:
+            segments = tuple(Segment(t, start[k], delta=delta[k]) for k, t in self._targets(delta))
+            curves.append(
+                _Curve(layer.name, RANDOM_KIND, layer.name, 1, draw, segments, tuple(a for a in grid if a > 0.0))
+            )
+        return curves
+
+    def _targets(self, keys) -> list[tuple[str, torch.Tensor]]:
+        """(key, live tensor) for the floating-point tensors of `keys`, each tied tensor once."""
+        seen: set[int] = set()
+        targets = []
+        for key in keys:
+            tensor = self.work.tensors[key]
+            if tensor.is_floating_point() and id(tensor) not in seen:
+                seen.add(id(tensor))
+                targets.append((key, tensor))
+        return targets
+
+    def _directions(self, states, groups: list[Group], count: int, seed: int):
+        """(layer, draw, direction) for every layer in the groups that has parameters."""
+        if count == 0:
+            return []
+        wanted = {layer.name for group in groups for layer in group.layers}
+        directions = []
+        for layer in self.layers:
+            keys = [k for k, _ in self._targets(k for k in layer.keys if k in self.work.parameter_names)]
+            if layer.name in wanted and keys:
+                for draw in range(count):
+                    delta = random_direction(
+                        states["a"], states["b"], keys, seed=seed, layer_index=layer.index, draw=draw
+                    )
+                    directions.append((layer, draw, delta))
+        return directions
+
+    @property
+    def evaluator_name(self) -> str:
+        """ "graph" (the fast path) or "plain" (full passes: untraceable model or bn='recompute')."""
+        return self.evaluator.name
+
+
+def _fast_evaluator(work: WorkingModel, data, batch_size: int):
+    try:
+        with torch.inference_mode():
+            return GraphEvaluator(work, data, batch_size)
+    except Untraceable as exc:
+        log.info("barrier engine: using full forward passes (%s)", exc)
+        return PlainEvaluator(work, data, batch_size)
+
+
+def _device(model: nn.Module, device) -> torch.device:
+    if device is not None:
+        return torch.device(device)
+    first = next(iter(model.state_dict().values()), None)
+    return first.device if first is not None else torch.device("cpu")
+
+
+def _checked_bases(bases: Sequence[str]) -> tuple[str, ...]:
+    bases = (bases,) if isinstance(bases, str) else tuple(bases)
+    unknown = [b for b in bases if b not in BASES]
+    if unknown or not bases or len(set(bases)) != len(bases):
+        raise FedlayerError(f"bad bases {bases!r}: give 'a', 'b' or both, each once")
+    return tuple(b for b in BASES if b in bases)

@@ -1,0 +1,209 @@
+"""Evaluating a model at many points of straight parameter paths with ONE working copy.
+
+A point changes only some tensors of a base model; each point writes them in place and
+restores them afterwards, so no model is rebuilt or copied per point. `PlainEvaluator` runs the
+full forward pass at every point (and re-estimates BatchNorm statistics for bn="recompute");
+`fedlayer.analysis.graph.GraphEvaluator` gives the same numbers while re-running only what
+the changed tensors affect.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fedlayer.errors import FedlayerError
+
+
+@dataclass(frozen=True)
+class EvalData:
+    """The evaluation set, materialised once so every point sees exactly the same samples."""
+
+    inputs: torch.Tensor
+    labels: torch.Tensor
+
+    def chunks(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for start in range(0, len(self.labels), batch_size):
+            yield self.inputs[start : start + batch_size], self.labels[start : start + batch_size]
+
+
+def as_eval_data(data) -> EvalData:
+    """An (inputs, labels) pair of tensors, or a DataLoader yielding (inputs, labels) batches."""
+    if isinstance(data, torch.utils.data.DataLoader):
+        batches = [tuple(batch)[:2] for batch in data]
+        if not batches:
+            raise FedlayerError("the evaluation DataLoader yields no batches")
+        inputs, labels = torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
+    elif isinstance(data, Sequence) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data):
+        inputs, labels = data
+    else:
+        raise FedlayerError(
+            f"evaluation data must be a DataLoader or an (inputs, labels) pair of tensors, got {type(data).__name__}"
+        )
+    if labels.dim() != 1 or len(labels) != len(inputs) or len(labels) == 0:
+        raise FedlayerError(
+            f"evaluation data needs one integer label per input: {len(inputs)} inputs, labels of shape "
+            f"{tuple(labels.shape)}"
+        )
+    if labels.is_floating_point():
+        raise FedlayerError(f"labels must be class indices (integers), got dtype {labels.dtype}")
+    return EvalData(inputs, labels.long())
+
+
+def as_inputs(data) -> torch.Tensor:
+    """Inputs for BatchNorm re-estimation: a tensor, an (inputs, labels) pair or a DataLoader."""
+    if isinstance(data, torch.Tensor):
+        return data
+    return as_eval_data(data).inputs
+
+
+@dataclass(frozen=True)
+class Metrics:
+    """Sample-weighted mean cross-entropy and error rate in percent over the evaluation set."""
+
+    loss: float
+    error: float
+
+
+class Accumulator:
+    """Sums per-sample losses and correct predictions (in float64), never a mean of batch means."""
+
+    def __init__(self) -> None:
+        self.loss_sum = torch.zeros((), dtype=torch.float64)
+        self.correct = torch.zeros((), dtype=torch.int64)
+        self.count = 0
+
+    def add(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
+            shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+            raise FedlayerError(f"the model must return a (batch, classes) tensor of logits, got {shape}")
+        if logits.dtype not in (torch.float32, torch.float64):
+            logits = logits.float()
+        losses = F.cross_entropy(logits, labels, reduction="none").double().sum()
+        correct = (logits.argmax(dim=1) == labels).sum()
+        self.loss_sum = self.loss_sum.to(losses.device) + losses
+        self.correct = self.correct.to(correct.device) + correct
+        self.count += len(labels)
+
+    def result(self) -> Metrics:
+        loss = float(self.loss_sum) / self.count
+        return Metrics(loss=loss, error=100.0 - 100.0 * int(self.correct) / self.count)
+
+
+@dataclass(frozen=True, eq=False)
+class Segment:
+    """One tensor of the working model moving on a line: lerp(start, end, alpha) or start + alpha*delta.
+
+    `torch.lerp` is exact at both ends (alpha 0 gives start, alpha 1 gives end bit for bit), so the
+    endpoints of an interpolation path are the two models themselves.
+    """
+
+    target: torch.Tensor
+    start: torch.Tensor
+    end: torch.Tensor | None = None
+    delta: torch.Tensor | None = None
+
+    def write(self, alpha: float) -> None:
+        if self.delta is None:
+            torch.lerp(self.start, self.end, alpha, out=self.target)
+        else:
+            torch.add(self.start, self.delta, alpha=alpha, out=self.target)
+
+    def value(self, alpha: float) -> torch.Tensor:
+        if self.delta is None:
+            return torch.lerp(self.start, self.end, alpha)
+        return torch.add(self.start, self.delta, alpha=alpha)
+
+    def restore(self) -> None:
+        self.target.copy_(self.start)
+
+
+Path = Sequence[Segment]
+
+
+class WorkingModel:
+    """A private eval-mode copy of the model on the device, whose tensors are rewritten in place.
+
+    In-place activations are switched off: they would overwrite activations that the graph
+    evaluator caches, and they never change the numbers.
+    """
+
+    def __init__(self, model: nn.Module, device: torch.device):
+        self.device = device
+        self.model = copy.deepcopy(model).to(device).eval()
+        for parameter in self.model.parameters():
+            parameter.requires_grad_(False)
+        for module in self.model.modules():
+            if isinstance(getattr(module, "inplace", None), bool):
+                module.inplace = False
+        self.tensors: dict[str, torch.Tensor] = self.model.state_dict(keep_vars=True)
+        self.parameter_names = {name for name, _ in self.model.named_parameters(remove_duplicate=False)}
+        self.bn_modules = [
+            m for m in self.model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
+        ]
+
+    def prepare(self, state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """A state dict moved to the working model's device and dtypes (done once per model)."""
+        return {key: state[key].to(device=t.device, dtype=t.dtype) for key, t in self.tensors.items()}
+
+    def load(self, state: Mapping[str, torch.Tensor]) -> None:
+        seen: set[int] = set()
+        for key, tensor in self.tensors.items():
+            if id(tensor) not in seen:
+                seen.add(id(tensor))
+                tensor.copy_(state[key])
+
+    def recompute_bn(self, inputs: torch.Tensor, batch_size: int) -> None:
+        """Reset BatchNorm running stats and re-estimate them as a cumulative average (momentum=None)."""
+        saved = [m.momentum for m in self.bn_modules]
+        for module in self.bn_modules:
+            module.reset_running_stats()
+            module.momentum = None
+            module.train()
+        try:
+            for start in range(0, len(inputs), batch_size):
+                self.model(inputs[start : start + batch_size].to(self.device))
+        finally:
+            for module, momentum in zip(self.bn_modules, saved, strict=True):
+                module.momentum = momentum
+                module.eval()
+
+
+class PlainEvaluator:
+    """Full forward pass at every point; with `bn_inputs`, BatchNorm stats are re-estimated first."""
+
+    name = "plain"
+
+    def __init__(self, work: WorkingModel, data: EvalData, batch_size: int, bn_inputs: torch.Tensor | None = None):
+        self.work, self.data, self.batch_size, self.bn_inputs = work, data, batch_size, bn_inputs
+
+    def evaluate(
+        self, base: Mapping[str, torch.Tensor], paths: Sequence[tuple[Path, Sequence[float]]]
+    ) -> tuple[Metrics, list[list[Metrics]]]:
+        """Metrics of the base model and of each path at each of its alphas."""
+        self.work.load(base)
+        base_metrics = self._point()
+        results = []
+        for segments, alphas in paths:
+            row = []
+            for alpha in alphas:
+                for segment in segments:
+                    segment.write(alpha)
+                row.append(self._point())
+            for segment in segments:
+                segment.restore()
+            results.append(row)
+        return base_metrics, results
+
+    def _point(self) -> Metrics:
+        if self.bn_inputs is not None:
+            self.work.recompute_bn(self.bn_inputs, self.batch_size)
+        accumulator = Accumulator()
+        for inputs, labels in self.data.chunks(self.batch_size):
+            accumulator.add(self.work.model(inputs.to(self.work.device)), labels.to(self.work.device))
+        return accumulator.result()

@@ -1,0 +1,69 @@
+"""Group specs -> named groups of layers: single layers, the full model, cumulative orderings,
+sliding windows and layer selectors (DESIGN.md section 2)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from fedlayer.errors import FedlayerError
+from fedlayer.layers import ORDERINGS, Layer, cumulative_groups, keys_of, select_layers, sliding_windows
+
+GROUP_SPECS = ("layers", "full", *ORDERINGS, "window:W", "<layer selector>")
+
+
+@dataclass(frozen=True)
+class Group:
+    """Layers interpolated together; `name` is readable and unique within its `kind`."""
+
+    name: str
+    kind: str  # full, layer, shallow, deep, random, minimal, window or selector
+    layers: tuple[Layer, ...]
+
+    @property
+    def keys(self) -> list[str]:
+        return keys_of(self.layers)
+
+    @property
+    def layer_names(self) -> str:
+        """The layer names joined with '|' (a plain string column stores and groups well)."""
+        return "|".join(layer.name for layer in self.layers)
+
+
+def resolve_groups(layers: Sequence[Layer], spec: str | Sequence[str], *, seed: int = 0) -> list[Group]:
+    """Groups for one spec or a list of specs, in the given order, without duplicates.
+
+    A spec is "layers" (each single layer), "full" (all layers), an ordering name (its cumulative
+    groups k = 1..L, named "<ordering>:<k>"), "window:W" (every run of W consecutive layers, named
+    "window:W@<first layer>"), or any layer selector of `fedlayer.layers.select_layers` (one group
+    named by the selector; a comma in a selector string means union, as there).
+    """
+    specs = [spec] if isinstance(spec, str) else list(spec)
+    if not specs:
+        raise FedlayerError(f"no group spec given; valid choices: {', '.join(GROUP_SPECS)}")
+    groups: dict[tuple[str, str], Group] = {}
+    for item in specs:
+        for group in _resolve_one(list(layers), str(item).strip(), seed):
+            groups.setdefault((group.kind, group.name), group)
+    return list(groups.values())
+
+
+def _resolve_one(layers: list[Layer], spec: str, seed: int) -> list[Group]:
+    if not spec:
+        raise FedlayerError(f"empty group spec; valid choices: {', '.join(GROUP_SPECS)}")
+    if spec == "layers":
+        return [Group(layer.name, "layer", (layer,)) for layer in layers]
+    if spec == "full":
+        return [Group("full", "full", tuple(layers))]
+    if spec in ORDERINGS:
+        return [
+            Group(f"{spec}:{k}", spec, tuple(group))
+            for k, group in enumerate(cumulative_groups(layers, spec, seed=seed), start=1)
+        ]
+    if spec.startswith("window:"):
+        width = spec.partition(":")[2]
+        if not width.strip().isdigit():
+            raise FedlayerError(f"bad group spec {spec!r}: window:W needs an integer width W")
+        windows = sliding_windows(layers, int(width))
+        return [Group(f"window:{int(width)}@{w[0].name}", "window", tuple(w)) for w in windows]
+    return [Group(spec, "selector", tuple(select_layers(layers, spec, seed=seed)))]

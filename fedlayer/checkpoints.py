@@ -1,0 +1,97 @@
+"""Model checkpoints as safetensors files (never pickle): atomic writes, clear errors on bad files."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from fedlayer.errors import FedlayerError
+
+_MAX_LISTED = 10
+
+
+def save_checkpoint(
+    state: Mapping[str, torch.Tensor], path: str | Path, metadata: Mapping[str, str] | None = None
+) -> Path:
+    """Write a state dict via a temporary file and rename, so a crash never leaves half a checkpoint.
+
+    Tensors are cloned to contiguous CPU memory first: safetensors refuses tensors that share memory
+    (tied weights), and each name then gets its own copy. Metadata values are stored as strings.
+    """
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {key: value.detach().to("cpu").contiguous().clone() for key, value in state.items()}
+    meta = {str(key): str(value) for key, value in (metadata or {}).items()}
+    fd, tmp = tempfile.mkstemp(suffix=".safetensors.tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=meta)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def load_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
+    """The state dict stored in a safetensors file, on the CPU."""
+    from safetensors.torch import load_file
+
+    path = _existing_file(path)
+    try:
+        return load_file(path, device="cpu")
+    except Exception as exc:  # safetensors raises its own SafetensorError, OSError or ValueError
+        raise FedlayerError(f"cannot read checkpoint {path}: not a valid safetensors file ({exc})") from exc
+
+
+def checkpoint_metadata(path: str | Path) -> dict[str, str]:
+    """The string metadata stored with a checkpoint (empty if none)."""
+    from safetensors import safe_open
+
+    path = _existing_file(path)
+    try:
+        with safe_open(path, framework="pt") as handle:
+            return dict(handle.metadata() or {})
+    except Exception as exc:
+        raise FedlayerError(f"cannot read checkpoint {path}: not a valid safetensors file ({exc})") from exc
+
+
+def check_state_fits(
+    model: nn.Module | Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor], *, what: str = "state"
+) -> None:
+    """Raise a FedlayerError naming missing and unexpected keys and shape mismatches, if any."""
+    expected = model.state_dict() if isinstance(model, nn.Module) else model
+    missing = [key for key in expected if key not in state]
+    unexpected = [key for key in state if key not in expected]
+    shapes = [
+        f"{key} {tuple(state[key].shape)} (model: {tuple(expected[key].shape)})"
+        for key in expected
+        if key in state and tuple(state[key].shape) != tuple(expected[key].shape)
+    ]
+    problems = [
+        f"{label}: {_listed(names)}"
+        for label, names in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatch", shapes))
+        if names
+    ]
+    if problems:
+        raise FedlayerError(f"{what} does not fit the model; " + "; ".join(problems))
+
+
+def _listed(names: list[str]) -> str:
+    more = f", ... ({len(names) - _MAX_LISTED} more)" if len(names) > _MAX_LISTED else ""
+    return ", ".join(names[:_MAX_LISTED]) + more
+
+
+def _existing_file(path: str | Path) -> Path:
+    path = Path(path)
+    if not path.is_file():
+        reason = "is a directory" if path.is_dir() else "not found"
+        raise FedlayerError(f"checkpoint {path} {reason}")
+    return path

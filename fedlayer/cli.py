@@ -1,0 +1,58 @@
+"""`fedlayer` command line: one subcommand per module in `fedlayer.commands`.
+
+Each command module exposes `add_parser(subparsers)`, which registers its arguments and sets
+`func` to a callable taking the parsed namespace. Heavy imports (torch, flwr) happen inside
+those callables so `fedlayer --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from fedlayer.errors import FedlayerError
+
+COMMANDS = ("run", "compare", "partitions", "layers", "barrier", "plot", "report")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fedlayer",
+        description="Federated learning with layer-wise averaging and layer-wise loss barriers.",
+    )
+    parser.add_argument("--verbose", action="store_true", help="show Flower and Ray logs")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMANDS:
+        try:
+            module = importlib.import_module(f"fedlayer.commands.{name}")
+        except ModuleNotFoundError as exc:  # a command not built yet is simply absent
+            if exc.name != f"fedlayer.commands.{name}":
+                raise
+            continue
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        return int(args.func(args) or 0)
+    except FedlayerError as exc:
+        if args.debug:
+            raise
+        print(f"fedlayer: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("fedlayer: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

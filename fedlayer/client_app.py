@@ -1,0 +1,142 @@
+"""Flower ClientApp (Message API): local training and personalised evaluation of one client.
+
+Protocol with the server (see `strategies.layerwise`):
+- train: receives an ArrayRecord (the full model, or with `personal-mode = "client"` only the averaged
+  layers) and a ConfigRecord with `server-round` and optionally `train-mode` (standard, fedrep, fedbabu),
+  `proximal-mu`, `average-keys`. Replies with its trained arrays (all of them, or in client mode only the
+  averaged ones), a MetricRecord (`num-examples`, `train-loss`, `train-accuracy`) and a ConfigRecord
+  `client` with its `partition-id`.
+- evaluate: the client's personalised model on its local test split (`num-examples`, `loss`, `accuracy`).
+- query: replies with its `partition-id`, so the server can sample by partition, not by node id.
+Personal layers live in `context.state` across rounds in client mode.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from fedlayer.config import Config, config_from_flat, config_hash
+from fedlayer.task import client_data, head_parameter_names, new_model
+from fedlayer.training import TrainSettings, evaluate, seed_everything, train_local
+
+PERSONAL_STATE = "fedlayer-personal"
+
+
+@functools.lru_cache(maxsize=2)
+def _config_from_run_config(items: tuple) -> Config:
+    return config_from_flat(dict(items))
+
+
+def _device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+_MODELS: dict[str, tuple[torch.nn.Module, dict[str, torch.Tensor]]] = {}
+
+
+def _model_and_initial_state(cfg: Config) -> tuple[torch.nn.Module, dict[str, torch.Tensor]]:
+    """One model object per config and process (fully overwritten on every message) and its init."""
+    key = config_hash(cfg)
+    if key not in _MODELS:
+        model = new_model(cfg)
+        _MODELS[key] = (model, {k: v.clone() for k, v in model.state_dict().items()})
+    return _MODELS[key]
+
+
+def _received(msg: Message) -> tuple[dict[str, torch.Tensor], ConfigRecord]:
+    content = msg.content
+    arrays = next(iter(content.array_records.values()), ArrayRecord())
+    config = next(iter(content.config_records.values()), ConfigRecord())
+    return arrays.to_torch_state_dict(), config
+
+
+def _local_model(cfg: Config, msg: Message, context: Context):
+    """The client's model for this message: received layers, personal layers from state, init for the rest."""
+    received, config = _received(msg)
+    model, initial = _model_and_initial_state(cfg)
+    state = dict(initial)
+    if PERSONAL_STATE in context.state.array_records:
+        state.update(context.state.array_records[PERSONAL_STATE].to_torch_state_dict())
+    state.update(received)
+    model.load_state_dict(state, strict=True)
+    return model.to(_device()), config
+
+
+class FedlayerClient:
+    """The handlers of fedlayer's ClientApp, bound to a config (or reading Flower's run-config)."""
+
+    def __init__(self, cfg: Config | None = None):
+        self.cfg = cfg
+
+    def config(self, context: Context) -> Config:
+        if self.cfg is not None:
+            return self.cfg
+        return _config_from_run_config(tuple(sorted(context.run_config.items())))
+
+    def train(self, msg: Message, context: Context) -> Message:
+        cfg = self.config(context)
+        torch.set_num_threads(cfg.simulation.num_cpus)
+        pid = int(context.node_config["partition-id"])
+        model, config = _local_model(cfg, msg, context)
+        server_round = int(config.get("server-round", 0))
+        generator = seed_everything(cfg.seed, pid, server_round)
+        fed = cfg.federation
+        settings = TrainSettings(
+            epochs=fed.local_epochs, batch_size=fed.batch_size, optimizer=fed.optimizer, lr=fed.lr,
+            momentum=fed.momentum, weight_decay=fed.weight_decay,
+            proximal_mu=float(config.get("proximal-mu", fed.proximal_mu)),
+            mode=str(config.get("train-mode", "standard")), head_epochs=fed.head_epochs,
+        )
+        data = client_data(cfg, pid)
+        metrics = train_local(model, data.train_x, data.train_y, settings,
+                              head_params=head_parameter_names(model), generator=generator, device=_device())
+        state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        reply_state = state
+        if config.get("personal-mode") == "client":
+            shared = set(str(config.get("average-keys", "")).split(",")) - {""}
+            context.state.array_records[PERSONAL_STATE] = ArrayRecord(
+                {k: v for k, v in state.items() if k not in shared}
+            )
+            reply_state = {k: v for k, v in state.items() if k in shared}
+        content = RecordDict({
+            "arrays": ArrayRecord(reply_state),
+            "metrics": MetricRecord({"num-examples": metrics.num_examples, "train-loss": metrics.loss,
+                                     "train-accuracy": metrics.accuracy}),
+            "client": ConfigRecord({"partition-id": pid}),
+        })
+        return Message(content=content, reply_to=msg)
+
+    def evaluate(self, msg: Message, context: Context) -> Message:
+        cfg = self.config(context)
+        torch.set_num_threads(cfg.simulation.num_cpus)
+        pid = int(context.node_config["partition-id"])
+        model, _ = _local_model(cfg, msg, context)
+        data = client_data(cfg, pid)
+        metrics = evaluate(model, data.test_x, data.test_y, device=_device())
+        content = RecordDict({
+            "metrics": MetricRecord({"num-examples": metrics.num_examples, "loss": metrics.loss,
+                                     "accuracy": metrics.accuracy}),
+            "client": ConfigRecord({"partition-id": pid}),
+        })
+        return Message(content=content, reply_to=msg)
+
+    def query(self, msg: Message, context: Context) -> Message:
+        pid = int(context.node_config["partition-id"])
+        return Message(content=RecordDict({"client": ConfigRecord({"partition-id": pid})}), reply_to=msg)
+
+
+def make_client_app(cfg: Config | None = None) -> ClientApp:
+    """A ClientApp bound to `cfg`; with None it reads the config from Flower's run-config (`flwr run`)."""
+    client = FedlayerClient(cfg)
+    client_app = ClientApp()
+    client_app.train()(client.train)
+    client_app.evaluate()(client.evaluate)
+    client_app.query()(client.query)
+    return client_app
+
+
+app = make_client_app()

@@ -1,0 +1,1 @@
+"""One module per `fedlayer` subcommand; see `fedlayer.cli`."""

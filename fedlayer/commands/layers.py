@@ -1,0 +1,67 @@
+"""`fedlayer layers`: list a model's layers, try a selector, see the cumulative orderings."""
+
+from __future__ import annotations
+
+import argparse
+
+DESCRIPTION = """\
+Show the layers of a model (the units that are averaged or interpolated together), built for a
+dataset's input shape and class count. With --select, show which layers a selector picks
+(e.g. 'body', 'head', 'layer2,layer3', 'first:3', 'middle:5', 're:conv2$', '*.downsample.*').
+"""
+
+
+def add_parser(sub) -> None:
+    # No choices= here: they would import torch for every `fedlayer --help`; a bad name is a
+    # FedlayerError that lists the valid choices.
+    p = sub.add_parser(
+        "layers", help="list a model's layers and try layer selectors", description=DESCRIPTION
+    )
+    p.add_argument("--model", required=True, help="model name, e.g. cnn or resnet18")
+    p.add_argument("--norm", default="none", help="normalisation layers: none, bn or gn (default: none)")
+    p.add_argument("--dataset", default="cifar10", help="dataset whose input shape and classes to use")
+    p.add_argument("--select", metavar="SELECTOR", help="show only the layers this selector picks")
+    p.add_argument("--orderings", action="store_true", help="also print the cumulative orderings")
+    p.add_argument(
+        "--seed", type=int, default=0, help="seed of the random ordering and random:k (default: 0)"
+    )
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+    from rich.console import Console
+    from rich.table import Table
+
+    from fedlayer.layers import ORDERINGS, describe_layers, model_layers, order_layers, select_layers
+    from fedlayer.models import build_model, dataset_spec
+
+    input_shape, num_classes = dataset_spec(args.dataset)
+    torch.manual_seed(args.seed)
+    model = build_model(args.model, input_shape, num_classes, norm=args.norm)
+    layers = model_layers(model)
+    shown = select_layers(layers, args.select, seed=args.seed) if args.select else layers
+
+    table = Table(
+        title=f"{args.model} (norm={args.norm}) on {args.dataset}: input {input_shape}, {num_classes} classes"
+    )
+    for column, justify in (("index", "right"), ("name", "left"), ("type", "left"), ("keys", "left")):
+        table.add_column(column, justify=justify, no_wrap=column == "name", overflow="fold")
+    table.add_column("numel", justify="right")
+    for row in describe_layers(shown).itertuples(index=False):
+        table.add_row(str(row.index), row.name, row.type, row.keys, f"{row.numel:,}")
+
+    console = Console()
+    console.print(table)
+    parameters = sum(p.numel() for p in model.parameters())
+    if args.select:
+        console.print(f"selector {args.select!r} picks {len(shown)} of {len(layers)} layers")
+    console.print(
+        f"total: {len(layers)} layers, {parameters:,} parameters, "
+        f"{sum(layer.numel for layer in layers):,} values with buffers"
+    )
+    if args.orderings:
+        for ordering in ORDERINGS:
+            indices = " ".join(str(layer.index) for layer in order_layers(layers, ordering, seed=args.seed))
+            console.print(f"{ordering:>8}: {indices}", highlight=False)
+    return 0

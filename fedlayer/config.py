@@ -1,0 +1,356 @@
+"""One typed experiment config: TOML in, validated, overridable from the CLI, written back as TOML.
+
+Every field is declared once below with its type, default and allowed values; loading, `--set`
+overrides, Flower's flat run-config and the error messages are all derived from those declarations.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import operator
+import tomllib
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from fedlayer.errors import FedlayerError
+
+DATASET_NAMES = ("digits", "fashion-mnist", "mnist", "cifar10", "cifar100")
+MODEL_NAMES = ("mlp", "cnn", "resnet18", "vgg11", "deep-linear")
+
+
+def _spec(default, *, choices=None, ge=None, gt=None, le=None, lt=None, help=""):
+    """A config field: its default, its allowed values and a one-line description."""
+    meta = {"choices": choices, "ge": ge, "gt": gt, "le": le, "lt": lt, "help": help}
+    if isinstance(default, list | dict):
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class DataConfig:
+    dataset: str = _spec("digits", choices=DATASET_NAMES, help="dataset name")
+    data_dir: str = _spec("", help="folder with the dataset files ('' = FEDLAYER_DATA or default places)")
+    download: bool = _spec(False, help="download through torchvision when missing (needs internet)")
+    partition: str = _spec(
+        "dirichlet", choices=("iid", "dirichlet", "pathological", "shard"), help="non-IID split"
+    )
+    alpha: float = _spec(0.5, gt=0.0, help="Dirichlet concentration (smaller = more skewed)")
+    classes_per_client: int = _spec(2, ge=1, help="classes per client for the pathological split")
+    shards_per_client: int = _spec(2, ge=1, help="shards per client for the shard split")
+    test_fraction: float = _spec(0.2, ge=0.0, lt=1.0, help="part of each client's data kept for local test")
+    max_train_samples: int = _spec(0, ge=0, help="seeded subsample of the train set (0 = all)")
+    max_test_samples: int = _spec(0, ge=0, help="seeded subsample of the global test set (0 = all)")
+
+
+@dataclass
+class ModelConfig:
+    name: str = _spec("cnn", choices=MODEL_NAMES, help="model architecture")
+    norm: str = _spec("none", choices=("none", "bn", "gn"), help="normalisation layers (resnet18)")
+
+
+@dataclass
+class FederationConfig:
+    clients: int = _spec(10, ge=1, help="number of clients (partitions)")
+    rounds: int = _spec(3, ge=1, help="federated rounds")
+    fraction: float = _spec(1.0, gt=0.0, le=1.0, help="fraction of clients sampled per round")
+    min_clients: int = _spec(1, ge=1, help="fewest successful replies a round needs")
+    local_epochs: int = _spec(1, ge=1, help="local epochs per round")
+    batch_size: int = _spec(32, ge=1, help="local batch size")
+    optimizer: str = _spec("sgd", choices=("sgd", "adam"), help="local optimizer")
+    lr: float = _spec(0.05, gt=0.0, help="local learning rate")
+    momentum: float = _spec(0.0, ge=0.0, lt=1.0, help="SGD momentum")
+    weight_decay: float = _spec(0.0, ge=0.0, help="weight decay")
+    proximal_mu: float = _spec(0.0, ge=0.0, help="FedProx proximal term (0 = off)")
+    head_epochs: int = _spec(1, ge=0, help="FedRep: head epochs before the body epochs")
+
+
+@dataclass
+class StrategyConfig:
+    name: str = _spec("fedavg", help="a preset (fedavg, local, fedper, lg-fedavg, fedbn, fedrep, "
+                      "fedbabu, barrier-aware) or a layer selector")
+    class_: str = _spec("", help="'module:Class' or 'file.py:Class' of a Flower strategy to wrap ('' = FedAvg)")
+    kwargs: dict = _spec({}, help="keyword arguments for that strategy class")
+    average: str = _spec("", help="layers to average (selector); '' = the preset's")
+    personal: str = _spec("server", choices=("server", "client"), help="who keeps the personal layers")
+    threshold: float = _spec(0.1, ge=0.0, help="barrier-aware: average layers whose barrier is below this")
+
+
+@dataclass
+class AnalysisConfig:
+    every: int = _spec(1, ge=0, help="analyse client models every N rounds (0 = off)")
+    pairs: int = _spec(0, ge=0, help="client pairs per analysis (0 = all pairs)")
+    samples: int = _spec(256, ge=1, help="seeded global test images used for barriers")
+    groups: list = _spec(["layers", "full"], help="groups: layers, full, an ordering, window:w, selectors")
+    alphas: int = _spec(5, ge=3, help="points on the interpolation grid (odd, so that 0.5 is on it)")
+    bases: list = _spec(["a", "b"], choices=("a", "b"), help="which model supplies the untouched layers")
+    bn: str = _spec("interpolate", choices=("interpolate", "recompute"), help="BatchNorm policy")
+    vs_aggregate: bool = _spec(False, help="also compare each client with the aggregate")
+    random_directions: int = _spec(0, ge=0, help="random directions per layer (robustness baseline)")
+
+
+@dataclass
+class SimulationConfig:
+    num_cpus: int = _spec(1, ge=1, help="CPU cores per simulated client")
+    num_gpus: float = _spec(0.0, ge=0.0, help="GPU fraction per simulated client")
+    ray_address: str = _spec("", help="Ray cluster address ('' = start Ray on this machine)")
+
+
+@dataclass
+class OutputConfig:
+    dir: str = _spec("runs/latest", help="run directory")
+    checkpoints: bool = _spec(True, help="save safetensors checkpoints each round")
+
+
+@dataclass
+class Config:
+    seed: int = _spec(0, ge=0, help="the one seed that drives everything")
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    federation: FederationConfig = field(default_factory=FederationConfig)
+    strategy: StrategyConfig = field(default_factory=StrategyConfig)
+    analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
+    simulation: SimulationConfig = field(default_factory=SimulationConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Nested plain dict with TOML key names (`class`, not `class_`)."""
+        return _to_dict(self)
+
+    def to_toml(self) -> str:
+        return tomli_w.dumps(self.to_dict())
+
+    def to_flat(self) -> dict[str, bool | int | float | str]:
+        """Flower's run-config form: dotted keys, scalar values (lists comma-joined, tables as JSON)."""
+        flat: dict[str, bool | int | float | str] = {}
+        for key, value in _flatten(self.to_dict()):
+            if isinstance(value, list):
+                value = ",".join(str(v) for v in value)
+            elif isinstance(value, dict):
+                value = json.dumps(value, sort_keys=True)
+            flat[key] = value
+        return flat
+
+    def replace(self, **sections: Mapping[str, Any]) -> Config:
+        """A copy with some fields changed, e.g. `cfg.replace(strategy={"name": "local"})`, validated."""
+        data = self.to_dict()
+        for section, values in sections.items():
+            if isinstance(values, Mapping):
+                data.setdefault(section, {}).update({_toml_key(k): v for k, v in values.items()})
+            else:
+                data[section] = values
+        return config_from_dict(data)
+
+
+def _toml_key(name: str) -> str:
+    return name.rstrip("_")
+
+
+def _to_dict(obj) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        out[_toml_key(f.name)] = _to_dict(value) if dataclasses.is_dataclass(value) else value
+    return out
+
+
+def _flatten(data: Mapping[str, Any], prefix: str = ""):
+    for key, value in data.items():
+        if isinstance(value, Mapping) and key != "kwargs":
+            yield from _flatten(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
+def _field_map(cls) -> dict[str, dataclasses.Field]:
+    return {_toml_key(f.name): f for f in dataclasses.fields(cls)}
+
+
+def _describe(f: dataclasses.Field, typ) -> str:
+    meta = f.metadata
+    if meta.get("choices"):
+        return "one of " + ", ".join(repr(c) for c in meta["choices"])
+    bounds = []
+    for name, sym in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")):
+        if meta.get(name) is not None:
+            bounds.append(f"{sym} {meta[name]}")
+    kind = {bool: "true or false", int: "an integer", float: "a number", str: "a string",
+            list: "a list", dict: "a table"}[typ]
+    return kind + (" " + " and ".join(bounds) if bounds else "")
+
+
+def _coerce(path: str, f: dataclasses.Field, typ, value):
+    """Check one value against its field; return it in the field's type or raise a clear error."""
+    allowed = _describe(f, typ)
+    bad = FedlayerError(f"config key {path!r}: invalid value {value!r}; expected {allowed}")
+    if typ is bool:
+        if not isinstance(value, bool):
+            raise bad
+    elif typ is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad
+    elif typ is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise bad
+        value = float(value)
+        if value != value or value in (float("inf"), float("-inf")):
+            raise bad
+    elif typ is str:
+        if not isinstance(value, str):
+            raise bad
+    elif typ is list:
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value) or not value:
+            raise FedlayerError(f"config key {path!r}: invalid value {value!r}; expected a non-empty list of "
+                                "strings (or a comma-separated string)")
+    elif typ is dict:
+        if isinstance(value, str):
+            try:
+                value = json.loads(value) if value.strip() else {}
+            except json.JSONDecodeError:
+                raise bad from None
+        if not isinstance(value, dict):
+            raise bad
+    meta = f.metadata
+    items = value if typ is list else [value]
+    if meta.get("choices") is not None and any(v not in meta["choices"] for v in items):
+        raise bad
+    if typ in (int, float):
+        limits = {"ge": operator.ge, "gt": operator.gt, "le": operator.le, "lt": operator.lt}
+        if any(meta[name] is not None and not test(value, meta[name]) for name, test in limits.items()):
+            raise bad
+    return value
+
+
+def _build(cls, data: Mapping[str, Any], prefix: str):
+    hints = typing.get_type_hints(cls)
+    fields = _field_map(cls)
+    if not isinstance(data, Mapping):
+        raise FedlayerError(f"config section {prefix.rstrip('.')!r} must be a table, got {data!r}")
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise FedlayerError(
+            f"unknown config key {prefix + unknown[0]!r}; valid keys"
+            f"{' in [' + prefix.rstrip('.') + ']' if prefix else ''}: {', '.join(fields)}"
+        )
+    kwargs = {}
+    for key, f in fields.items():
+        typ = hints[f.name]
+        if key not in data:
+            continue
+        if dataclasses.is_dataclass(typ):
+            kwargs[f.name] = _build(typ, data[key], f"{prefix}{key}.")
+        else:
+            kwargs[f.name] = _coerce(prefix + key, f, typing.get_origin(typ) or typ, data[key])
+    return cls(**kwargs)
+
+
+def _check_consistency(cfg: Config) -> None:
+    """Rules that involve more than one field."""
+    if cfg.federation.min_clients > cfg.federation.clients:
+        raise FedlayerError(
+            f"config key 'federation.min_clients': {cfg.federation.min_clients} is more than "
+            f"federation.clients = {cfg.federation.clients}"
+        )
+    if cfg.analysis.alphas % 2 == 0:
+        raise FedlayerError(
+            f"config key 'analysis.alphas': invalid value {cfg.analysis.alphas}; expected an odd number "
+            "so that alpha = 0.5 (the midpoint barrier) is on the grid"
+        )
+    from fedlayer.models import MODEL_NORMS
+
+    norms = MODEL_NORMS[cfg.model.name]
+    if cfg.model.norm not in norms:
+        raise FedlayerError(
+            f"config key 'model.norm': invalid value {cfg.model.norm!r} for model {cfg.model.name!r}; "
+            f"expected one of {', '.join(repr(n) for n in norms)}"
+        )
+
+
+def config_from_dict(data: Mapping[str, Any]) -> Config:
+    """Validate a nested mapping (as read from TOML) into a Config."""
+    cfg = _build(Config, data, "")
+    _check_consistency(cfg)
+    return cfg
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`section.key=value` -> (["section", "key"], value); the value is read as TOML, else as a string."""
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise FedlayerError(f"invalid override {text!r}; expected section.key=value, e.g. federation.rounds=5")
+    try:
+        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()
+    return key.split("."), value
+
+
+def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    for text in overrides:
+        path, value = parse_override(text)
+        node = data
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise FedlayerError(f"invalid override {text!r}: {part!r} is not a config section")
+        node[path[-1]] = value
+    return data
+
+
+def read_toml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise FedlayerError(f"config file {str(path)!r} does not exist") from None
+    except IsADirectoryError:
+        raise FedlayerError(f"config file {str(path)!r} is a directory, not a TOML file") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise FedlayerError(f"config file {str(path)!r} is not valid TOML: {exc}") from None
+
+
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> Config:
+    """Read a TOML config (or the defaults when `path` is None), apply `--set` overrides, validate."""
+    data = read_toml(path) if path is not None else {}
+    return config_from_dict(apply_overrides(data, overrides))
+
+
+def config_from_flat(flat: Mapping[str, Any]) -> Config:
+    """Inverse of `Config.to_flat()` (Flower's run-config)."""
+    return config_from_dict(apply_overrides({}, [f"{k}={json.dumps(v)}" for k, v in flat.items()]))
+
+
+def config_hash(cfg: Config) -> str:
+    """A short content hash of the resolved config (the output folder is not part of the experiment)."""
+    data = cfg.to_dict()
+    data.pop("output", None)
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def describe_fields() -> list[tuple[str, str, str, str]]:
+    """(key, default, allowed, help) for every config key: the reference table in the README and `--help`."""
+    rows = []
+
+    def walk(cls, prefix):
+        hints = typing.get_type_hints(cls)
+        for key, f in _field_map(cls).items():
+            typ = hints[f.name]
+            if dataclasses.is_dataclass(typ):
+                walk(typ, f"{prefix}{key}.")
+                continue
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            rows.append((prefix + key, repr(default), _describe(f, typing.get_origin(typ) or typ),
+                         f.metadata.get("help", "")))
+
+    walk(Config, "")
+    return rows

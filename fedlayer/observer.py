@@ -1,0 +1,162 @@
+"""What the server records each round: client metrics, client models, and their layer-wise barriers.
+
+`RoundRecorder` plugs into `strategies.Observed` (which hands it every client's reply before
+aggregation) and into `Strategy.start(evaluate_fn=...)` (called once a round is complete), so any
+Flower strategy gets per-round barrier analysis without changing it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from flwr.app import ArrayRecord, Message, MetricRecord
+
+from fedlayer.analysis import pairwise_curves
+from fedlayer.checkpoints import save_checkpoint
+from fedlayer.config import Config
+from fedlayer.layers import Layer
+from fedlayer.results import RunDirectory
+from fedlayer.task import dataset_for, global_test_set, subsample
+from fedlayer.training import evaluate
+
+CLIENT_RECORD = "client"
+
+
+def partition_of(reply: Message) -> str:
+    """The partition id a reply came from (fedlayer's clients say it), else its node id."""
+    record = reply.content.config_records.get(CLIENT_RECORD)
+    if record is not None and "partition-id" in record:
+        return str(record["partition-id"])
+    return f"node-{reply.metadata.src_node_id}"
+
+
+def reply_state(reply: Message) -> dict[str, torch.Tensor]:
+    arrays = next(iter(reply.content.array_records.values()))
+    return arrays.to_torch_state_dict()
+
+
+def reply_metrics(reply: Message) -> MetricRecord:
+    return next(iter(reply.content.metric_records.values()), MetricRecord())
+
+
+class RoundRecorder:
+    """Collects one run's tables round by round and commits them atomically when a round ends."""
+
+    def __init__(self, cfg: Config, run_dir: RunDirectory, model: torch.nn.Module, layers: Sequence[Layer],
+                 *, on_round_end=None):
+        self.cfg = cfg
+        self.run_dir = run_dir
+        self.model = model
+        self.layers = list(layers)
+        self.on_round_end = on_round_end
+        self.client_states: dict[str, dict[str, torch.Tensor]] = {}
+        self.round_barriers: dict[int, pd.DataFrame] = {}
+        self.analysis_seconds: dict[int, float] = {}
+        test_x, test_y = global_test_set(cfg)
+        self.test_set = (test_x, test_y)
+        self.analysis_set = subsample(test_x, test_y, cfg.analysis.samples, cfg.seed)
+        data = dataset_for(cfg)
+        self.bn_set = subsample(data.train_x, data.train_y, cfg.analysis.samples, cfg.seed + 1)
+
+    # -- hooks ---------------------------------------------------------------------------------------
+    def on_train(self, server_round: int, replies: Sequence[Message], global_arrays: ArrayRecord) -> None:
+        """Every valid training reply, sorted by partition, before the strategy aggregates it."""
+        base = global_arrays.to_torch_state_dict()
+        self.client_states = {partition_of(r): {**base, **reply_state(r)} for r in replies}
+        self._add_metrics(server_round, replies, "train", prefix="train-")
+        every = self.cfg.analysis.every
+        if every and server_round % every == 0 and len(self.client_states) >= 2:
+            received = set(reply_state(replies[0])) if replies else set()
+            self.analyse(server_round, self.client_states, received)
+
+    def on_evaluate(self, server_round: int, replies: Sequence[Message]) -> None:
+        self._add_metrics(server_round, replies, "local-test", prefix="")
+
+    def end_of_round(self, server_round: int, arrays: ArrayRecord) -> MetricRecord:
+        """Called by `Strategy.start` after each round (and once before the first): commit the round."""
+        model = self.model
+        model.load_state_dict(arrays.to_torch_state_dict(), strict=True)
+        metrics = evaluate(model, *self.test_set)
+        self.run_dir.add("metrics", pd.DataFrame([{
+            "round": server_round, "client": "global", "split": "test", "loss": metrics.loss,
+            "accuracy": metrics.accuracy, "num_examples": metrics.num_examples,
+        }]))
+        if self.cfg.output.checkpoints:
+            self._save_checkpoints(arrays)
+        self.run_dir.flush()
+        if self.on_round_end is not None:
+            self.on_round_end(server_round, metrics, self.analysis_seconds.get(server_round))
+        return MetricRecord({"loss": metrics.loss, "accuracy": metrics.accuracy})
+
+    # -- analysis ------------------------------------------------------------------------------------
+    def analyse(self, server_round: int, states: Mapping[str, Mapping[str, torch.Tensor]],
+                received: set[str]) -> pd.DataFrame:
+        """Layer-wise barriers between this round's client models (all pairs or a seeded sample)."""
+        started = time.perf_counter()
+        a = self.cfg.analysis
+        curves, barriers = pairwise_curves(
+            self.model, dict(states), self.analysis_set, pairs=a.pairs or "all",
+            seed=self.cfg.seed * 100_003 + server_round, groups=list(a.groups), alphas=a.alphas,
+            bases=tuple(a.bases), bn=a.bn, bn_data=self.bn_set if a.bn == "recompute" else None,
+            random_directions=a.random_directions,
+        )
+        curves, barriers = (self._visible(t, received) for t in (curves, barriers))
+        curves.insert(0, "round", server_round)
+        barriers.insert(0, "round", server_round)
+        self.run_dir.add("curves", curves)
+        self.run_dir.add("barriers", barriers)
+        self.round_barriers[server_round] = barriers
+        self.analysis_seconds[server_round] = time.perf_counter() - started
+        return barriers
+
+    def _visible(self, table: pd.DataFrame, received: set[str]) -> pd.DataFrame:
+        """Drop rows about layers the clients did not send (personal layers kept on the client)."""
+        hidden = {layer.name for layer in self.layers if not set(layer.keys) <= received}
+        if not hidden or table.empty:
+            return table.reset_index(drop=True)
+        keep = [not (set(_names(v)) & hidden) for v in table["layers"]]
+        return table[keep].reset_index(drop=True)
+
+    def layer_barriers(self, server_round: int, client_states: Mapping[str, Mapping[str, np.ndarray]]
+                       ) -> dict[str, float]:
+        """Mean midpoint loss barrier per single layer over client pairs and bases (for barrier-aware)."""
+        table = self.round_barriers.get(server_round)
+        if table is None or not (table["kind"] == "layer").any():
+            states = {k: {n: torch.as_tensor(np.asarray(v)) for n, v in s.items()}
+                      for k, s in client_states.items()}
+            _, table = pairwise_curves(self.model, states, self.analysis_set, pairs=self.cfg.analysis.pairs or "all",
+                                       seed=self.cfg.seed, groups="layers", alphas=3)
+        layer_rows = table[table["kind"] == "layer"]
+        return layer_rows.groupby("group")["loss_barrier_mid"].mean().to_dict()
+
+    # -- helpers -------------------------------------------------------------------------------------
+    def _add_metrics(self, server_round: int, replies: Sequence[Message], split: str, prefix: str) -> None:
+        rows = []
+        for reply in replies:
+            m = reply_metrics(reply)
+            rows.append({
+                "round": server_round, "client": partition_of(reply), "split": split,
+                "loss": float(m.get(f"{prefix}loss", float("nan"))),
+                "accuracy": float(m.get(f"{prefix}accuracy", float("nan"))),
+                "num_examples": int(m.get("num-examples", 0)),
+            })
+        self.run_dir.add("metrics", pd.DataFrame(rows))
+
+    def _save_checkpoints(self, arrays: ArrayRecord) -> None:
+        folder = self.run_dir.checkpoints
+        save_checkpoint(arrays.to_torch_state_dict(), folder / "global.safetensors")
+        global_state = arrays.to_torch_state_dict()
+        for client, state in self.client_states.items():
+            personal = {k: v for k, v in state.items() if not torch.equal(v, global_state[k])}
+            if personal:
+                save_checkpoint(personal, folder / f"client-{client}-personal.safetensors")
+
+
+def _names(value) -> list[str]:
+    if isinstance(value, str):
+        return value.split("|")
+    return list(value)

@@ -1,0 +1,106 @@
+"""The run directory: config snapshot, Parquet tables, safetensors checkpoints, all written atomically.
+
+Layout of a run directory:
+    config.toml          the resolved config
+    partitions.json      client indices, class counts, content hash
+    metrics.parquet      round, client ('global' or a partition id), split, loss, accuracy, num_examples
+    barriers.parquet     one row per (round, client pair, group, base)
+    curves.parquet       one row per (round, client pair, group, base, alpha)
+    choices.parquet      barrier-aware strategy: which layers were averaged each round
+    checkpoints/         global.safetensors, client-<id>-personal.safetensors (latest round)
+    plots/               PNG figures
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+
+import pandas as pd
+
+from fedlayer.errors import FedlayerError
+
+TABLES = ("metrics", "barriers", "curves", "choices")
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write via a temporary file in the same folder and rename: readers see old or new, never half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_parquet(frame: pd.DataFrame, path: str | Path) -> Path:
+    """Write a DataFrame as Parquet atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        frame.to_parquet(tmp, index=False)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def read_table(path: str | Path) -> pd.DataFrame:
+    path = Path(path)
+    if not path.exists():
+        raise FedlayerError(f"table {str(path)!r} does not exist")
+    return pd.read_parquet(path)
+
+
+class RunDirectory:
+    """One run's folder; tables accumulate in memory and are rewritten whole each round."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path).resolve()
+        self._rows: dict[str, list[pd.DataFrame]] = {name: [] for name in TABLES}
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / "checkpoints"
+
+    @property
+    def plots(self) -> Path:
+        return self.path / "plots"
+
+    def table_path(self, name: str) -> Path:
+        return self.path / f"{name}.parquet"
+
+    def create(self) -> RunDirectory:
+        self.path.mkdir(parents=True, exist_ok=True)
+        return self
+
+    def write_text(self, name: str, text: str) -> Path:
+        target = self.path / name
+        atomic_write_bytes(target, text.encode())
+        return target
+
+    def add(self, name: str, frames: pd.DataFrame | Iterable[pd.DataFrame]) -> None:
+        """Queue rows for table `name`; `flush()` writes them."""
+        if isinstance(frames, pd.DataFrame):
+            frames = [frames]
+        self._rows[name].extend(f for f in frames if not f.empty)
+
+    def table(self, name: str) -> pd.DataFrame:
+        rows = self._rows[name]
+        if len(rows) > 1:
+            rows[:] = [pd.concat(rows, ignore_index=True)]
+        return rows[0] if rows else pd.DataFrame()
+
+    def flush(self) -> None:
+        """Rewrite every non-empty table atomically (called once per completed round)."""
+        for name in TABLES:
+            if self._rows[name]:
+                write_parquet(self.table(name), self.table_path(name))

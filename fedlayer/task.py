@@ -1,0 +1,83 @@
+"""What a config means for one process: its dataset, partitions and model, built once and cached.
+
+Simulated clients live in long-lived Ray actors that serve many partitions; caching here keeps the
+dataset and partitions out of the per-round cost while every call still seeds its own randomness.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import torch
+
+from fedlayer.config import Config, config_hash
+from fedlayer.data import Dataset, load_dataset
+from fedlayer.data.partition import Partitions, partitions_from_config
+from fedlayer.layers import Layer, model_layers, select_layers
+from fedlayer.models import build_model
+
+
+@dataclass(frozen=True)
+class ClientData:
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+
+
+@functools.lru_cache(maxsize=4)
+def _dataset(name: str, data_dir: str, download: bool) -> Dataset:
+    return load_dataset(name, data_dir=data_dir or None, download=download)
+
+
+def dataset_for(cfg: Config) -> Dataset:
+    return _dataset(cfg.data.dataset, cfg.data.data_dir, cfg.data.download)
+
+
+_PARTITIONS: dict[str, Partitions] = {}
+
+
+def partitions_for(cfg: Config) -> Partitions:
+    key = config_hash(cfg)
+    if key not in _PARTITIONS:
+        _PARTITIONS[key] = partitions_from_config(cfg, dataset_for(cfg))
+    return _PARTITIONS[key]
+
+
+def client_data(cfg: Config, partition_id: int) -> ClientData:
+    """The local train and test split of one client."""
+    data = dataset_for(cfg)
+    part = partitions_for(cfg).clients[partition_id]
+    train = torch.as_tensor(part.train_indices, dtype=torch.long)
+    test = torch.as_tensor(part.test_indices, dtype=torch.long)
+    return ClientData(data.train_x[train], data.train_y[train], data.train_x[test], data.train_y[test])
+
+
+def global_test_set(cfg: Config) -> tuple[torch.Tensor, torch.Tensor]:
+    """The global test set, subsampled (seeded) when `data.max_test_samples` asks for it."""
+    data = dataset_for(cfg)
+    return subsample(data.test_x, data.test_y, cfg.data.max_test_samples, cfg.seed)
+
+
+def subsample(x: torch.Tensor, y: torch.Tensor, count: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A seeded subset of `count` rows (all rows when count is 0 or larger than the set)."""
+    if count <= 0 or count >= len(x):
+        return x, y
+    generator = torch.Generator().manual_seed(seed)
+    idx = torch.randperm(len(x), generator=generator)[:count].sort().values
+    return x[idx], y[idx]
+
+
+def new_model(cfg: Config) -> torch.nn.Module:
+    """The config's model, initialised from the config's seed (every client starts from it)."""
+    data = dataset_for(cfg)
+    torch.manual_seed(cfg.seed)
+    return build_model(cfg.model.name, data.input_shape, data.num_classes, norm=cfg.model.norm)
+
+
+def head_parameter_names(model: torch.nn.Module) -> list[str]:
+    """Parameter names of the classifier head (FedRep / FedBABU train it separately)."""
+    params = {n for n, _ in model.named_parameters()}
+    head: list[Layer] = select_layers(model_layers(model), "head")
+    return [k for layer in head for k in layer.keys if k in params]

@@ -1,0 +1,132 @@
+"""Local training and evaluation in plain PyTorch: what a client does, with no Flower in sight.
+
+The ClientApp and the plain-PyTorch baseline of `fedlayer bench simulation` both call these
+functions, so the benchmark compares the framework overhead and nothing else.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+TRAIN_MODES = ("standard", "fedrep", "fedbabu")
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    epochs: int = 1
+    batch_size: int = 32
+    optimizer: str = "sgd"
+    lr: float = 0.05
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    proximal_mu: float = 0.0
+    mode: str = "standard"
+    head_epochs: int = 1
+
+
+@dataclass(frozen=True)
+class Metrics:
+    loss: float
+    accuracy: float
+    num_examples: int
+
+
+def seed_everything(*parts: int) -> torch.Generator:
+    """Seed torch from a tuple such as (seed, partition, round) and return a matching generator."""
+    value = 0
+    for part in parts:
+        value = (value * 1_000_003 + int(part)) % (2**63 - 1)
+    torch.manual_seed(value)
+    generator = torch.Generator()
+    generator.manual_seed(value)
+    return generator
+
+
+def _make_optimizer(params, settings: TrainSettings) -> torch.optim.Optimizer:
+    if settings.optimizer == "adam":
+        return torch.optim.Adam(params, lr=settings.lr, weight_decay=settings.weight_decay)
+    return torch.optim.SGD(params, lr=settings.lr, momentum=settings.momentum,
+                           weight_decay=settings.weight_decay)
+
+
+def _run_epochs(model, x, y, settings, epochs, trainable: Collection[str] | None, generator, device,
+                anchor: Mapping[str, torch.Tensor] | None) -> tuple[float, int, int]:
+    """SGD epochs over (x, y) updating only the parameters named in `trainable` (None = all)."""
+    named = [(n, p) for n, p in model.named_parameters() if trainable is None or n in trainable]
+    if not named or epochs == 0:
+        return 0.0, 0, 0
+    for name, p in model.named_parameters():
+        p.requires_grad_(trainable is None or name in trainable)
+    optimizer = _make_optimizer([p for _, p in named], settings)
+    loss_fn = nn.CrossEntropyLoss()
+    total_loss, correct, seen = 0.0, 0, 0
+    model.train()
+    for _ in range(epochs):
+        order = torch.randperm(len(x), generator=generator)
+        for start in range(0, len(x), settings.batch_size):
+            idx = order[start:start + settings.batch_size]
+            xb, yb = x[idx].to(device, non_blocking=True), y[idx].to(device, non_blocking=True)
+            optimizer.zero_grad(set_to_none=True)
+            logits = model(xb)
+            loss = loss_fn(logits, yb)
+            objective = loss
+            if anchor is not None and settings.proximal_mu > 0:
+                prox = sum(((p - anchor[n]) ** 2).sum() for n, p in named)
+                objective = loss + 0.5 * settings.proximal_mu * prox
+            objective.backward()
+            optimizer.step()
+            total_loss += loss.item() * len(idx)
+            correct += (logits.argmax(1) == yb).sum().item()
+            seen += len(idx)
+    for p in model.parameters():
+        p.requires_grad_(True)
+    return total_loss, correct, seen
+
+
+def train_local(model: nn.Module, x: torch.Tensor, y: torch.Tensor, settings: TrainSettings, *,
+                head_params: Collection[str] = (), generator: torch.Generator | None = None,
+                device: torch.device | str = "cpu") -> Metrics:
+    """Train `model` in place on (x, y) as `settings.mode` says; return the mean training metrics.
+
+    `head_params` names the classifier-head parameters, needed by FedRep (head epochs with the body
+    frozen, then body epochs) and FedBABU (head frozen throughout federation).
+    """
+    if settings.mode not in TRAIN_MODES:
+        raise ValueError(f"unknown training mode {settings.mode!r}; valid: {', '.join(TRAIN_MODES)}")
+    anchor = None
+    if settings.proximal_mu > 0:
+        anchor = {n: p.detach().clone() for n, p in model.named_parameters()}
+    all_params = {n for n, _ in model.named_parameters()}
+    body = all_params - set(head_params)
+    if settings.mode == "fedrep":
+        phases = [(set(head_params), settings.head_epochs), (body, settings.epochs)]
+    elif settings.mode == "fedbabu":
+        phases = [(body, settings.epochs)]
+    else:
+        phases = [(None, settings.epochs)]
+    total_loss, correct, seen = 0.0, 0, 0
+    for trainable, epochs in phases:
+        loss, ok, n = _run_epochs(model, x, y, settings, epochs, trainable, generator, device, anchor)
+        total_loss, correct, seen = total_loss + loss, correct + ok, seen + n
+    seen = max(seen, 1)
+    return Metrics(loss=total_loss / seen, accuracy=correct / seen, num_examples=len(x))
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, batch_size: int = 512,
+             device: torch.device | str = "cpu") -> Metrics:
+    """Sample-weighted mean cross-entropy and accuracy of `model` on (x, y)."""
+    model.eval()
+    total_loss, correct = 0.0, 0
+    for start in range(0, len(x), batch_size):
+        xb = x[start:start + batch_size].to(device, non_blocking=True)
+        yb = y[start:start + batch_size].to(device, non_blocking=True)
+        logits = model(xb)
+        total_loss += nn.functional.cross_entropy(logits, yb, reduction="sum").item()
+        correct += (logits.argmax(1) == yb).sum().item()
+    n = max(len(x), 1)
+    return Metrics(loss=total_loss / n, accuracy=correct / n, num_examples=len(x))

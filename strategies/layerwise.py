@@ -1,0 +1,374 @@
+"""LayerSelective: make ANY Flower strategy average only selected layers; the rest stay personal.
+
+The wrapped strategy (FedAvg, FedAdam, FedProx, a user's own) aggregates the selected layers by its
+own rule and only ever sees them: it is configured with the global arrays restricted to those keys
+and aggregates replies restricted to them, so stateful strategies (FedAdam's pseudo-gradients) work
+unchanged. Its sampling, config and metric aggregation are its own. Every other layer is personal to
+each client and is never overwritten by anyone else's.
+
+Who keeps the personal layers (`personal`):
+- "server" (default) works with ANY ClientApp that strictly loads the arrays it receives and replies
+  with its trained arrays (Flower's quickstart client, unchanged). The server keeps each client's
+  personal layers in `personal_state` (node id -> ArrayRecord) and sends every client the averaged
+  layers plus its own personal ones (on first contact: the initial values), in train AND evaluate
+  messages. Clients must reply with their full model.
+- "client": personal layers never leave a client after its first contact. A client the server has
+  not yet heard from in a train reply gets the full model (to initialise its personal layers); after
+  that it gets only the averaged layers and replies with only those. The server then never sees
+  personal layers, and neither does anything that observes the replies (per-round barrier analysis
+  can only look at the averaged layers).
+
+Config keys added to every train and evaluate ConfigRecord (the client protocol):
+  "personal-mode": "server" | "client"; "average-keys": comma-joined state_dict keys averaged this
+  round; and, in train messages, "train-mode": "standard" | "fedrep" | "fedbabu".
+
+The arrays `aggregate_train` returns (the new global model) are the wrapped strategy's averaged
+layers plus, for the personal keys: with personal="server" the sample-weighted mean of this round's
+clients' personal layers (a REFERENCE model for global evaluation only, never sent to anyone as
+personal layers); with personal="client" the previous global's values. Integer buffers
+(num_batches_tracked) keep their dtype (rounded), unlike Flower's own averaging.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable, Mapping, Sequence
+from logging import INFO, WARNING
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.common import log
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
+from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords, validate_message_reply_consistency
+from torch import nn
+
+from fedlayer.errors import FedlayerError, choices_message
+from fedlayer.layers import Layer, _split_terms, keys_of, model_layers, select_layers
+from strategies.sampling import client_label, split_replies
+from strategies.wrapper import StrategyWrapper
+
+PERSONAL_MODES = ("server", "client")
+TRAIN_MODES = ("standard", "fedrep", "fedbabu")
+PERSONAL_MODE_KEY = "personal-mode"
+AVERAGE_KEYS_KEY = "average-keys"
+TRAIN_MODE_KEY = "train-mode"
+DEFAULT_CONFIG_RECORD = "config"
+DEFAULT_WEIGHT_KEY = "num-examples"
+
+LayerSource = ArrayRecord | Mapping[str, Any] | nn.Module | Sequence[Layer]
+
+
+def layers_of(source: LayerSource) -> list[Layer]:
+    """Layers from a model (finds tied weights), a state dict / ArrayRecord (by key), or a Layer list."""
+    if isinstance(source, ArrayRecord):
+        return model_layers(source.to_torch_state_dict())
+    if isinstance(source, nn.Module):
+        return model_layers(source)
+    if isinstance(source, Mapping):
+        return model_layers({k: torch.as_tensor(v) for k, v in source.items()})
+    layers = list(source)
+    if not layers or not all(isinstance(layer, Layer) for layer in layers):
+        raise FedlayerError(f"cannot find layers in a {type(source).__name__}: pass a model, a state dict, "
+                            "an ArrayRecord or a list of fedlayer.layers.Layer")
+    return layers
+
+
+def select_average(layers: Sequence[Layer], selector: str | Sequence[str]) -> list[Layer]:
+    """`select_layers` plus exclusions: a term "-<term>" removes what <term> selects.
+
+    "all,-norm" is every layer but the normalisation layers (FedBN); exclusions alone start from
+    "all". The result must not be empty unless the selector is "none".
+    """
+    terms = _split_terms(selector)
+    excluded = [term[1:].strip() for term in terms if term.startswith("-")]
+    if not excluded:
+        return select_layers(layers, selector)
+    included = [term for term in terms if not term.startswith("-")] or ["all"]
+    dropped = {layer.index for layer in select_layers(layers, excluded)}
+    chosen = [layer for layer in select_layers(layers, included) if layer.index not in dropped]
+    if not chosen:
+        raise FedlayerError(f"layer selector {selector!r} leaves no layer to average (use 'none' to "
+                            f"average nothing); layers: {', '.join(layer.name for layer in layers)}")
+    return chosen
+
+
+def weighted_mean(arrays: Sequence[Array], weights: Sequence[float]) -> Array:
+    """sum_i w_i / sum(w) * a_i, summed in the given order like Flower's `aggregate_arrayrecords`."""
+    total = float(sum(weights))
+    mean = None
+    for array, weight in zip(arrays, weights, strict=True):
+        term = array.numpy() * (weight / total)
+        mean = term if mean is None else mean + term
+    return Array(np.asarray(mean))
+
+
+def cast_like(array: Array, like: Array) -> Array:
+    """`array` with the dtype of `like`; integers (num_batches_tracked) are rounded, not truncated."""
+    if array.dtype == like.dtype:
+        return array
+    values, dtype = array.numpy(), np.dtype(like.dtype)
+    if dtype.kind in "iub":
+        values = np.rint(values)
+    return Array(np.asarray(values, dtype=dtype))  # np.asarray keeps 0-d arrays 0-d
+
+
+def subset(record: ArrayRecord, keys: Iterable[str]) -> ArrayRecord:
+    """A new ArrayRecord holding (not copying) the given keys of `record`, in that order."""
+    out = ArrayRecord()
+    for key in keys:
+        out[key] = record[key]
+    return out
+
+
+def with_record(message: Message, name: str, record: ArrayRecord) -> Message:
+    """A copy of a reply whose record `name` is replaced (same metadata; the original is untouched)."""
+    content = RecordDict({k: (record if k == name else v) for k, v in message.content.items()})
+    return Message(content, metadata=copy.copy(message.metadata))
+
+
+class LayerSelective(StrategyWrapper):
+    """Average only the layers picked by `average` with the wrapped `strategy`; keep the rest personal.
+
+    `average` is a selector (fedlayer.layers grammar, plus "-<term>" exclusions) resolved against
+    `layers` (a model, state dict or Layer list; a model finds tied weights) or, when None, against the
+    keys of the first global arrays seen. Call `resolve(model)` before training to validate it.
+    `train_mode` is sent to clients as "train-mode" (FedRep / FedBABU training on the client).
+    """
+
+    def __init__(self, strategy: Strategy, average: str | Sequence[str] = "all", *,
+                 layers: LayerSource | None = None, personal: str = "server",
+                 train_mode: str = "standard") -> None:
+        super().__init__(strategy)
+        if personal not in PERSONAL_MODES:
+            raise FedlayerError(choices_message("personal mode", personal, PERSONAL_MODES))
+        if train_mode not in TRAIN_MODES:
+            raise FedlayerError(choices_message("train mode", train_mode, TRAIN_MODES))
+        self.average = average
+        self.personal = personal
+        self.train_mode = train_mode
+        self.selector_hint = ""  # appended to selector errors (build_strategy names the presets)
+        self.preset = None  # the strategies.presets.Preset it was built from, if any
+        self.layers: list[Layer] | None = None
+        self.selected: list[Layer] = []  # what `average` picks
+        self.average_keys: list[str] = []  # the keys averaged (in the last round)
+        self.personal_state: dict[int, ArrayRecord] = {}  # node id -> its personal layers (server mode)
+        self.client_labels: dict[int, str] = {}  # node id -> partition id (as str) from its replies
+        self._global: ArrayRecord | None = None  # the global arrays of the current round
+        self._shared: dict[str, Array] = {}  # per key, the last value every client shared (initial/averaged)
+        self._holding: set[int] = set()  # client mode: nodes that keep their personal layers
+        if layers is not None:
+            self.resolve(layers)
+
+    # ------------------------------------------------------------------ layers
+
+    def resolve(self, source: LayerSource) -> list[Layer]:
+        """Resolve the selector against a model's layers; returns the selected layers.
+
+        Raises FedlayerError naming the selector and the layer names when it matches nothing.
+        """
+        layers = layers_of(source)
+        try:
+            selected = select_average(layers, self.average)
+        except FedlayerError as exc:
+            if not self.selector_hint:
+                raise
+            raise FedlayerError(f"{exc}. {self.selector_hint}") from exc
+        self.layers, self.selected, self.average_keys = layers, selected, keys_of(selected)
+        return selected
+
+    @property
+    def model_keys(self) -> list[str]:
+        return keys_of(self.layers or [])
+
+    @property
+    def personal_keys(self) -> list[str]:
+        averaged = set(self.average_keys)
+        return [key for key in self.model_keys if key not in averaged]
+
+    def _wrapped_keys(self) -> list[str]:
+        """The keys the wrapped strategy configures and aggregates."""
+        return self.average_keys
+
+    def _choose(self, server_round: int, replies: list[Message], received: list[ArrayRecord]) -> list[str]:
+        """The keys averaged in this round's aggregation (fixed here; BarrierAware measures)."""
+        return self.average_keys
+
+    # ------------------------------------------------------------------ configure
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        self._begin(arrays)
+        messages = super().configure_train(server_round, subset(arrays, self._wrapped_keys()), config, grid)
+        return self._personalise(messages, {TRAIN_MODE_KEY: self.train_mode})
+
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                           grid: Grid) -> Iterable[Message]:
+        self._begin(arrays)
+        messages = super().configure_evaluate(server_round, subset(arrays, self._wrapped_keys()), config, grid)
+        return self._personalise(messages, {})
+
+    def _begin(self, arrays: ArrayRecord) -> None:
+        if self.layers is None:
+            self.resolve(arrays)
+        expected = self.model_keys
+        if set(arrays.keys()) != set(expected):
+            missing = [k for k in expected if k not in arrays]
+            unexpected = [k for k in arrays.keys() if k not in set(expected)]
+            raise FedlayerError(f"the global arrays do not fit the model's layers: missing keys {missing}, "
+                                f"unexpected keys {unexpected}")
+        if not self._shared:
+            self._shared = dict(arrays.items())
+        self._global = arrays
+
+    def _personalise(self, messages: Iterable[Message], extra: dict[str, str]) -> list[Message]:
+        """Per client: the averaged layers the wrapped strategy sent plus its personal ones; config keys."""
+        extra = {PERSONAL_MODE_KEY: self.personal, AVERAGE_KEYS_KEY: ",".join(self.average_keys), **extra}
+        out = []
+        for message in messages:
+            node, content = message.metadata.dst_node_id, RecordDict()
+            name = self._array_record_name(message.content)
+            for key, record in message.content.items():
+                if key == name:
+                    record = self._arrays_for(node, record)
+                elif isinstance(record, ConfigRecord):
+                    record = ConfigRecord({**record, **extra})
+                content[key] = record
+            if not content.config_records:
+                content[DEFAULT_CONFIG_RECORD] = ConfigRecord(dict(extra))
+            md = message.metadata
+            out.append(Message(content, md.dst_node_id, md.message_type, ttl=md.ttl,
+                               group_id=md.group_id or None, dst_task_id=md.dst_task_id))
+        return out
+
+    def _arrays_for(self, node: int, sent: ArrayRecord) -> ArrayRecord:
+        if self.personal == "client" and node in self._holding:
+            return sent
+        own = self.personal_state.get(node, {})
+        personal = set(self.personal_keys)
+        out = ArrayRecord()
+        for key in self.model_keys:
+            if key in personal:
+                out[key] = own[key] if key in own else self._shared[key]
+            elif key in sent:
+                out[key] = sent[key]
+            else:
+                raise FedlayerError(f"{type(self.strategy).__name__} sent no value for the averaged key {key!r}")
+        return out
+
+    # ------------------------------------------------------------------ aggregate
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message],
+                        ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        valid, errors = split_replies(replies)
+        _log_errors("aggregate_train", errors)
+        if self._global is None:
+            raise FedlayerError("aggregate_train was called before configure_train")
+        if not valid:
+            return None, None
+        names = [self._array_record_name(m.content) for m in valid]
+        received = [m.content[n] if n is not None else ArrayRecord() for m, n in zip(valid, names, strict=True)]
+        self._check_replies(valid, received)
+        chosen = self._choose(server_round, valid, received)
+        wrapped = self._wrapped_keys()
+        if wrapped:
+            restricted = [with_record(m, n, subset(r, wrapped))
+                          for m, n, r in zip(valid, names, received, strict=True)]
+            aggregated, metrics = self.strategy.aggregate_train(server_round, restricted)
+        else:  # average nothing: no arrays to aggregate, metrics as FedAvg does
+            aggregated, metrics = None, self._aggregate_metrics(valid)
+        self._remember(valid, received, chosen)
+        self.average_keys = chosen
+        if wrapped and aggregated is None:
+            return None, metrics
+        new_global = self._new_global(valid, received, chosen, aggregated)
+        log(INFO, "%s: averaged %d of %d keys", type(self).__name__, len(chosen), len(self.model_keys))
+        return new_global, metrics
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        valid, errors = split_replies(replies)
+        _log_errors("aggregate_evaluate", errors)
+        return self.strategy.aggregate_evaluate(server_round, valid)
+
+    def _check_replies(self, replies: list[Message], received: list[ArrayRecord]) -> None:
+        needed = self.model_keys if self.personal == "server" else self.average_keys
+        for reply, record in zip(replies, received, strict=True):
+            missing = [key for key in needed if key not in record]
+            if missing:
+                raise FedlayerError(
+                    f"the train reply of client {client_label(reply)} lacks keys {missing}: with "
+                    f"personal='{self.personal}' a client replies with "
+                    + ("its full model" if self.personal == "server" else "the keys listed in 'average-keys'"))
+
+    def _remember(self, replies: list[Message], received: list[ArrayRecord], chosen: list[str]) -> None:
+        """Keep what each client now holds: its personal layers (server mode) or that it holds them."""
+        nodes = [reply.metadata.src_node_id for reply in replies]
+        self.client_labels.update({n: client_label(r) for n, r in zip(nodes, replies, strict=True)})
+        if self.personal == "client":
+            self._holding.update(nodes)
+            return
+        averaged = set(chosen)
+        personal = [key for key in self.model_keys if key not in averaged]
+        for node, record in zip(nodes, received, strict=True):
+            self.personal_state.setdefault(node, ArrayRecord()).update({k: record[k] for k in personal})
+        for state in self.personal_state.values():  # an averaged key is nobody's own any more
+            for key in averaged & set(state.keys()):
+                del state[key]
+
+    def _new_global(self, replies: list[Message], received: list[ArrayRecord], chosen: list[str],
+                    aggregated: ArrayRecord | None) -> ArrayRecord:
+        assert self._global is not None
+        averaged, weights, out = set(chosen), self._weights(replies), ArrayRecord()
+        for key in self.model_keys:
+            like = self._global[key]
+            if key in averaged:
+                if aggregated is None or key not in aggregated:
+                    raise FedlayerError(f"{type(self.strategy).__name__} returned no value for key {key!r}")
+                out[key] = cast_like(aggregated[key], like)
+            elif self.personal == "server":  # reference only: the mean of the clients' personal layers
+                out[key] = cast_like(weighted_mean([record[key] for record in received], weights), like)
+            else:
+                out[key] = like
+        self._shared.update({key: out[key] for key in chosen})
+        return out
+
+    @property
+    def _weight_key(self) -> str:
+        return getattr(self.strategy, "weighted_by_key", DEFAULT_WEIGHT_KEY)
+
+    def _weights(self, replies: list[Message]) -> list[float]:
+        """Each reply's weight (the wrapped strategy's `weighted_by_key`); equal if any reply lacks it."""
+        metrics = [next(iter(r.content.metric_records.values()), MetricRecord()) for r in replies]
+        if all(isinstance(m.get(self._weight_key), int | float) for m in metrics):
+            return [float(m[self._weight_key]) for m in metrics]
+        return [1.0] * len(replies)
+
+    def _aggregate_metrics(self, replies: list[Message]) -> MetricRecord:
+        contents = [reply.content for reply in replies]
+        validate_message_reply_consistency(contents, self._weight_key, check_arrayrecord=False)
+        aggregate = getattr(self.strategy, "train_metrics_aggr_fn", None) or aggregate_metricrecords
+        return aggregate(contents, self._weight_key)
+
+    def _array_record_name(self, content: RecordDict) -> str | None:
+        """The model's ArrayRecord in a message: the only one, or the one named like the strategy's key."""
+        names = list(content.array_records.keys())
+        if len(names) <= 1:
+            return names[0] if names else None
+        preferred = getattr(self.strategy, "arrayrecord_key", "arrays")
+        if preferred not in names:
+            raise FedlayerError(f"a message holds several ArrayRecords {names} and none is named {preferred!r}")
+        return preferred
+
+    def summary(self) -> None:
+        log(INFO, "\t├──> %s: average %r (%d of %d keys), personal layers kept by the %s, train mode %s",
+            type(self).__name__, self.average, len(self.average_keys), len(self.model_keys), self.personal,
+            self.train_mode)
+        self.strategy.summary()
+
+
+def _log_errors(phase: str, errors: list[Message]) -> None:
+    for message in errors:
+        log(WARNING, "%s: dropped the error reply of node %d: %s", phase, message.metadata.src_node_id,
+            message.error.reason)

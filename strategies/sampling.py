@@ -1,0 +1,164 @@
+"""Which clients take part in a round, and in which order their replies are summed.
+
+Flower's node ids are random per run and its strategies sample them with `random.sample`, so
+neither the sampled partitions nor the reply order is reproducible. Here clients are named by
+partition id: a client puts `ConfigRecord({"partition-id": pid})` under the reply key "client"
+(fedlayer's ClientApp does, for train, evaluate and query messages); `query_partitions` maps node ids
+to partitions once; `SeededGrid` samples partitions from the seed and the round; `split_replies`
+sorts replies by partition before anything is summed.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Iterable, Mapping
+
+from flwr.app import Message, MessageType, RecordDict
+from flwr.serverapp import Grid
+
+from fedlayer.errors import FedlayerError, choices_message
+
+CLIENT_RECORD = "client"
+PARTITION_KEY = "partition-id"
+PHASES = ("train", "evaluate")
+
+
+def partition_of(reply: Message) -> int | None:
+    """The partition id a reply names under its "client" ConfigRecord, or None."""
+    record = reply.content.config_records.get(CLIENT_RECORD)
+    if record is None or PARTITION_KEY not in record:
+        return None
+    return int(record[PARTITION_KEY])
+
+
+def reply_order(reply: Message) -> tuple[int, int]:
+    """Sort key: by partition id; replies naming none come after, by node id."""
+    pid = partition_of(reply)
+    return (0, pid) if pid is not None else (1, reply.metadata.src_node_id)
+
+
+def client_label(reply: Message) -> str:
+    """A stable name for the client of a reply: its partition id, else "node-<node id>"."""
+    pid = partition_of(reply)
+    return str(pid) if pid is not None else f"node-{reply.metadata.src_node_id}"
+
+
+def split_replies(replies: Iterable[Message]) -> tuple[list[Message], list[Message]]:
+    """(valid replies sorted by partition, errored replies), reading `replies` once."""
+    replies = list(replies)
+    valid = sorted((m for m in replies if not m.has_error()), key=reply_order)
+    return valid, [m for m in replies if m.has_error()]
+
+
+def clients_per_round(num_clients: int, fraction: float) -> int:
+    """Clients per round: floor(fraction * clients), at least one."""
+    if not 0.0 < fraction <= 1.0:
+        raise FedlayerError(f"bad client fraction {fraction!r}: must be in (0, 1]")
+    return max(1, math.floor(num_clients * fraction + 1e-9))
+
+
+class SeededGrid(Grid):
+    """A Grid whose `get_node_ids()` is the seeded sample of clients for the current round.
+
+    The sample is `random.Random(f"{seed}-{round}").sample(sorted partition ids, k)` with
+    k = `clients_per_round(clients, fraction)`: the same partitions for the same seed, whatever the node
+    ids. Evaluation uses the training sample unless `fraction_evaluate` is given (then its own draw,
+    seeded with f"{seed}-{round}-evaluate"). Everything else is delegated to the wrapped grid.
+
+    The round is set with `set_round(round, phase)`; fedlayer's strategy wrappers do that in their
+    `configure_train`/`configure_evaluate`, so `Observed(...)`/`LayerSelective(...).start(grid=...)`
+    needs nothing more. Configure the wrapped Flower strategy to take every node it is offered, so
+    that its own `random.sample` only permutes this sample (the order does not matter: replies are
+    sorted): FedAvg with `fraction_train=fraction_evaluate=1.0` and `min_train_nodes`,
+    `min_evaluate_nodes`, `min_available_nodes` no larger than `sample_size("train")` and
+    `sample_size("evaluate")` (FedAvg waits for `min_available_nodes` among the nodes offered).
+    """
+
+    def __init__(self, grid: Grid, seed: int, fraction: float, partition_of: Mapping[int, int], *,
+                 fraction_evaluate: float | None = None) -> None:
+        self.grid = grid
+        self.seed = seed
+        self.fraction = fraction
+        self.fraction_evaluate = fraction_evaluate
+        self.node_of = {int(pid): int(node) for node, pid in partition_of.items()}
+        if len(self.node_of) != len(partition_of):
+            raise FedlayerError(f"two nodes claim the same partition id: {dict(partition_of)}")
+        clients_per_round(len(self.node_of), fraction)  # validates the fractions now, not in round 1
+        if fraction_evaluate is not None:
+            clients_per_round(len(self.node_of), fraction_evaluate)
+        self.server_round = 0
+        self.phase = "train"
+
+    def set_round(self, server_round: int, phase: str = "train") -> None:
+        """Make `get_node_ids()` return the sample of this round and phase."""
+        if phase not in PHASES:
+            raise FedlayerError(choices_message("phase", phase, PHASES))
+        self.server_round, self.phase = server_round, phase
+
+    def sample_size(self, phase: str = "train") -> int:
+        fraction = self.fraction_evaluate if phase == "evaluate" and self.fraction_evaluate else self.fraction
+        return clients_per_round(len(self.node_of), fraction)
+
+    def sample(self, server_round: int, phase: str = "train") -> list[int]:
+        """The sorted partition ids sampled for a round and phase."""
+        key = f"{self.seed}-{server_round}"
+        if phase == "evaluate" and self.fraction_evaluate is not None:
+            key += "-evaluate"
+        return sorted(random.Random(key).sample(sorted(self.node_of), self.sample_size(phase)))
+
+    def get_node_ids(self) -> list[int]:
+        if self.server_round < 1:
+            raise FedlayerError("SeededGrid has no round yet: call set_round(round, phase) before sampling "
+                                "(fedlayer's strategy wrappers do it in configure_train/configure_evaluate)")
+        return [self.node_of[pid] for pid in self.sample(self.server_round, self.phase)]
+
+    # everything else is the wrapped grid's
+    def set_run(self, run) -> None:
+        self.grid.set_run(run)
+
+    @property
+    def run(self):
+        return self.grid.run
+
+    def create_message(self, content: RecordDict, message_type: str, dst_node_id: int, group_id: str,
+                       ttl: float | None = None) -> Message:
+        return self.grid.create_message(content, message_type, dst_node_id, group_id, ttl)
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        return self.grid.push_messages(messages)
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        return self.grid.pull_messages(message_ids)
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None,
+                         ) -> Iterable[Message]:
+        return self.grid.send_and_receive(messages, timeout=timeout)
+
+
+def query_partitions(grid: Grid, expected: int, *, timeout: float = 120.0,
+                     poll: float = 0.5) -> dict[int, int]:
+    """{node id: partition id} of all connected clients, asked once with a QUERY message.
+
+    Waits until `expected` nodes are connected (simulated nodes register while the ServerApp starts).
+    Each client must reply with `ConfigRecord({"partition-id": pid})` under the key "client".
+    """
+    deadline = time.monotonic() + timeout
+    while len(nodes := sorted(grid.get_node_ids())) < expected:
+        if time.monotonic() > deadline:
+            raise FedlayerError(f"only {len(nodes)} of {expected} clients connected within {timeout:g} s")
+        time.sleep(poll)
+    messages = [Message(RecordDict(), dst_node_id=node, message_type=MessageType.QUERY) for node in nodes]
+    valid, errors = split_replies(grid.send_and_receive(messages, timeout=timeout))
+    if errors or len(valid) != len(nodes):
+        reasons = "; ".join(f"node {m.metadata.src_node_id}: {m.error.reason}" for m in errors)
+        raise FedlayerError(f"{len(valid)} of {len(nodes)} clients answered the partition query. {reasons}")
+    mapping = {m.metadata.src_node_id: partition_of(m) for m in valid}
+    unnamed = sorted(node for node, pid in mapping.items() if pid is None)
+    if unnamed:
+        raise FedlayerError(f"nodes {unnamed} did not name their partition: a client must answer a query "
+                            f"message with ConfigRecord({{'{PARTITION_KEY}': pid}}) under '{CLIENT_RECORD}'")
+    if len(set(mapping.values())) != len(mapping):
+        raise FedlayerError(f"two clients claim the same partition id: {mapping}")
+    return mapping
