@@ -165,7 +165,7 @@ def select_layers(layers: Sequence[Layer], selector: str | Sequence[str], *, see
     term, so "re:a{1,3}" works); a string or a list of terms is the union of its terms.
     Every term other than `none` must match at least one layer.
     """
-    terms = _split_terms(selector)
+    terms = split_terms(selector)
     if not terms:
         raise FedlayerError(f"empty layer selector {selector!r}; {_names_hint(layers)}")
     picked: set[int] = set()
@@ -179,7 +179,7 @@ def keys_of(layers: Sequence[Layer]) -> list[str]:
     return [key for layer in layers for key in layer.keys]
 
 
-def _split_terms(selector: str | Sequence[str]) -> list[str]:
+def split_terms(selector: str | Sequence[str]) -> list[str]:
     """Split at commas outside brackets; a list's items are split the same way."""
     items = [selector] if isinstance(selector, str) else list(selector)
     terms: list[str] = []

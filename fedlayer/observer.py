@@ -8,7 +8,7 @@ Flower strategy gets per-round barrier analysis without changing it.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -22,16 +22,7 @@ from fedlayer.layers import Layer
 from fedlayer.results import RunDirectory
 from fedlayer.task import dataset_for, global_test_set, subsample
 from fedlayer.training import evaluate
-
-CLIENT_RECORD = "client"
-
-
-def partition_of(reply: Message) -> str:
-    """The partition id a reply came from (fedlayer's clients say it), else its node id."""
-    record = reply.content.config_records.get(CLIENT_RECORD)
-    if record is not None and "partition-id" in record:
-        return str(record["partition-id"])
-    return f"node-{reply.metadata.src_node_id}"
+from strategies import client_label
 
 
 def reply_state(reply: Message) -> dict[str, torch.Tensor]:
@@ -54,6 +45,9 @@ class RoundRecorder:
         self.layers = list(layers)
         self.on_round_end = on_round_end
         self.client_states: dict[str, dict[str, torch.Tensor]] = {}
+        self.client_keys: set[str] = set()
+        self.personal_keys: Callable[[], Iterable[str]] = tuple  # the strategy's, set by the server app
+        self.extra_tables: dict[str, Callable[[], pd.DataFrame]] = {}  # whole tables rewritten each round
         self.round_barriers: dict[int, pd.DataFrame] = {}
         self.analysis_seconds: dict[int, float] = {}
         test_x, test_y = global_test_set(cfg)
@@ -66,12 +60,13 @@ class RoundRecorder:
     def on_train(self, server_round: int, replies: Sequence[Message], global_arrays: ArrayRecord) -> None:
         """Every valid training reply, sorted by partition, before the strategy aggregates it."""
         base = global_arrays.to_torch_state_dict()
-        self.client_states = {partition_of(r): {**base, **reply_state(r)} for r in replies}
+        sent = {client_label(r): reply_state(r) for r in replies}
+        self.client_keys = set.intersection(*(set(s) for s in sent.values())) if sent else set()
+        self.client_states = {client: {**base, **state} for client, state in sent.items()}
         self._add_metrics(server_round, replies, "train", prefix="train-")
         every = self.cfg.analysis.every
         if every and server_round % every == 0 and len(self.client_states) >= 2:
-            received = set(reply_state(replies[0])) if replies else set()
-            self.analyse(server_round, self.client_states, received)
+            self.analyse(server_round, self.client_states, self.client_keys)
 
     def on_evaluate(self, server_round: int, replies: Sequence[Message]) -> None:
         self._add_metrics(server_round, replies, "local-test", prefix="")
@@ -87,6 +82,8 @@ class RoundRecorder:
         }]))
         if self.cfg.output.checkpoints:
             self._save_checkpoints(arrays)
+        for name, table in self.extra_tables.items():
+            self.run_dir.replace(name, table())
         self.run_dir.flush()
         if self.on_round_end is not None:
             self.on_round_end(server_round, metrics, self.analysis_seconds.get(server_round))
@@ -128,8 +125,9 @@ class RoundRecorder:
         if table is None or not (table["kind"] == "layer").any():
             states = {k: {n: torch.as_tensor(np.asarray(v)) for n, v in s.items()}
                       for k, s in client_states.items()}
-            _, table = pairwise_curves(self.model, states, self.analysis_set, pairs=self.cfg.analysis.pairs or "all",
-                                       seed=self.cfg.seed, groups="layers", alphas=3)
+            _, table = pairwise_curves(self.model, states, self.analysis_set,
+                                       pairs=self.cfg.analysis.pairs or "all", seed=self.cfg.seed,
+                                       groups="layers", alphas=3)
         layer_rows = table[table["kind"] == "layer"]
         return layer_rows.groupby("group")["loss_barrier_mid"].mean().to_dict()
 
@@ -139,7 +137,7 @@ class RoundRecorder:
         for reply in replies:
             m = reply_metrics(reply)
             rows.append({
-                "round": server_round, "client": partition_of(reply), "split": split,
+                "round": server_round, "client": client_label(reply), "split": split,
                 "loss": float(m.get(f"{prefix}loss", float("nan"))),
                 "accuracy": float(m.get(f"{prefix}accuracy", float("nan"))),
                 "num_examples": int(m.get("num-examples", 0)),
@@ -147,13 +145,14 @@ class RoundRecorder:
         self.run_dir.add("metrics", pd.DataFrame(rows))
 
     def _save_checkpoints(self, arrays: ArrayRecord) -> None:
+        """The global model, and each client's personal layers as far as the server has seen them."""
         folder = self.run_dir.checkpoints
         save_checkpoint(arrays.to_torch_state_dict(), folder / "global.safetensors")
-        global_state = arrays.to_torch_state_dict()
+        personal = set(self.personal_keys()) & self.client_keys
         for client, state in self.client_states.items():
-            personal = {k: v for k, v in state.items() if not torch.equal(v, global_state[k])}
             if personal:
-                save_checkpoint(personal, folder / f"client-{client}-personal.safetensors")
+                save_checkpoint({k: state[k] for k in sorted(personal)},
+                                folder / f"client-{client}-personal.safetensors")
 
 
 def _names(value) -> list[str]:

@@ -13,44 +13,22 @@ Layout of a run directory:
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
 import pandas as pd
 
+from fedlayer.atomic import atomic_target, write_bytes
 from fedlayer.errors import FedlayerError
 
 TABLES = ("metrics", "barriers", "curves", "choices")
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write via a temporary file in the same folder and rename: readers see old or new, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def write_parquet(frame: pd.DataFrame, path: str | Path) -> Path:
     """Write a DataFrame as Parquet atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_target(path) as tmp:
         frame.to_parquet(tmp, index=False)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return Path(path)
 
 
 def read_table(path: str | Path) -> pd.DataFrame:
@@ -84,14 +62,17 @@ class RunDirectory:
 
     def write_text(self, name: str, text: str) -> Path:
         target = self.path / name
-        atomic_write_bytes(target, text.encode())
-        return target
+        return write_bytes(target, text.encode())
 
     def add(self, name: str, frames: pd.DataFrame | Iterable[pd.DataFrame]) -> None:
         """Queue rows for table `name`; `flush()` writes them."""
         if isinstance(frames, pd.DataFrame):
             frames = [frames]
         self._rows[name].extend(f for f in frames if not f.empty)
+
+    def replace(self, name: str, frame: pd.DataFrame) -> None:
+        """Set table `name` to `frame` as a whole (for tables kept elsewhere, e.g. a strategy's history)."""
+        self._rows[name] = [frame] if not frame.empty else []
 
     def table(self, name: str) -> pd.DataFrame:
         rows = self._rows[name]

@@ -10,39 +10,21 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 from rich.console import Console
 
+from fedlayer.analysis import resolve_groups
 from fedlayer.config import Config, config_from_flat
 from fedlayer.errors import FedlayerError
 from fedlayer.layers import model_layers
-from fedlayer.observer import RoundRecorder, partition_of
+from fedlayer.observer import RoundRecorder
 from fedlayer.results import RunDirectory
 from fedlayer.task import dataset_for, new_model, partitions_for
 from fedlayer.training import Metrics
-from strategies import BarrierAware, Observed, SeededGrid, build_strategy
+from strategies import Observed, SeededGrid, build_strategy, clients_per_round, query_partitions
 
 DISCOVERY_TIMEOUT_S = 600.0
-
-
-def discover_partitions(grid: Grid, num_clients: int, timeout: float = DISCOVERY_TIMEOUT_S) -> dict[int, int]:
-    """Ask every node for its partition id (a QUERY message): {partition_id: node_id}."""
-    deadline = time.monotonic() + timeout
-    node_ids = list(grid.get_node_ids())
-    while len(node_ids) < num_clients:
-        if time.monotonic() > deadline:
-            raise FedlayerError(f"only {len(node_ids)} of {num_clients} clients connected within {timeout:.0f}s")
-        time.sleep(0.2)
-        node_ids = list(grid.get_node_ids())
-    messages = [Message(RecordDict(), dst_node_id=node, message_type=MessageType.QUERY) for node in node_ids]
-    partition_to_node = {}
-    for reply in grid.send_and_receive(messages, timeout=timeout):
-        if reply.has_error():
-            raise FedlayerError(f"client on node {reply.metadata.src_node_id} failed the partition query: "
-                                f"{reply.error.reason}")
-        partition_to_node[int(partition_of(reply))] = reply.metadata.src_node_id
-    return partition_to_node
 
 
 class FederatedRun:
@@ -55,7 +37,12 @@ class FederatedRun:
         self.model = new_model(cfg)
         self.layers = model_layers(self.model)
         self.recorder = RoundRecorder(cfg, run_dir, self.model, self.layers, on_round_end=self._report_round)
+        if cfg.analysis.every:
+            resolve_groups(self.layers, cfg.analysis.groups, seed=cfg.seed)  # a bad group fails now
         self.strategy = self._build_strategy()
+        self.recorder.personal_keys = lambda: self.strategy.personal_keys
+        if hasattr(self.strategy, "history_frame"):  # barrier-aware: which layers it averaged
+            self.recorder.extra_tables["choices"] = self.strategy.history_frame
         self.started = time.perf_counter()
 
     @property
@@ -77,33 +64,27 @@ class FederatedRun:
         return run
 
     def _build_strategy(self):
+        """The configured strategy, wrapped for layer-wise averaging; selectors are checked here."""
         s, fed = self.cfg.strategy, self.cfg.federation
-        sampled = max(1, round(fed.fraction * fed.clients))
-        flower_kwargs = {"fraction_train": 1.0, "fraction_evaluate": 1.0, "min_train_nodes": 1,
-                         "min_evaluate_nodes": 1, "min_available_nodes": 1} if not s.class_ else {}
-        common = dict(class_path=s.class_ or None, kwargs=dict(s.kwargs), personal=s.personal, layers=self.layers,
-                      **flower_kwargs)
-        if s.name == "barrier-aware":
-            strategy = BarrierAware.from_config(threshold=s.threshold, measure=self.recorder.layer_barriers,
-                                                **common)
-        else:
-            strategy = build_strategy(name=s.name, average=s.average or None, **common)
-        strategy.resolve(self.layers)
-        del sampled
-        return strategy
+        sampled = clients_per_round(fed.clients, fed.fraction)
+        return build_strategy(
+            name=s.name, class_path=s.class_ or None, kwargs=dict(s.kwargs), average=s.average or None,
+            personal=s.personal, layers=self.layers, measure=self.recorder.layer_barriers, threshold=s.threshold,
+            fraction_train=1.0, fraction_evaluate=1.0, min_train_nodes=sampled, min_evaluate_nodes=sampled,
+            min_available_nodes=sampled,
+        )
 
     def main(self, grid: Grid, context: Context) -> None:
         cfg = self.cfg
-        partition_to_node = discover_partitions(grid, cfg.federation.clients)
-        seeded = SeededGrid(grid, seed=cfg.seed, fraction=cfg.federation.fraction,
-                            partition_to_node=partition_to_node)
-        observed = Observed(self.strategy, on_train=self.recorder.on_train, on_evaluate=self.recorder.on_evaluate)
-        train_config = {"train-mode": getattr(self.strategy, "train_mode", "standard")}
-        if cfg.federation.proximal_mu > 0:
-            train_config["proximal-mu"] = cfg.federation.proximal_mu
+        node_to_partition = query_partitions(grid, cfg.federation.clients, timeout=DISCOVERY_TIMEOUT_S)
+        seeded = SeededGrid(grid, cfg.seed, cfg.federation.fraction, node_to_partition)
+        observed = Observed(self.strategy, on_train=self.recorder.on_train,
+                            on_evaluate=self.recorder.on_evaluate)
+        train_config = {"proximal-mu": cfg.federation.proximal_mu} if cfg.federation.proximal_mu > 0 else {}
         observed.start(
-            grid=seeded, initial_arrays=ArrayRecord(self.model.state_dict()), num_rounds=cfg.federation.rounds,
-            train_config=ConfigRecord(train_config), evaluate_fn=self.recorder.end_of_round,
+            grid=seeded, initial_arrays=ArrayRecord(self.model.state_dict()),
+            num_rounds=cfg.federation.rounds, train_config=ConfigRecord(train_config),
+            evaluate_fn=self.recorder.end_of_round,
         )
 
     def _report_round(self, server_round: int, metrics: Metrics, analysis_s: float | None) -> None:

@@ -46,7 +46,7 @@ from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords, vali
 from torch import nn
 
 from fedlayer.errors import FedlayerError, choices_message
-from fedlayer.layers import Layer, _split_terms, keys_of, model_layers, select_layers
+from fedlayer.layers import Layer, keys_of, model_layers, select_layers, split_terms
 from strategies.sampling import client_label, split_replies
 from strategies.wrapper import StrategyWrapper
 
@@ -82,7 +82,7 @@ def select_average(layers: Sequence[Layer], selector: str | Sequence[str]) -> li
     "all,-norm" is every layer but the normalisation layers (FedBN); exclusions alone start from
     "all". The result must not be empty unless the selector is "none".
     """
-    terms = _split_terms(selector)
+    terms = split_terms(selector)
     excluded = [term[1:].strip() for term in terms if term.startswith("-")]
     if not excluded:
         return select_layers(layers, selector)
@@ -138,7 +138,7 @@ class LayerSelective(StrategyWrapper):
     `train_mode` is sent to clients as "train-mode" (FedRep / FedBABU training on the client).
     """
 
-    def __init__(self, strategy: Strategy, average: str | Sequence[str] = "all", *,
+    def __init__(self, strategy: Strategy, average: str | Sequence[str], *,
                  layers: LayerSource | None = None, personal: str = "server",
                  train_mode: str = "standard") -> None:
         super().__init__(strategy)

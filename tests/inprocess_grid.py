@@ -24,7 +24,6 @@ from uuid import uuid4
 import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
-from flwr.app.message.message import make_message
 from flwr.clientapp import ClientApp
 from flwr.common.constant import SUPERLINK_NODE_ID, ErrorCode
 from flwr.serverapp import Grid
@@ -133,10 +132,8 @@ class InProcessGrid(Grid):
 
 def _transported(message: Message) -> Message:
     """A copy of a message as the other side would receive it (content copied, metadata copied)."""
-    metadata = copy.copy(message.metadata)
-    if message.has_error():
-        return make_message(metadata, error=message.error)
-    return make_message(metadata, content=copy.deepcopy(message.content))
+    payload = message.error if message.has_error() else copy.deepcopy(message.content)
+    return Message(payload, metadata=copy.copy(message.metadata))
 
 
 # ---------------------------------------------------------------------- a reference client

@@ -15,7 +15,8 @@ from fedlayer.layers import model_layers
 from strategies import LayerSelective, select_average
 from strategies.sampling import split_replies
 
-BODY = ["0.weight", "0.bias", "1.weight", "1.bias", "1.running_mean", "1.running_var", "1.num_batches_tracked"]
+BODY = ["0.weight", "0.bias", "1.weight", "1.bias", "1.running_mean", "1.running_var",
+        "1.num_batches_tracked"]
 HEAD = ["3.weight", "3.bias"]
 NODES = 3
 
@@ -55,12 +56,13 @@ def assert_shared_and_personal(client: ProtocolClient, averaged: list[str], pers
             np.testing.assert_array_equal(client.loaded[(p, nxt)][key], client.loaded[(0, nxt)][key])
     for key in personal:
         for p in range(NODES):
-            np.testing.assert_array_equal(client.loaded[(p, nxt)][key], client.trained[(p, server_round)][key])
+            own = client.trained[(p, server_round)][key]
+            np.testing.assert_array_equal(client.loaded[(p, nxt)][key], own)
 
 
 def sent_keys(grid: InProcessGrid, message_type: str, server_round: int) -> list[set[str]]:
     return [set(m.content["arrays"].keys()) for m in grid.delivered
-            if m.metadata.message_type == message_type and m.content["config"]["server-round"] == server_round]
+            if (m.metadata.message_type, m.content["config"]["server-round"]) == (message_type, server_round)]
 
 
 @pytest.mark.parametrize("cls", [FedAvg, FedAdam])
@@ -83,7 +85,8 @@ def test_body_is_averaged_and_head_stays_personal(cls, personal):
         assert sent_keys(grid, "train", 1) == [set(BODY + HEAD)] * NODES
         assert sent_keys(grid, "train", 2) == [set(BODY)] * NODES
         assert sent_keys(grid, "evaluate", 2) == [set(BODY)] * NODES
-        assert all(set(r.content["arrays"].keys()) == set(BODY) for r in grid.replies if r.content.array_records)
+        replied = [set(r.content["arrays"].keys()) for r in grid.replies if r.content.array_records]
+        assert replied == [set(BODY)] * 2 * NODES
     else:
         assert sent_keys(grid, "train", 2) == [set(BODY + HEAD)] * NODES
     assert result.arrays["1.num_batches_tracked"].dtype == "int64"
@@ -156,7 +159,8 @@ def test_all_averages_like_fedavg():
     _, layered = run(LayerSelective(flower(), "all"), client.app)
     assert list(layered.arrays.keys()) == list(plain.arrays.keys())
     for key in plain.arrays.keys():
-        np.testing.assert_allclose(layered.arrays[key].numpy(), plain.arrays[key].numpy(), rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(layered.arrays[key].numpy(), plain.arrays[key].numpy(),
+                                   rtol=1e-6, atol=1e-7)
     assert plain.arrays["1.num_batches_tracked"].dtype == "float64"  # Flower's averaging
     assert layered.arrays["1.num_batches_tracked"].dtype == "int64"  # kept
 
@@ -184,7 +188,8 @@ def test_none_averages_nothing_but_aggregates_metrics(personal):
 def test_reply_order_does_not_change_the_result():
     results = []
     for seed in (1, 2):
-        _, result = run(LayerSelective(flower(), "body"), protocol_client().app, node_seed=seed, shuffle_seed=seed)
+        _, result = run(LayerSelective(flower(), "body"), protocol_client().app,
+                        node_seed=seed, shuffle_seed=seed)
         results.append(result.arrays)
     for key in results[0].keys():
         np.testing.assert_array_equal(results[0][key].numpy(), results[1][key].numpy())
@@ -194,8 +199,8 @@ def test_errored_replies_are_dropped_and_a_new_client_gets_the_initial_personal_
     client = protocol_client()
 
     def flaky(message, context):
-        first_train = message.metadata.message_type == "train" and message.content["config"]["server-round"] == 1
-        if first_train and context.node_config["partition-id"] == 1:
+        train = message.metadata.message_type == "train"
+        if train and message.content["config"]["server-round"] == 1 and context.node_config["partition-id"] == 1:
             raise RuntimeError("boom")
         return client.app(message, context)
 
@@ -215,7 +220,8 @@ def test_server_mode_needs_full_replies():
     def partial(message, context):
         reply = client.app(message, context)
         if message.metadata.message_type == "train":
-            reply.content["arrays"] = ArrayRecord({k: v for k, v in reply.content["arrays"].items() if k in HEAD})
+            head = {k: v for k, v in reply.content["arrays"].items() if k in HEAD}
+            reply.content["arrays"] = ArrayRecord(head)
         return reply
 
     with pytest.raises(FedlayerError, match="full model"):

@@ -7,7 +7,11 @@ Columns of the curves table (one row per group, base, direction and alpha):
   base       "a" or "b": the model that keeps every layer outside the group
   bn         the BatchNorm policy, "interpolate" or "recompute"
   direction  the random-direction draw (0..N-1) on random-direction rows, -1 on all others
-  alpha      position on the path (0 = the base itself); always includes 0, 0.5 and 1
+  alpha      position on the line from A (0) to B (1) on BOTH bases: the group's tensors are
+             (1 - alpha) A + alpha B, so base a passes through model A at alpha 0 and base b through
+             model B at alpha 1 (the full group is one path, shared by both bases). Random-direction
+             rows are theta_base + t d with t = alpha (base a) or 1 - alpha (base b). The grid always
+             holds 0, 0.5 and 1.
   loss, error                     sample-weighted cross-entropy and error rate (%) at this point
   loss_a, loss_b, error_a, error_b  the two FULL models (same on every row, so `barriers` needs
                                     nothing but this table)
@@ -35,7 +39,7 @@ from fedlayer.analysis.evaluate import (
 )
 from fedlayer.analysis.graph import GraphEvaluator, Untraceable
 from fedlayer.analysis.groups import Group, resolve_groups
-from fedlayer.analysis.interpolate import BASES, alpha_grid, mirrored
+from fedlayer.analysis.interpolate import BASES, alpha_grid
 from fedlayer.checkpoints import check_state_fits
 from fedlayer.errors import FedlayerError, choices_message
 from fedlayer.layers import Layer, model_layers
@@ -48,6 +52,7 @@ CURVE_COLUMNS = [
     "loss", "error", "loss_a", "loss_b", "error_a", "error_b",
 ]  # fmt: skip
 RANDOM_KIND = "random-direction"
+BASE_ALPHA = {"a": 0.0, "b": 1.0}  # alpha runs from A to B on both bases: base B sits at alpha 1
 
 
 def interpolation_curves(
@@ -90,7 +95,7 @@ class _Curve:
     n_layers: int
     direction: int
     segments: tuple[Segment, ...]
-    alphas: tuple[float, ...]  # the alphas that need an evaluation (not the base itself)
+    alphas: tuple[float, ...]  # the alphas that need an evaluation (not the base model itself)
 
 
 class CurveEngine:
@@ -143,62 +148,51 @@ class CurveEngine:
             check_state_fits(self.work.model, state, what=what)
         states = {"a": self.work.prepare(state_a), "b": self.work.prepare(state_b)}
         directions = self._directions(states, resolved, random_directions, seed)
-        symmetric = all(mirrored(alpha) in grid for alpha in grid)
 
         endpoints: dict[str, Metrics] = {}
-        points: dict[tuple[str, int], list[Metrics]] = {}
-        plans: dict[str, list[_Curve]] = {}
+        evaluated: dict[str, list[tuple[_Curve, dict[float, Metrics]]]] = {}
         with torch.inference_mode():
-            for base in BASES:
-                other = "b" if base == "a" else "a"
-                mirror_full = base == "b" and "a" in bases and symmetric
-                curves = self._curves(base, other, states, resolved, directions, grid, mirror_full)
-                plans[base] = curves if base in bases else []
+            for base in BASES:  # both: the endpoints L_A and L_B are always needed
+                first = base == bases[0]
+                curves = self._curves(base, states, resolved, directions, grid, first) if base in bases else []
                 endpoints[base], results = self.evaluator.evaluate(
-                    states[base], [(c.segments, c.alphas) for c in plans[base]]
+                    states[base], [(c.segments, c.alphas) for c in curves]
                 )
-                for index, metrics in enumerate(results):
-                    points[base, index] = metrics
+                evaluated[base] = [
+                    (c, dict(zip(c.alphas, metrics, strict=True))) for c, metrics in zip(curves, results, strict=True)
+                ]
+        # The full path is the same from either base: evaluated once, its values serve both.
+        full = {a: m for base in bases for c, values in evaluated[base] if c.kind == "full" for a, m in values.items()}
+        full.update({0.0: endpoints["a"], 1.0: endpoints["b"]})
         rows = []
         for base in bases:
-            for index, curve in enumerate(plans[base]):
-                values = dict(zip(curve.alphas, points[base, index], strict=True))
-                for alpha in grid:
-                    metrics = self._point(curve, base, alpha, values, endpoints, points, plans)
-                    rows.append(
-                        (curve.group, curve.kind, curve.layers, curve.n_layers, base, self.bn, curve.direction,
-                         alpha, metrics.loss, metrics.error, endpoints["a"].loss, endpoints["b"].loss,
-                         endpoints["a"].error, endpoints["b"].error)
-                    )  # fmt: skip
+            for curve, values in evaluated[base]:
+                known = full if curve.kind == "full" else {**values, BASE_ALPHA[base]: endpoints[base]}
+                rows.extend(
+                    (curve.group, curve.kind, curve.layers, curve.n_layers, base, self.bn, curve.direction,
+                     alpha, known[alpha].loss, known[alpha].error, endpoints["a"].loss, endpoints["b"].loss,
+                     endpoints["a"].error, endpoints["b"].error)
+                    for alpha in grid
+                )  # fmt: skip
         return pd.DataFrame(rows, columns=CURVE_COLUMNS)
 
-    def _point(self, curve, base, alpha, values, endpoints, points, plans) -> Metrics:
-        """A point's metrics: evaluated, or known (the base itself, the other model, the mirrored full path)."""
-        if alpha in values:
-            return values[alpha]
-        if alpha == 0.0:
-            return endpoints[base]
-        if curve.kind == "full" and alpha == 1.0:
-            return endpoints["b" if base == "a" else "a"]
-        full_a = next(i for i, c in enumerate(plans["a"]) if c.kind == "full")
-        mirror = dict(zip(plans["a"][full_a].alphas, points["a", full_a], strict=True))
-        return mirror[mirrored(alpha)]
-
-    def _curves(self, base, other, states, groups, directions, grid, mirror_full) -> list[_Curve]:
-        start, end = states[base], states[other]
+    def _curves(self, base, states, groups, directions, grid, first_base: bool) -> list[_Curve]:
+        """The paths from one base; the full path is evaluated only from the first base asked for."""
+        rest, end = states[base], BASE_ALPHA[base]
         curves = []
         for group in groups:
             if group.kind == "full":
-                alphas = () if mirror_full else tuple(a for a in grid if 0.0 < a < 1.0)
+                alphas = tuple(a for a in grid if 0.0 < a < 1.0) if first_base else ()
             else:
-                alphas = tuple(a for a in grid if a > 0.0)
-            segments = tuple(Segment(t, start[k], end=end[k]) for k, t in self._targets(group.keys))
+                alphas = tuple(a for a in grid if a != end)
+            segments = tuple(
+                Segment(t, rest[k], end, at0=states["a"][k], at1=states["b"][k]) for k, t in self._targets(group.keys)
+            )
             curves.append(_Curve(group.name, group.kind, group.layer_names, len(group.layers), -1, segments, alphas))
         for layer, draw, delta in directions:
-            segments = tuple(Segment(t, start[k], delta=delta[k]) for k, t in self._targets(delta))
-            curves.append(
-                _Curve(layer.name, RANDOM_KIND, layer.name, 1, draw, segments, tuple(a for a in grid if a > 0.0))
-            )
+            segments = tuple(Segment(t, rest[k], end, delta=delta[k]) for k, t in self._targets(delta))
+            alphas = tuple(a for a in grid if a != end)
+            curves.append(_Curve(layer.name, RANDOM_KIND, layer.name, 1, draw, segments, alphas))
         return curves
 
     def _targets(self, keys) -> list[tuple[str, torch.Tensor]]:

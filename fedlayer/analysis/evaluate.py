@@ -97,30 +97,35 @@ class Accumulator:
 
 @dataclass(frozen=True, eq=False)
 class Segment:
-    """One tensor of the working model moving on a line: lerp(start, end, alpha) or start + alpha*delta.
+    """One tensor of the working model on a line through parameter space, for alpha in [0, 1].
 
-    `torch.lerp` is exact at both ends (alpha 0 gives start, alpha 1 gives end bit for bit), so the
-    endpoints of an interpolation path are the two models themselves.
+    Interpolation: lerp(at0, at1, alpha), exact at both ends (alpha 0 gives A's tensor and alpha 1
+    B's, bit for bit). Random direction: rest + t * delta with t = alpha from base A and
+    t = 1 - alpha from base B, so that, as for interpolation, base A sits at alpha 0 and base B at
+    alpha 1. `rest` is the base model's tensor, written back after the path; `base_end` is the
+    alpha at which the path passes through the base model.
     """
 
     target: torch.Tensor
-    start: torch.Tensor
-    end: torch.Tensor | None = None
+    rest: torch.Tensor
+    base_end: float
+    at0: torch.Tensor | None = None
+    at1: torch.Tensor | None = None
     delta: torch.Tensor | None = None
 
     def write(self, alpha: float) -> None:
         if self.delta is None:
-            torch.lerp(self.start, self.end, alpha, out=self.target)
+            torch.lerp(self.at0, self.at1, alpha, out=self.target)
         else:
-            torch.add(self.start, self.delta, alpha=alpha, out=self.target)
+            torch.add(self.rest, self.delta, alpha=abs(alpha - self.base_end), out=self.target)
 
     def value(self, alpha: float) -> torch.Tensor:
         if self.delta is None:
-            return torch.lerp(self.start, self.end, alpha)
-        return torch.add(self.start, self.delta, alpha=alpha)
+            return torch.lerp(self.at0, self.at1, alpha)
+        return torch.add(self.rest, self.delta, alpha=abs(alpha - self.base_end))
 
     def restore(self) -> None:
-        self.target.copy_(self.start)
+        self.target.copy_(self.rest)
 
 
 Path = Sequence[Segment]

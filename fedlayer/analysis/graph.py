@@ -100,11 +100,11 @@ class GraphEvaluator:
 
     def _run_path(self, segments: Path, alphas, plan: _Plan, cache, labels, row: list[Accumulator]) -> None:
         if plan.linear is not None:
-            end_output = self._end_output(plan.linear, segments, cache)
+            ends = self._linear_ends(plan.linear, segments, cache)
         for alpha, accumulator in zip(alphas, row, strict=True):
             env = {node: cache[node] for node in plan.inputs}
             if plan.linear is not None:
-                env[plan.linear] = torch.lerp(cache[plan.linear], end_output, alpha)
+                env[plan.linear] = torch.lerp(*ends, alpha)
             else:
                 for segment in segments:
                     segment.write(alpha)
@@ -113,14 +113,16 @@ class GraphEvaluator:
             for segment in segments:
                 segment.restore()
 
-    def _end_output(self, node: fx.Node, segments: Path, cache) -> torch.Tensor:
-        """The affine module's output with its tensors at the path's far end (alpha = 1)."""
+    def _linear_ends(self, node: fx.Node, segments: Path, cache) -> tuple[torch.Tensor, torch.Tensor]:
+        """The affine module's outputs at alpha 0 and 1: the cached base one and the far end's."""
         module = self.submodules[node.target]
         names = {id(t): name for name, t in module.named_parameters(recurse=False)}
-        replaced = {names[id(s.target)]: s.value(1.0) for s in segments}
+        base_end = segments[0].base_end
+        far = {names[id(s.target)]: s.value(1.0 - base_end) for s in segments}
         args = fx.node.map_arg(node.args, cache.__getitem__)
         kwargs = fx.node.map_arg(node.kwargs, cache.__getitem__)
-        return torch.func.functional_call(module, replaced, args, kwargs)
+        far_output = torch.func.functional_call(module, far, args, kwargs)
+        return (cache[node], far_output) if base_end == 0.0 else (far_output, cache[node])
 
     def _run_all(self, inputs: torch.Tensor, cache: dict, keep: set[fx.Node]) -> torch.Tensor:
         """A full forward pass of the base model that stores the activations in `keep`."""

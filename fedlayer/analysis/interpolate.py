@@ -63,8 +63,3 @@ def alpha_grid(alphas: int | Sequence[float]) -> tuple[float, ...]:
     else:
         raise FedlayerError(f"bad alphas {alphas!r}: give a count (>= 2) or a list of numbers in [0, 1]")
     return tuple(sorted({round(a, _ALPHA_DECIMALS) for a in (*values, 0.0, 0.5, 1.0)}))
-
-
-def mirrored(alpha: float) -> float:
-    """1 - alpha on the grid's rounding."""
-    return round(1.0 - alpha, _ALPHA_DECIMALS)

@@ -11,7 +11,6 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -20,6 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from fedlayer.atomic import write_bytes
 from fedlayer.errors import FedlayerError, choices_message
 
 METHODS = ("iid", "dirichlet", "pathological", "shard")
@@ -107,17 +107,7 @@ class Partitions:
 
     def save(self, path: str | Path) -> Path:
         """Write atomically (temporary file, then rename): a crash never leaves half a file."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(suffix=".json", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w") as f:
-                f.write(self.to_json())
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-        return path
+        return write_bytes(path, self.to_json().encode())
 
     @classmethod
     def load(cls, path: str | Path) -> Partitions:

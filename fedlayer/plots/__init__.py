@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import matplotlib
+
+from fedlayer.atomic import atomic_target
 
 matplotlib.use("Agg")
 
@@ -15,15 +15,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 def save_figure(fig, path: str | Path, *, dpi: int = 120) -> Path:
     """Write `fig` as a PNG via a temporary file and rename, so a crash never leaves half a picture."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".png", dir=path.parent)
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
-        os.replace(tmp, path)
+        with atomic_target(path) as tmp:
+            fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format="png")
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return Path(path)
