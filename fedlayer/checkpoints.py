@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from fedlayer.atomic import atomic_target
 from fedlayer.errors import FedlayerError
 
 _MAX_LISTED = 10
@@ -25,19 +24,11 @@ def save_checkpoint(
     """
     from safetensors.torch import save_file
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {key: value.detach().to("cpu").contiguous().clone() for key, value in state.items()}
     meta = {str(key): str(value) for key, value in (metadata or {}).items()}
-    fd, tmp = tempfile.mkstemp(suffix=".safetensors.tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_target(path) as tmp:
         save_file(tensors, tmp, metadata=meta)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return Path(path)
 
 
 def load_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:

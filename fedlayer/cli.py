@@ -14,7 +14,7 @@ import sys
 
 from fedlayer.errors import FedlayerError
 
-COMMANDS = ("run", "compare", "partitions", "layers", "barrier", "plot", "report")
+COMMANDS = ("run", "compare", "partitions", "layers", "barrier", "plot", "report", "bench")
 
 
 def build_parser() -> argparse.ArgumentParser:

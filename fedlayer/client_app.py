@@ -24,6 +24,7 @@ from fedlayer.task import client_data, head_parameter_names, new_model
 from fedlayer.training import TrainSettings, evaluate, seed_everything, train_local
 
 PERSONAL_STATE = "fedlayer-personal"
+RUN_TAG_KEY = "fedlayer-run"  # config key naming the run, so runs sharing one simulation keep separate state
 
 
 @functools.lru_cache(maxsize=2)
@@ -54,13 +55,18 @@ def _received(msg: Message) -> tuple[dict[str, torch.Tensor], ConfigRecord]:
     return arrays.to_torch_state_dict(), config
 
 
+def _personal_key(config: ConfigRecord) -> str:
+    return f"{PERSONAL_STATE}:{config.get(RUN_TAG_KEY, '')}"
+
+
 def _local_model(cfg: Config, msg: Message, context: Context):
     """The client's model for this message: received layers, personal layers from state, init for the rest."""
     received, config = _received(msg)
     model, initial = _model_and_initial_state(cfg)
     state = dict(initial)
-    if PERSONAL_STATE in context.state.array_records:
-        state.update(context.state.array_records[PERSONAL_STATE].to_torch_state_dict())
+    personal = _personal_key(config)
+    if personal in context.state.array_records:
+        state.update(context.state.array_records[personal].to_torch_state_dict())
     state.update(received)
     model.load_state_dict(state, strict=True)
     return model.to(_device()), config
@@ -98,7 +104,7 @@ class FedlayerClient:
         reply_state = state
         if config.get("personal-mode") == "client":
             shared = set(str(config.get("average-keys", "")).split(",")) - {""}
-            context.state.array_records[PERSONAL_STATE] = ArrayRecord(
+            context.state.array_records[_personal_key(config)] = ArrayRecord(
                 {k: v for k, v in state.items() if k not in shared}
             )
             reply_state = {k: v for k, v in state.items() if k in shared}

@@ -15,12 +15,15 @@ from flwr.serverapp import Grid, ServerApp
 from rich.console import Console
 
 from fedlayer.analysis import resolve_groups
+from fedlayer.client_app import RUN_TAG_KEY
 from fedlayer.config import Config, config_from_flat
+from fedlayer.console import make_console
 from fedlayer.errors import FedlayerError
 from fedlayer.layers import model_layers
 from fedlayer.observer import RoundRecorder
+from fedlayer.plots.runs import plot_run
 from fedlayer.results import RunDirectory
-from fedlayer.task import dataset_for, new_model, partitions_for
+from fedlayer.task import new_model, partitions_for
 from fedlayer.training import Metrics
 from strategies import Observed, SeededGrid, build_strategy, clients_per_round, query_partitions
 
@@ -30,10 +33,12 @@ DISCOVERY_TIMEOUT_S = 600.0
 class FederatedRun:
     """One run of one config: validated inputs, the strategy, the recorder and the run directory."""
 
-    def __init__(self, cfg: Config, run_dir: RunDirectory, console: Console):
+    def __init__(self, cfg: Config, run_dir: RunDirectory, console: Console, *, tag: str | None = None):
         self.cfg = cfg
+        self.tag = tag  # names this run to the clients (their personal state) when runs share a grid
         self.run_dir = run_dir
         self.console = console
+        self.partitions = partitions_for(cfg)  # loads the dataset: a missing one fails here
         self.model = new_model(cfg)
         self.layers = model_layers(self.model)
         self.recorder = RoundRecorder(cfg, run_dir, self.model, self.layers, on_round_end=self._report_round)
@@ -44,6 +49,7 @@ class FederatedRun:
         if hasattr(self.strategy, "history_frame"):  # barrier-aware: which layers it averaged
             self.recorder.extra_tables["choices"] = self.strategy.history_frame
         self.started = time.perf_counter()
+        self.round_finished_at: dict[int, float] = {}  # perf_counter() when each round was committed
 
     @property
     def strategy_label(self) -> str:
@@ -54,14 +60,15 @@ class FederatedRun:
     def prepare(cls, cfg: Config, out: str | Path | None = None, *, console: Console | None = None
                 ) -> FederatedRun:
         """Check data, partitions, model and strategy; only then create the run directory."""
-        dataset_for(cfg)
-        partitions = partitions_for(cfg)
-        run_dir = RunDirectory(out or cfg.output.dir)
-        run = cls(cfg, run_dir, console or Console(stderr=True))
-        run_dir.create()
-        run_dir.write_text("config.toml", cfg.to_toml())
-        partitions.save(run_dir.path / "partitions.json")
+        run = cls(cfg, RunDirectory(out or cfg.output.dir), console or make_console(stderr=True))
+        run.prepare_directory()
         return run
+
+    def prepare_directory(self) -> None:
+        """Create the run directory with the resolved config and the partitions."""
+        self.run_dir.create()
+        self.run_dir.write_text("config.toml", self.cfg.to_toml())
+        self.partitions.save(self.run_dir.path / "partitions.json")
 
     def _build_strategy(self):
         """The configured strategy, wrapped for layer-wise averaging; selectors are checked here."""
@@ -75,24 +82,34 @@ class FederatedRun:
         )
 
     def main(self, grid: Grid, context: Context) -> None:
+        """The ServerApp body: find which node holds which partition, then run the strategy."""
+        self.start(grid, query_partitions(grid, self.cfg.federation.clients, timeout=DISCOVERY_TIMEOUT_S))
+
+    def start(self, grid: Grid, node_to_partition: dict[int, int]) -> None:
+        """All rounds of this run on `grid`; several runs can share one grid (and one Ray start) in turn."""
         cfg = self.cfg
-        node_to_partition = query_partitions(grid, cfg.federation.clients, timeout=DISCOVERY_TIMEOUT_S)
         seeded = SeededGrid(grid, cfg.seed, cfg.federation.fraction, node_to_partition)
         observed = Observed(self.strategy, on_train=self.recorder.on_train,
                             on_evaluate=self.recorder.on_evaluate)
-        train_config = {"proximal-mu": cfg.federation.proximal_mu} if cfg.federation.proximal_mu > 0 else {}
+        config = {RUN_TAG_KEY: self.run_dir.path.name if self.tag is None else self.tag}
+        train_config = dict(config)
+        if cfg.federation.proximal_mu > 0:
+            train_config["proximal-mu"] = cfg.federation.proximal_mu
+        self.started = time.perf_counter()
         observed.start(
             grid=seeded, initial_arrays=ArrayRecord(self.model.state_dict()),
             num_rounds=cfg.federation.rounds, train_config=ConfigRecord(train_config),
-            evaluate_fn=self.recorder.end_of_round,
+            evaluate_config=ConfigRecord(config), evaluate_fn=self.recorder.end_of_round,
         )
+        plot_run(self.run_dir.path)
 
     def _report_round(self, server_round: int, metrics: Metrics, analysis_s: float | None) -> None:
-        elapsed = time.perf_counter() - self.started
+        self.round_finished_at[server_round] = now = time.perf_counter()
+        elapsed = now - self.started
         analysis = f"  analysis {analysis_s:5.1f}s" if analysis_s is not None else ""
         label = "initial model" if server_round == 0 else f"round {server_round}/{self.cfg.federation.rounds}"
         self.console.print(f"  {label:<14} global test accuracy {100 * metrics.accuracy:5.1f}%  "
-                           f"loss {metrics.loss:.3f}{analysis}  [{elapsed:6.1f}s]")
+                           f"loss {metrics.loss:.3f}{analysis}  [{elapsed:6.1f}s]", soft_wrap=True)
 
     def raise_if_failed(self) -> None:
         """Flower swallows some server-side failures; a run without its final round is one of them."""

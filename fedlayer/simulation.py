@@ -14,11 +14,15 @@ import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 
 from fedlayer.config import Config
-from fedlayer.results import RunDirectory
+from fedlayer.console import make_console
+
+if TYPE_CHECKING:
+    from fedlayer.server_app import FederatedRun
 
 QUIET_ENV = {
     "FLWR_TELEMETRY_ENABLED": "0",
@@ -64,16 +68,16 @@ def backend_config(cfg: Config, verbose: bool) -> dict:
 
 
 def run_simulation(cfg: Config, out: str | Path | None = None, *, verbose: bool = False,
-                   console: Console | None = None) -> RunDirectory:
-    """Train `cfg` on the simulation engine; return the finished run directory."""
+                   console: Console | None = None) -> FederatedRun:
+    """Train `cfg` on the simulation engine; return the finished run (its directory is `.run_dir`)."""
     from flwr.simulation import run_simulation as flower_run_simulation
 
     from fedlayer.client_app import make_client_app
     from fedlayer.server_app import FederatedRun, make_server_app
 
-    console = console or Console(stderr=True)
+    console = console or make_console(stderr=True)
     started = time.perf_counter()
-    run = FederatedRun.prepare(cfg, out, console=console)  # validates everything, then creates the dir
+    run: FederatedRun = FederatedRun.prepare(cfg, out, console=console)  # validates everything, then creates the dir
     console.print(f"[bold]fedlayer[/] run -> {run.run_dir.path}  ({cfg.federation.clients} clients, "
                   f"{cfg.federation.rounds} rounds, strategy {run.strategy_label})")
     console.print("starting Flower's simulation engine (Ray)...")
@@ -87,4 +91,4 @@ def run_simulation(cfg: Config, out: str | Path | None = None, *, verbose: bool 
         )
     run.raise_if_failed()
     console.print(f"done in {time.perf_counter() - started:.1f}s; results in {run.run_dir.path}")
-    return run.run_dir
+    return run

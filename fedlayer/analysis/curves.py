@@ -140,9 +140,8 @@ class CurveEngine:
         """The curves table for one pair of models (see the module doc)."""
         bases = _checked_bases(bases)
         grid = alpha_grid(alphas)
-        for what, count in (("random_directions", random_directions), ("seed", seed)):
-            if isinstance(count, bool) or not isinstance(count, numbers.Integral) or count < 0:
-                raise FedlayerError(f"{what} must be a non-negative integer, got {count!r}")
+        check_non_negative("random_directions", random_directions)
+        check_non_negative("seed", seed)
         resolved = resolve_groups(self.layers, groups, seed=seed)
         for what, state in (("state_a", state_a), ("state_b", state_b)):
             check_state_fits(self.work.model, state, what=what)
@@ -226,6 +225,11 @@ class CurveEngine:
     def evaluator_name(self) -> str:
         """ "graph" (the fast path) or "plain" (full passes: untraceable model or bn='recompute')."""
         return self.evaluator.name
+
+
+def check_non_negative(what: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+        raise FedlayerError(f"{what} must be a non-negative integer, got {value!r}")
 
 
 def _fast_evaluator(work: WorkingModel, data, batch_size: int):

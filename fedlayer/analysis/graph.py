@@ -224,19 +224,28 @@ class GraphEvaluator:
 
 
 def _make_out_of_place(nodes: Sequence[fx.Node]) -> None:
-    """Rewrite in-place operations out of place: a cached activation must never be overwritten."""
+    """Rewrite in-place operations out of place: a cached activation must never be overwritten.
+
+    The graph may keep using the mutated tensor's node after an in-place call (`g.relu_(); h + g`),
+    so later uses of the mutated argument are redirected to the call's result.
+    """
+    position = {node: i for i, node in enumerate(nodes)}
     for node in nodes:
-        if node.op == "call_function":
-            if node.target in _OUT_OF_PLACE_OPERATORS:
-                node.target = _OUT_OF_PLACE_OPERATORS[node.target]
-            elif getattr(node.target, "__name__", "").endswith("_"):
-                node.target = _out_of_place_function(node.target)
-            else:
-                _switch_off_inplace_argument(node)
+        was_inplace = True
+        if node.op == "call_function" and node.target in _OUT_OF_PLACE_OPERATORS:
+            node.target = _OUT_OF_PLACE_OPERATORS[node.target]
+        elif node.op == "call_function" and getattr(node.target, "__name__", "").endswith("_"):
+            node.target = _out_of_place_function(node.target)
+        elif node.op == "call_function":
+            was_inplace = _switch_off_inplace_argument(node)
         elif node.op == "call_method" and node.target.endswith("_") and not node.target.startswith("_"):
             if not hasattr(torch.Tensor, node.target[:-1]):
                 raise Untraceable(f"in-place method {node.target} has no out-of-place form")
             node.target = node.target[:-1]
+        else:
+            was_inplace = False
+        if was_inplace and node.args and isinstance(node.args[0], fx.Node):
+            node.args[0].replace_all_uses_with(node, delete_user_cb=lambda user, n=node: position[user] > position[n])
 
 
 def _out_of_place_function(function):
@@ -247,20 +256,23 @@ def _out_of_place_function(function):
     raise Untraceable(f"in-place function {name} has no out-of-place form")
 
 
-def _switch_off_inplace_argument(node: fx.Node) -> None:
-    """F.relu(x, inplace=True) and the like: bind the call and pass inplace=False."""
+def _switch_off_inplace_argument(node: fx.Node) -> bool:
+    """F.relu(x, inplace=True) and the like: bind the call and pass inplace=False; True if it was in place."""
     try:
         signature = inspect.signature(node.target)
     except (TypeError, ValueError):
-        return
+        return False
     if "inplace" not in signature.parameters:
-        return
+        return False
     try:
         bound = signature.bind(*node.args, **node.kwargs)
     except TypeError as exc:
         raise Untraceable(f"cannot bind the arguments of {node.target}: {exc}") from exc
+    if not bound.arguments.get("inplace", False):
+        return False
     bound.arguments["inplace"] = False
     node.args, node.kwargs = tuple(bound.args), dict(bound.kwargs)
+    return True
 
 
 def _placeholder_default(node: fx.Node):

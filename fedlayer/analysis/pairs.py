@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from fedlayer.analysis.barriers import barriers
-from fedlayer.analysis.curves import CurveEngine
+from fedlayer.analysis.curves import CurveEngine, check_non_negative
 from fedlayer.errors import FedlayerError
 
 
@@ -23,6 +23,7 @@ def select_pairs(names, pairs: str | int = "all", *, seed: int = 0) -> list[tupl
     pairs="all" (or 0) gives every pair; an integer N a seeded sample of N distinct pairs (all of
     them if there are no more than N).
     """
+    check_non_negative("seed", seed)
     ordered = sorted({str(n) for n in names}, key=_natural_key)
     every = list(itertools.combinations(ordered, 2))
     if pairs == "all" or pairs == 0:

@@ -1,13 +1,120 @@
-"""`fedlayer bench barriers` (being written)."""
+"""`fedlayer bench barriers`: the barrier engine against the paper's naive per-point method.
+
+Both sides sweep every single layer plus the full model, on both bases, over the same alpha grid,
+for two differently seeded models on CIFAR-shaped random inputs with random labels. The naive
+side does what the paper's code does for every point: copy a state dict, overwrite the group's
+keys, load_state_dict, full forward pass, and it re-evaluates the two endpoints for every group.
+"""
 
 from __future__ import annotations
 
 import argparse
+import copy
+import os
+import time
+
+INPUT_SHAPE = (3, 32, 32)
+NUM_CLASSES = 10
+TARGET_RATIO = 3.0
+TOLERANCE = 1e-5
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--samples", type=int, default=64)
+    parser.add_argument("--samples", type=int, default=64, help="evaluation images (default: 64)")
+    parser.add_argument("--alphas", type=int, default=5, help="alpha grid size (default: 5)")
+    parser.add_argument("--model", default="resnet18", help="registry model, norm=none (default: resnet18)")
+    parser.add_argument("--batch-size", type=int, default=256, help="evaluation batch size (default: 256)")
+    parser.add_argument(
+        "--threads", type=int, default=os.cpu_count() or 1, help="torch threads, both sides (default: all cores)"
+    )
+    parser.add_argument("--device", default="cpu", help="torch device, both sides (default: cpu)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the inputs and labels (default: 0)")
 
 
 def run(args: argparse.Namespace) -> int:
-    raise NotImplementedError
+    import torch
+
+    from fedlayer.analysis import alpha_grid, interpolation_curves
+    from fedlayer.analysis.groups import resolve_groups
+    from fedlayer.errors import FedlayerError
+    from fedlayer.layers import model_layers
+    from fedlayer.models import build_model
+
+    if args.samples < 1 or args.alphas < 2 or args.threads < 1:
+        raise FedlayerError("bench barriers needs --samples >= 1, --alphas >= 2 and --threads >= 1")
+    torch.set_num_threads(args.threads)
+    states = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        states.append(build_model(args.model, INPUT_SHAPE, NUM_CLASSES).state_dict())
+    model = build_model(args.model, INPUT_SHAPE, NUM_CLASSES)
+    generator = torch.Generator().manual_seed(args.seed)
+    inputs = torch.randn((args.samples, *INPUT_SHAPE), generator=generator)
+    labels = torch.randint(0, NUM_CLASSES, (args.samples,), generator=generator)
+    groups = ["layers", "full"]
+    alphas = alpha_grid(args.alphas)
+    print(
+        f"barrier sweep: {args.model} (norm=none), {len(model_layers(model))} layers + full, both bases, "
+        f"{len(alphas)} alphas, {args.samples} images, {args.threads} thread(s), {args.device}"
+    )
+
+    start = time.perf_counter()
+    fast = interpolation_curves(
+        model, *states, (inputs, labels), groups=groups, alphas=alphas, device=args.device, batch_size=args.batch_size
+    )
+    fast_time = time.perf_counter() - start
+    print(f"fedlayer engine: {fast_time:8.1f} s")
+
+    device = torch.device(args.device)
+    naive_model = model.to(device).eval()
+    pairs = [(group.name, group.keys) for group in resolve_groups(model_layers(model), groups)]
+    start = time.perf_counter()
+    naive = naive_curves(naive_model, *states, inputs, labels, pairs, alphas, args.batch_size, device)
+    naive_time = time.perf_counter() - start
+    print(f"naive per point: {naive_time:8.1f} s")
+
+    merged = fast.merge(naive, on=["group", "base", "alpha"], suffixes=("", "_naive"), validate="one_to_one")
+    if len(merged) != len(naive):
+        raise FedlayerError(f"the two methods evaluated different points ({len(fast)} vs {len(naive)} rows)")
+    loss_diff = float((merged["loss"] - merged["loss_naive"]).abs().max())
+    error_diff = float((merged["error"] - merged["error_naive"]).abs().max())
+    ratio = naive_time / fast_time
+    print(f"speed-up:        {ratio:8.2f}x  (target >= {TARGET_RATIO:g}x)")
+    print(f"max |loss diff|: {loss_diff:.2e}  (target <= {TOLERANCE:g});  max |error diff|: {error_diff:.2e} pp")
+    return 0 if loss_diff <= TOLERANCE else 1
+
+
+def naive_curves(model, state_a, state_b, inputs, labels, groups, alphas, batch_size, device):
+    """The paper's method: per point copy, overwrite, load_state_dict and a full pass; endpoints per group."""
+    import pandas as pd
+    import torch
+
+    rows = []
+    with torch.inference_mode():
+        for name, keys in groups:
+            for state in (state_a, state_b):  # the endpoints, re-evaluated for every group
+                model.load_state_dict(state)
+                naive_metrics(model, inputs, labels, batch_size, device)
+            for base, base_state in (("a", state_a), ("b", state_b)):
+                for alpha in alphas:
+                    point = copy.deepcopy(base_state)
+                    for key in keys:
+                        if point[key].is_floating_point():
+                            point[key] = (1 - alpha) * state_a[key] + alpha * state_b[key]
+                    model.load_state_dict(point)
+                    loss, error = naive_metrics(model, inputs, labels, batch_size, device)
+                    rows.append((name, base, alpha, loss, error))
+    return pd.DataFrame(rows, columns=["group", "base", "alpha", "loss", "error"])
+
+
+def naive_metrics(model, inputs, labels, batch_size, device) -> tuple[float, float]:
+    """Sample-weighted cross-entropy and error (%) with a full forward pass."""
+    import torch.nn.functional as F
+
+    loss_sum, correct = 0.0, 0
+    for start in range(0, len(labels), batch_size):
+        x, y = inputs[start : start + batch_size].to(device), labels[start : start + batch_size].to(device)
+        logits = model(x)
+        loss_sum += float(F.cross_entropy(logits, y, reduction="none").double().sum())
+        correct += int((logits.argmax(dim=1) == y).sum())
+    return loss_sum / len(labels), 100.0 - 100.0 * correct / len(labels)

@@ -30,7 +30,6 @@ def add_parser(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import torch
-    from rich.console import Console
     from rich.table import Table
 
     from fedlayer.layers import ORDERINGS, describe_layers, model_layers, order_layers, select_layers
@@ -51,7 +50,9 @@ def run(args: argparse.Namespace) -> int:
     for row in describe_layers(shown).itertuples(index=False):
         table.add_row(str(row.index), row.name, row.type, row.keys, f"{row.numel:,}")
 
-    console = Console()
+    from fedlayer.console import make_console
+
+    console = make_console()
     console.print(table)
     parameters = sum(p.numel() for p in model.parameters())
     if args.select:

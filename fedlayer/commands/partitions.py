@@ -30,8 +30,6 @@ def add_parser(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from rich.console import Console
-
     from fedlayer.config import load_config
     from fedlayer.data import load_dataset
     from fedlayer.data.partition import partitions_from_config
@@ -42,7 +40,9 @@ def run(args: argparse.Namespace) -> int:
     dataset = load_dataset(cfg.data.dataset, data_dir=cfg.data.data_dir or None, download=cfg.data.download)
     partitions = partitions_from_config(cfg, dataset)
 
-    console = Console()
+    from fedlayer.console import make_console
+
+    console = make_console()
     console.print(_table(partitions))
     params = ", ".join(f"{k}={v}" for k, v in partitions.params.items())
     used = sum(len(c.train_indices) + len(c.test_indices) for c in partitions.clients)

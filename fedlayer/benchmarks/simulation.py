@@ -1,0 +1,135 @@
+"""`fedlayer bench simulation`: federated rounds through Flower's simulation engine against plain PyTorch.
+
+Both sides do the same work each round: every sampled client trains its local epochs and evaluates
+its personalised model, the server averages and evaluates the global model. The baseline runs the
+clients in a pool of worker processes (as many as Ray gets cores), with no Flower and no Ray. The
+Flower side runs with the config's per-round analysis, which is timed separately and left out of the
+comparison (and reported as a share of the round).
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import statistics
+import tempfile
+import time
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from fedlayer.config import Config, load_config
+from fedlayer.console import make_console
+from fedlayer.task import client_data, global_test_set, head_parameter_names, new_model
+from fedlayer.training import TrainSettings, evaluate, seed_everything, train_local
+
+DEFAULT_CONFIG = "simulations/demo.toml"
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--config", default=DEFAULT_CONFIG, help=f"experiment config (default {DEFAULT_CONFIG})")
+    parser.add_argument("--rounds", type=int, default=4, help="rounds on each side (default 4)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
+
+
+# -- plain PyTorch side: worker processes ------------------------------------------------------------
+_WORKER_CFG: Config | None = None
+
+
+def _init_worker(cfg: Config) -> None:
+    global _WORKER_CFG
+    torch.set_num_threads(cfg.simulation.num_cpus)
+    _WORKER_CFG = cfg
+    client_data(cfg, 0)  # load the dataset and partitions once per worker, as a Ray actor does
+
+
+def _client_round(job: tuple[dict[str, torch.Tensor], int, int]):
+    """One client's round: load the global state, train, evaluate locally; return state and metrics."""
+    state, pid, server_round = job
+    cfg = _WORKER_CFG
+    model = new_model(cfg)
+    model.load_state_dict(state)
+    fed = cfg.federation
+    settings = TrainSettings(epochs=fed.local_epochs, batch_size=fed.batch_size, optimizer=fed.optimizer,
+                             lr=fed.lr, momentum=fed.momentum, weight_decay=fed.weight_decay)
+    data = client_data(cfg, pid)
+    generator = seed_everything(cfg.seed, pid, server_round)
+    trained = train_local(model, data.train_x, data.train_y, settings, head_params=head_parameter_names(model),
+                          generator=generator)
+    evaluate(model, data.test_x, data.test_y)
+    return model.state_dict(), trained.num_examples
+
+
+def _plain_pytorch(cfg: Config, rounds: int, workers: int) -> tuple[float, list[float]]:
+    """(start-up seconds, seconds per round) of FedAvg with a process pool."""
+    started = time.perf_counter()
+    ctx = mp.get_context("spawn")
+    with ctx.Pool(workers, initializer=_init_worker, initargs=(cfg,)) as pool:
+        pool.map(_noop, range(workers))  # workers are up and have loaded their data
+        model = new_model(cfg)
+        test_x, test_y = global_test_set(cfg)
+        evaluate(model, test_x, test_y)
+        startup = time.perf_counter() - started
+        times = []
+        for server_round in range(1, rounds + 1):
+            t0 = time.perf_counter()
+            state = model.state_dict()
+            jobs = [(state, pid, server_round) for pid in range(cfg.federation.clients)]
+            results = pool.map(_client_round, jobs, chunksize=1)
+            total = sum(n for _, n in results)
+            model.load_state_dict({k: sum(s[k] * (n / total) for s, n in results).to(v.dtype)
+                                   for k, v in state.items()})
+            evaluate(model, test_x, test_y)
+            times.append(time.perf_counter() - t0)
+    return startup, times
+
+
+def _noop(_):
+    return None
+
+
+# -- Flower side ------------------------------------------------------------------------------------------
+def _flower(cfg: Config, console: Console) -> tuple[float, list[float], list[float]]:
+    """(start-up seconds, seconds per round, analysis seconds per round) through fedlayer's simulation."""
+    from fedlayer.simulation import run_simulation
+
+    with tempfile.TemporaryDirectory() as out:
+        started = time.perf_counter()
+        run = run_simulation(cfg, out, console=console)
+    ends = run.round_finished_at
+    rounds = sorted(r for r in ends if r > 0)
+    per_round = [ends[r] - ends[r - 1] for r in rounds]
+    analysis = [run.recorder.analysis_seconds.get(r, 0.0) for r in rounds]
+    return ends[0] - started, per_round, analysis
+
+
+def run(args) -> int:
+    console = make_console()
+    overrides = [f"federation.rounds={args.rounds}", "federation.fraction=1.0", "output.checkpoints=false",
+                 *args.overrides]
+    cfg = load_config(args.config, overrides)
+    workers = max(1, (os.cpu_count() or 1) // cfg.simulation.num_cpus)
+    console.print(f"[bold]bench simulation[/]: {cfg.federation.clients} clients of {cfg.data.dataset}/"
+                  f"{cfg.model.name}, {args.rounds} rounds, {workers} parallel clients on each side")
+    flower_startup, flower_rounds, analysis = _flower(cfg, make_console(stderr=True, quiet=True))
+    plain_startup, plain_rounds = _plain_pytorch(cfg, args.rounds, workers)
+    training = [f - a for f, a in zip(flower_rounds, analysis, strict=True)]
+
+    table = Table(title="seconds per round (Flower without its analysis vs plain PyTorch)")
+    for column in ("round", "Flower (fedlayer)", "analysis", "plain PyTorch", "ratio"):
+        table.add_column(column, justify="right")
+    table.add_row("start-up", f"{flower_startup:.1f}", "", f"{plain_startup:.1f}",
+                  f"{flower_startup / plain_startup:.2f}x")
+    for i, (f, a, p) in enumerate(zip(training, analysis, plain_rounds, strict=True), start=1):
+        table.add_row(str(i), f"{f:.2f}", f"{a:.2f}", f"{p:.2f}", f"{f / p:.2f}x")
+    console.print(table)
+    steady = slice(1, None) if len(training) > 1 else slice(None)
+    flower_steady = statistics.median(training[steady])
+    plain_steady = statistics.median(plain_rounds[steady])
+    share = statistics.median([a / f for a, f in zip(analysis[steady], flower_rounds[steady], strict=True)])
+    console.print(f"steady-state round (median of rounds 2..{len(training)}): Flower {flower_steady:.2f}s, "
+                  f"plain PyTorch {plain_steady:.2f}s, ratio {flower_steady / plain_steady:.2f}x (target <= 1.15x)")
+    console.print(f"per-round barrier analysis ({cfg.analysis.pairs or 'all'} pairs, {cfg.analysis.samples} samples, "
+                  f"groups {','.join(cfg.analysis.groups)}): {100 * share:.1f}% of a round (target <= 20%)")
+    return 0

@@ -1,0 +1,129 @@
+"""`fedlayer barrier A.safetensors B.safetensors`: layer-wise loss barriers between two checkpoints."""
+
+from __future__ import annotations
+
+import argparse
+
+DESCRIPTION = """\
+Interpolate between two checkpoints of one model, group by group on both bases, and measure the
+loss and error barriers (DESIGN.md section 2) on a seeded sample of test images. Writes
+curves.parquet, barriers.parquet, barriers.png (per-layer midpoint loss barriers) and curves.png
+into --out, and prints the barriers.
+"""
+GROUPS_HELP = (
+    "comma-separated group specs: layers (each single layer), full, an ordering (shallow, deep, random, "
+    "minimal: cumulative groups), window:W (W consecutive layers), or a layer selector such as "
+    "'layer2', 'head', 'middle:5', 're:conv2$' (default: layers,full)"
+)
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("barrier", help="layer-wise loss barriers between two checkpoints", description=DESCRIPTION)
+    p.add_argument("checkpoint_a", metavar="A.safetensors", help="model A (alpha = 0)")
+    p.add_argument("checkpoint_b", metavar="B.safetensors", help="model B (alpha = 1)")
+    p.add_argument("--model", required=True, help="model name, e.g. cnn or resnet18")
+    p.add_argument("--norm", default="none", help="normalisation layers: none, bn or gn (default: none)")
+    p.add_argument("--dataset", required=True, help="dataset whose test images are evaluated, e.g. digits")
+    p.add_argument("--data-dir", metavar="DIR", help="where the dataset's files are (default: standard places)")
+    p.add_argument("--groups", default="layers,full", help=GROUPS_HELP)
+    p.add_argument(
+        "--alphas",
+        default="11",
+        help="a count of evenly spaced alphas, or comma-separated values in [0, 1]; 0, 0.5 and 1 are "
+        "always included (default: 11)",
+    )
+    p.add_argument("--bn", default="interpolate", help="BatchNorm policy: interpolate or recompute")
+    p.add_argument("--samples", type=int, default=512, help="seeded test images to evaluate, 0 = all (default: 512)")
+    p.add_argument(
+        "--bn-samples", type=int, default=1024, help="seeded train images for --bn recompute (default: 1024)"
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the samples, orderings and directions (default: 0)")
+    p.add_argument("--random-directions", type=int, default=0, help="random-direction draws per layer (default: 0)")
+    p.add_argument("--batch-size", type=int, default=256, help="evaluation batch size (default: 256)")
+    p.add_argument("--device", default="auto", help="torch device: auto (cuda if available), cpu, cuda:0, ...")
+    p.add_argument("--out", metavar="DIR", default="runs/barrier", help="output folder (default: runs/barrier)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import torch
+
+    from fedlayer.analysis import barriers, interpolation_curves
+    from fedlayer.checkpoints import check_state_fits, load_checkpoint
+    from fedlayer.data import load_dataset
+    from fedlayer.models import build_model
+    from fedlayer.plots import save_figure
+    from fedlayer.plots.barriers import curves_figure, layer_barrier_figure
+    from fedlayer.results import write_parquet
+    from fedlayer.task import subsample
+
+    alphas = parse_alphas(args.alphas)
+    groups = [spec.strip() for spec in args.groups.split(",")]
+    states = [load_checkpoint(path) for path in (args.checkpoint_a, args.checkpoint_b)]
+    dataset = load_dataset(args.dataset, data_dir=args.data_dir)
+    model = build_model(args.model, dataset.input_shape, dataset.num_classes, norm=args.norm)
+    for path, state in zip((args.checkpoint_a, args.checkpoint_b), states, strict=True):
+        check_state_fits(model, state, what=f"checkpoint {path} (model {args.model!r}, norm {args.norm!r})")
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    data = subsample(dataset.test_x, dataset.test_y, args.samples, args.seed)
+    bn_data = subsample(dataset.train_x, dataset.train_y, args.bn_samples, args.seed + 1)
+
+    from fedlayer.console import make_console
+
+    console = make_console()
+    with console.status(f"interpolating {args.model} on {len(data[1])} {args.dataset} test images ({device})"):
+        curves = interpolation_curves(
+            model, *states, data, groups=groups, alphas=alphas, bn=args.bn,
+            bn_data=bn_data if args.bn == "recompute" else None, random_directions=args.random_directions,
+            seed=args.seed, device=device, batch_size=args.batch_size,
+        )  # fmt: skip
+        table = barriers(curves)
+    out = Path(args.out)
+    written = [write_parquet(curves, out / "curves.parquet"), write_parquet(table, out / "barriers.parquet")]
+    if (table["kind"] == "layer").any():
+        written.append(save_figure(layer_barrier_figure(table), out / "barriers.png"))
+    written.append(save_figure(curves_figure(curves), out / "curves.png"))
+    console.print(_rich_table(table, title=f"barriers: {args.checkpoint_a} (A) vs {args.checkpoint_b} (B)"))
+    first = table.iloc[0]
+    console.print(
+        f"full models: loss A {first.loss_a:.4f}, loss B {first.loss_b:.4f}, error A {first.error_a:.2f}%, "
+        f"error B {first.error_b:.2f}%; bn={args.bn}"
+    )
+    console.print("wrote " + ", ".join(str(path) for path in written))
+    return 0
+
+
+def parse_alphas(text: str) -> int | list[float]:
+    """'11' -> 11 (a count); '0,0.25,1' -> [0.0, 0.25, 1.0]; anything else is a FedlayerError."""
+    from fedlayer.analysis import alpha_grid
+    from fedlayer.errors import FedlayerError
+
+    items = [item.strip() for item in text.split(",")]
+    try:
+        alphas: int | list[float] = int(items[0]) if len(items) == 1 else [float(item) for item in items]
+    except ValueError as exc:
+        raise FedlayerError(
+            f"bad --alphas {text!r}: give a count (e.g. 11) or comma-separated numbers in [0, 1]"
+        ) from exc
+    alpha_grid(alphas)  # validate now, with the grid's own message
+    return alphas
+
+
+def _rich_table(table, title: str):
+    from rich.table import Table
+
+    shown = Table(title=title)
+    columns = [c for c in ("client_a", "client_b", "group", "kind", "base") if c in table.columns]
+    if (table["kind"] == "random-direction").any():
+        columns.append("direction")
+    for column in columns:
+        shown.add_column(column, overflow="fold")
+    for column in ("loss mid", "loss max", "error mid (pp)", "error max (pp)"):
+        shown.add_column(column, justify="right")
+    for row in table.itertuples(index=False):
+        ids = [str(getattr(row, c)) for c in columns]
+        values = [row.loss_barrier_mid, row.loss_barrier_max, row.error_barrier_mid, row.error_barrier_max]
+        shown.add_row(*ids, *(f"{v:.4f}" if i < 2 else f"{v:.2f}" for i, v in enumerate(values)))
+    return shown

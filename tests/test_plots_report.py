@@ -1,0 +1,350 @@
+"""Figures and reports drawn from stored tables alone: a synthetic run directory (3 rounds, 3 clients,
+4 layers) and a comparison directory (2 strategies x 2 seeds, each with its run directory)."""
+
+from __future__ import annotations
+
+import io
+import itertools
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+from rich.console import Console
+
+from fedlayer.cli import main
+from fedlayer.config import load_config
+from fedlayer.data.partition import ClientPartition, Partitions
+from fedlayer.errors import FedlayerError
+from fedlayer.plots.compare import plot_comparison, print_summary, summary_table
+from fedlayer.plots.runs import FULL_ROW, barrier_grid, layer_order, plot_run
+from fedlayer.report import write_report
+from fedlayer.results import write_parquet
+
+LAYERS = ["conv1", "conv2", "fc1", "fc2"]
+CLIENTS = ["0", "1", "2"]
+ROUNDS = 3
+ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0)
+PNG = b"\x89PNG\r\n\x1a\n"
+RUN_PLOTS = {"accuracy.png", "barrier_heatmap.png", "barrier_curves.png", "groups.png"}
+
+
+def _metrics(rng, shift: float = 0.0) -> pd.DataFrame:
+    rows = []
+    for r in range(ROUNDS + 1):
+        rows.append(
+            {
+                "round": r,
+                "client": "global",
+                "split": "test",
+                "loss": 2.3 - 0.4 * r,
+                "accuracy": min(1.0, 0.1 + 0.2 * r + shift),
+                "num_examples": 360,
+            }
+        )
+        for split, c in itertools.product(("train", "local-test"), CLIENTS if r else []):
+            rows.append(
+                {
+                    "round": r,
+                    "client": c,
+                    "split": split,
+                    "loss": 2.0 - 0.3 * r + rng.random() * 0.1,
+                    "accuracy": min(1.0, 0.3 + 0.15 * r + shift + rng.random() * 0.1),
+                    "num_examples": 100,
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def _groups(cumulative: bool) -> list[tuple[str, str, list[str]]]:
+    """(group, kind, layers) as the analysis engine names them, in its order."""
+    groups = [(name, "layer", [name]) for name in LAYERS] + [("full", "full", LAYERS)]
+    if not cumulative:
+        return groups
+    groups += [(f"shallow:{k}", "shallow", LAYERS[:k]) for k in range(1, 5)]
+    groups += [(f"deep:{k}", "deep", LAYERS[::-1][:k]) for k in range(1, 5)]
+    groups += [(f"window:2@{LAYERS[i]}", "window", LAYERS[i : i + 2]) for i in range(3)]
+    return groups
+
+
+def _analysis_tables(rng, cumulative: bool, hidden: tuple[str, ...]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Curves and barriers with a hump that grows with the group, in conv2 and with rounds; no rows about
+    the `hidden` layers (kept on the clients, as the server's recorder leaves them out)."""
+    curves, barriers = [], []
+    for r, (a, b), base in itertools.product(range(1, ROUNDS + 1), itertools.combinations(CLIENTS, 2), "ab"):
+        loss_a, loss_b = 1.0 + rng.random() * 0.2, 1.1 + rng.random() * 0.2
+        groups = _groups(cumulative) + [(name, "random-direction", [name]) for name in LAYERS[:1]]
+        for group, kind, layers in [g for g in groups if not set(g[2]) & set(hidden)]:
+            hump = 0.6 * r if kind == "full" else 0.05 * r * len(layers) * (1 + ("conv2" in layers)) - 0.02
+            c0 = loss_a if base == "a" or kind == "full" else loss_b + 0.1
+            c1 = loss_b if base == "b" or kind == "full" else loss_a + 0.1
+            ids = {
+                "round": r,
+                "client_a": a,
+                "client_b": b,
+                "group": group,
+                "kind": kind,
+                "layers": "|".join(layers),
+                "n_layers": len(layers),
+                "base": base,
+                "bn": "interpolate",
+                "direction": 0 if kind == "random-direction" else -1,
+            }
+            loss = [(1 - t) * c0 + t * c1 + 4 * t * (1 - t) * hump for t in ALPHAS]
+            curves += [
+                {
+                    **ids,
+                    "alpha": t,
+                    "loss": v,
+                    "error": 30 + 10 * v,
+                    "loss_a": loss_a,
+                    "loss_b": loss_b,
+                    "error_a": 40.0,
+                    "error_b": 42.0,
+                }
+                for t, v in zip(ALPHAS, loss, strict=True)
+            ]
+            mid = loss[2] - (loss_a + loss_b) / 2
+            barriers.append(
+                {
+                    **ids,
+                    "loss_barrier_mid": mid,
+                    "loss_barrier_max": hump,
+                    "error_barrier_mid": 10 * mid,
+                    "error_barrier_max": 10 * hump,
+                    "loss_a": loss_a,
+                    "loss_b": loss_b,
+                    "error_a": 40.0,
+                    "error_b": 42.0,
+                    "loss_c0": c0,
+                    "loss_c1": c1,
+                    "error_c0": 40.0,
+                    "error_c1": 42.0,
+                }
+            )
+    return pd.DataFrame(curves), pd.DataFrame(barriers)
+
+
+def _partitions() -> Partitions:
+    rng = np.random.default_rng(0)
+    order = rng.permutation(300)
+    clients = []
+    for c, part in enumerate(np.array_split(order, 3)):
+        train, test = np.sort(part[:80]), np.sort(part[80:])
+        counts = np.bincount(rng.integers(0, 3 + c, size=len(part)), minlength=10)
+        clients.append(ClientPartition(c, train, test, counts, np.zeros(10, dtype=np.int64)))
+    return Partitions(
+        "dirichlet", {"alpha": 0.5, "test_fraction": 0.2}, 0, 10, 300, clients, dataset="digits"
+    )
+
+
+def make_run(
+    path,
+    *,
+    seed: int = 0,
+    strategy: str = "fedavg",
+    analysis: bool = True,
+    shift: float = 0.0,
+    choices: bool = False,
+    cumulative: bool = True,
+    hidden: tuple[str, ...] = (),
+):
+    rng = np.random.default_rng(seed)
+    path.mkdir(parents=True)
+    overrides = [
+        f"seed={seed}",
+        f"strategy.name={strategy}",
+        "federation.clients=3",
+        f"federation.rounds={ROUNDS}",
+        "data.partition=dirichlet",
+        "data.alpha=0.5",
+        f"analysis.every={int(analysis)}",
+    ]
+    (path / "config.toml").write_text(load_config(None, overrides).to_toml())
+    _partitions().save(path / "partitions.json")
+    write_parquet(_metrics(rng, shift), path / "metrics.parquet")
+    if analysis:
+        curves, barriers = _analysis_tables(rng, cumulative, hidden)
+        write_parquet(curves, path / "curves.parquet")
+        write_parquet(barriers, path / "barriers.parquet")
+    if choices:
+        barrier = {
+            (r, name): 0.03 * r * (i + 1) for r in range(1, ROUNDS + 1) for i, name in enumerate(LAYERS)
+        }
+        table = pd.DataFrame(
+            [
+                {"round": r, "layer": name, "barrier": b, "averaged": b < 0.1}
+                for (r, name), b in barrier.items()
+            ]
+        )
+        write_parquet(table, path / "choices.parquet")
+    return path
+
+
+def make_comparison(path):
+    rows = []
+    """fedavg and fedper (its head fc2 kept on the clients, so never measured) x seeds 0 and 1."""
+    for (strategy, shift, hidden), seed in itertools.product(
+        (("fedavg", 0.0, ()), ("fedper", 0.05, ("fc2",))), (0, 1)
+    ):
+        run = make_run(
+            path / "runs" / strategy / f"seed-{seed}",
+            seed=seed,
+            strategy=strategy,
+            shift=shift,
+            cumulative=False,
+            hidden=hidden,
+        )
+        metrics = pd.read_parquet(run / "metrics.parquet")
+        barriers = pd.read_parquet(run / "barriers.parquet")
+        for r in range(ROUNDS + 1):
+            glob = metrics[(metrics["round"] == r) & (metrics["split"] == "test")].iloc[0]
+            local = metrics[(metrics["round"] == r) & (metrics["split"] == "local-test")]["accuracy"]
+            here = barriers[barriers["round"] == r]
+            rows.append(
+                {
+                    "strategy": strategy,
+                    "seed": seed,
+                    "round": r,
+                    "global_accuracy": glob["accuracy"],
+                    "global_loss": glob["loss"],
+                    "personal_accuracy_mean": local.mean(),
+                    "personal_accuracy_std": local.std(),
+                    "full_barrier_mean": here.loc[here["kind"] == "full", "loss_barrier_mid"].mean(),
+                    "layer_barrier_mean": here.loc[here["kind"] == "layer", "loss_barrier_mid"].mean(),
+                }
+            )
+    table = pd.DataFrame(rows)
+    write_parquet(table, path / "comparison.parquet")
+    table.to_csv(path / "comparison.csv", index=False)
+    return path
+
+
+def _is_png(path) -> bool:
+    return path.stat().st_size > 1000 and path.read_bytes()[:8] == PNG
+
+
+@pytest.fixture
+def run_dir(tmp_path):
+    return make_run(tmp_path / "run", choices=True)
+
+
+@pytest.fixture
+def compare_dir(tmp_path):
+    return make_comparison(tmp_path / "cmp")
+
+
+def test_grid_rows_follow_model_order_with_full_model_last(run_dir):
+    barriers = pd.read_parquet(run_dir / "barriers.parquet")
+    barriers = barriers.iloc[::-1].reset_index(drop=True)  # rows reversed: order is by first appearance
+    assert layer_order(barriers) == LAYERS[::-1]
+    grid = barrier_grid(pd.read_parquet(run_dir / "barriers.parquet"))
+    assert list(grid.index) == [*LAYERS, FULL_ROW]
+    assert list(grid.columns) == [1, 2, 3]
+    rows = pd.read_parquet(run_dir / "barriers.parquet")
+    expected = rows[(rows["group"] == "conv2") & (rows["round"] == 2) & (rows["direction"] == -1)]
+    assert grid.loc["conv2", 2] == pytest.approx(expected["loss_barrier_mid"].mean())
+
+
+def test_plot_run_writes_every_figure_its_tables_allow(run_dir):
+    paths = plot_run(run_dir)
+    assert {p.name for p in paths} == RUN_PLOTS | {"choices.png"}
+    assert all(p.parent == run_dir / "plots" and _is_png(p) for p in paths)
+
+
+def test_run_without_barriers_still_plots_accuracy(tmp_path):
+    run = make_run(tmp_path / "run", analysis=False)
+    assert [p.name for p in plot_run(run)] == ["accuracy.png"]
+    assert _is_png(run / "plots" / "accuracy.png")
+
+
+def test_plot_command_redraws_a_run_from_stored_tables(run_dir, capsys):
+    assert main(["plot", str(run_dir)]) == 0
+    printed = capsys.readouterr().out.split()
+    assert {p.rsplit("/", 1)[1] for p in printed} == RUN_PLOTS | {"choices.png"}
+    assert all(_is_png(run_dir / "plots" / name) for name in RUN_PLOTS)
+
+
+def test_plot_command_on_a_comparison_draws_it_and_its_runs(compare_dir, capsys):
+    assert main(["plot", str(compare_dir)]) == 0
+    printed = capsys.readouterr().out
+    for name in ("accuracy.png", "barrier_heatmaps.png", "final.png"):
+        assert _is_png(compare_dir / "plots" / name) and str(compare_dir / "plots" / name) in printed
+    assert _is_png(compare_dir / "runs" / "fedper" / "seed-1" / "plots" / "barrier_heatmap.png")
+
+
+def test_plot_comparison_writes_its_three_figures(compare_dir):
+    paths = plot_comparison(compare_dir)
+    assert [p.name for p in paths] == ["accuracy.png", "barrier_heatmaps.png", "final.png"]
+    assert all(_is_png(p) for p in paths)
+
+
+def test_directory_that_is_neither_run_nor_comparison_exits_2(tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("nothing here")
+    assert main(["plot", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "metrics.parquet" in err and "comparison.parquet" in err
+    assert main(["report", str(tmp_path / "missing")]) == 2
+    with pytest.raises(FedlayerError, match="comparison.parquet"):
+        write_report(tmp_path)
+
+
+def test_comparison_table_without_its_columns_is_an_error(tmp_path):
+    write_parquet(pd.DataFrame({"strategy": ["fedavg"], "round": [1]}), tmp_path / "comparison.parquet")
+    with pytest.raises(FedlayerError, match="lacks the columns seed, global_accuracy"):
+        plot_comparison(tmp_path)
+
+
+def test_summary_table_has_final_round_mean_and_std_per_strategy(compare_dir):
+    comparison = pd.read_parquet(compare_dir / "comparison.parquet")
+    table = summary_table(comparison)
+    assert list(table["strategy"]) == ["fedavg", "fedper"]
+    assert list(table["seeds"]) == [2, 2]
+    final = comparison[(comparison["round"] == ROUNDS) & (comparison["strategy"] == "fedper")]
+    row = table.set_index("strategy").loc["fedper"]
+    assert row["global_accuracy_mean"] == pytest.approx(final["global_accuracy"].mean())
+    assert row["global_accuracy_std"] == pytest.approx(final["global_accuracy"].std())
+    assert row["personal_accuracy_mean"] == pytest.approx(final["personal_accuracy_mean"].mean())
+    assert row["layer_barrier_std"] == pytest.approx(final["layer_barrier_mean"].std())
+
+
+def test_print_summary_bolds_the_best_strategy(compare_dir):
+    console = Console(record=True, width=160, file=io.StringIO(), force_terminal=True)
+    print_summary(summary_table(pd.read_parquet(compare_dir / "comparison.parquet")), console)
+    styled = console.export_text(styles=True)
+    assert "fedavg" in styled and "±" in styled
+    assert re.search(r"\x1b\[1m75\.0 ± 0\.0", styled)  # fedper has the best global accuracy
+    assert not re.search(r"\x1b\[1m70\.0", styled)
+
+
+def test_run_report_has_config_tables_and_existing_images(run_dir):
+    path = write_report(run_dir)
+    assert path == run_dir / "report.md"
+    text = path.read_text()
+    assert "```toml" in text and 'name = "fedavg"' in text
+    assert _partitions().content_hash in text
+    assert "| client |" in text and "| conv2 |" in text and f"| {FULL_ROW} |" in text
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
+    assert {link.rsplit("/", 1)[1] for link in links} == RUN_PLOTS | {"choices.png"}
+    assert all((run_dir / link).is_file() for link in links)
+
+
+def test_report_elsewhere_links_relative_to_the_report(run_dir, tmp_path):
+    out = tmp_path / "docs" / "run.md"
+    assert main(["report", str(run_dir), "--out", str(out)]) == 0
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", out.read_text())
+    assert links and all(not link.startswith("/") and (out.parent / link).is_file() for link in links)
+
+
+def test_comparison_report_has_summary_plots_and_run_links(compare_dir):
+    text = write_report(compare_dir).read_text()
+    assert "| strategy |" in text and "fedper" in text and "±" in text
+    targets = re.findall(r"\]\(([^)]+)\)", text)
+    assert "plots/final.png" in targets
+    assert "runs/fedavg/seed-1/report.md" in targets
+    assert all((compare_dir / t).exists() for t in targets)
+
+
+def test_run_report_without_analysis_says_so(tmp_path):
+    text = write_report(make_run(tmp_path / "run", analysis=False)).read_text()
+    assert "analysis.every" in text and "barrier_heatmap.png" not in text
