@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from urllib.parse import quote
 
 import numpy as np
 import pandas as pd
@@ -109,8 +110,9 @@ def _number(value: float, digits: int = 3, scale: float = 1.0) -> str:
 
 
 def _link(target: Path, out: Path) -> str:
-    """`target` relative to the folder of the report, with forward slashes."""
-    return Path(os.path.relpath(target.resolve(), out.parent.resolve())).as_posix()
+    """`target` relative to the folder of the report, with forward slashes, percent-encoded (a strategy
+    named by a selector such as 're:conv' or 'layer1, fc' must not read as a URL scheme or end the link)."""
+    return quote(Path(os.path.relpath(target.resolve(), out.parent.resolve())).as_posix(), safe="/-_.~")
 
 
 def _figures(paths: Sequence[Path], out: Path) -> list[str]:
@@ -127,7 +129,11 @@ def run_report(run_dir: Path, figures: Sequence[Path], out: Path) -> str:
     metrics = read_optional(run_dir / RUN_MARKER)
     barriers = read_optional(run_dir / "barriers.parquet")
     choices = read_optional(run_dir / "choices.parquet")
-    lines = [f"# Run report: {run_dir.resolve().name}", ""]
+    path = run_dir.resolve()
+    name = (
+        f"{path.parent.name}/{path.name}" if path.name.startswith("seed-") else path.name
+    )  # a comparison's run
+    lines = [f"# Run report: {name}", ""]
     if config:
         lines += [describe_run(config), ""]
     lines += _metrics_section(metrics)

@@ -65,7 +65,11 @@ def test_a_successful_run_writes_tables_and_figures(tmp_path, checkpoints, capsy
     [
         (dict(a="missing.safetensors"), "missing.safetensors not found"),
         (dict(a="corrupt"), "not a valid safetensors file"),
-        (dict(b="mlp"), "does not fit the model; missing keys: conv1.weight.*unexpected keys: fc3.weight"),
+        (
+            dict(b="mlp"),
+            r"does not fit the model; missing keys: conv1.weight.*unexpected keys: fc3.bias, fc3.weight; "
+            r"shape mismatch: fc1.weight \(200, 64\) \(model: \(512, 256\)\)",
+        ),
         (dict(extra=["--norm", "bn"]), "missing keys: norm1.weight"),
         (dict(extra=["--model", "vit"]), "unknown model 'vit'; valid choices: mlp, cnn"),
         (dict(extra=["--dataset", "imagenet"]), "unknown dataset 'imagenet'"),

@@ -16,7 +16,7 @@ from fedlayer.cli import main
 from fedlayer.config import load_config
 from fedlayer.data.partition import ClientPartition, Partitions
 from fedlayer.errors import FedlayerError
-from fedlayer.plots.compare import plot_comparison, print_summary, summary_table
+from fedlayer.plots.compare import plot_comparison, print_summary, strategy_grids, summary_table
 from fedlayer.plots.runs import FULL_ROW, barrier_grid, layer_order, plot_run
 from fedlayer.report import write_report
 from fedlayer.results import write_parquet
@@ -277,6 +277,18 @@ def test_plot_comparison_writes_its_three_figures(compare_dir):
     paths = plot_comparison(compare_dir)
     assert [p.name for p in paths] == ["accuracy.png", "barrier_heatmaps.png", "final.png"]
     assert all(_is_png(p) for p in paths)
+
+
+def test_strategy_grids_average_seeds_and_keep_only_measured_layers(compare_dir):
+    comparison = pd.read_parquet(compare_dir / "comparison.parquet")
+    grids = strategy_grids(compare_dir, comparison)
+    (fedavg, n_avg), (fedper, n_per) = grids["fedavg"], grids["fedper"]
+    assert (n_avg, n_per) == (2, 2)
+    assert list(fedavg.index) == [*LAYERS, FULL_ROW] and list(fedper.index) == LAYERS[:3]
+    seeds = [
+        barrier_grid(pd.read_parquet(compare_dir / f"runs/fedper/seed-{s}/barriers.parquet")) for s in (0, 1)
+    ]
+    assert fedper.loc["conv2", 3] == pytest.approx((seeds[0].loc["conv2", 3] + seeds[1].loc["conv2", 3]) / 2)
 
 
 def test_directory_that_is_neither_run_nor_comparison_exits_2(tmp_path, capsys):

@@ -47,18 +47,15 @@ def plot_run(run_dir: str | Path) -> list[Path]:
 def _figures(tables: dict[str, pd.DataFrame | None], config: dict) -> Iterator[tuple[str, plt.Figure]]:
     """(name, figure) for each figure with data, built one at a time so each is saved and closed at once."""
     context = describe_run(config)
-    barriers, curves, choices = tables["barriers"], tables["curves"], tables["choices"]
-    builders = {
-        "accuracy": lambda: accuracy_figure(tables["metrics"], context),
-        "barrier_heatmap": lambda: (
-            barrier_heatmap_figure(barriers, context) if barriers is not None else None
-        ),
-        "barrier_curves": lambda: barrier_curves_figure(curves, context) if curves is not None else None,
-        "choices": lambda: choices_figure(choices, config, context) if choices is not None else None,
-        "groups": lambda: groups_figure(barriers, context) if barriers is not None else None,
+    figures = {
+        "accuracy": ("metrics", lambda t: accuracy_figure(t, context)),
+        "barrier_heatmap": ("barriers", lambda t: barrier_heatmap_figure(t, context)),
+        "barrier_curves": ("curves", lambda t: barrier_curves_figure(t, context)),
+        "choices": ("choices", lambda t: choices_figure(t, config, context)),
+        "groups": ("barriers", lambda t: groups_figure(t, context)),
     }
-    for name, build in builders.items():
-        fig = build()
+    for name, (table, build) in figures.items():
+        fig = build(tables[table]) if tables[table] is not None and not tables[table].empty else None
         if fig is not None:
             yield name, fig
 
@@ -351,8 +348,6 @@ def barrier_curves_figure(curves: pd.DataFrame, context: str = "") -> plt.Figure
 
 def choices_figure(choices: pd.DataFrame, config: dict, context: str = "") -> plt.Figure | None:
     """Barrier-aware averaging: for each layer and round, averaged or kept personal (with its barrier)."""
-    if choices.empty:
-        return None
     order = list(dict.fromkeys(choices["layer"]))
     table = choices.assign(averaged=choices["averaged"].astype(float))
     averaged = table.pivot_table(index="layer", columns="round", values="averaged", aggfunc="max").reindex(
