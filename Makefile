@@ -26,7 +26,7 @@ data:
 	else echo "Fashion-MNIST missing: install dataset-fashion-mnist or set FEDLAYER_DATA"; fi
 
 demo: setup data
-	$(BIN)/fedlayer run simulations/demo.toml
+	$(BIN)/fedlayer compare simulations/demo.toml --strategies fedavg,fedper,lg-fedavg
 
 test: setup data
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

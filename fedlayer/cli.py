@@ -14,7 +14,7 @@ import sys
 
 from fedlayer.errors import FedlayerError
 
-COMMANDS = ("run", "compare", "partitions", "layers", "barrier", "plot", "report", "bench")
+COMMANDS = ("run", "compare", "partitions", "layers", "barrier", "plot", "report", "bench", "certs")
 
 
 def build_parser() -> argparse.ArgumentParser:

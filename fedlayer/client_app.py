@@ -9,11 +9,15 @@ Protocol with the server (see `strategies.layerwise`):
 - evaluate: the client's personalised model on its local test split (`num-examples`, `loss`, `accuracy`).
 - query: replies with its `partition-id`, so the server can sample by partition, not by node id.
 Personal layers live in `context.state` across rounds in client mode.
+With `federation.fault_probability` p > 0, training raises in a round when
+`random.Random(f"fault-{seed}-{partition}-{round}").random() < p` (seeded, so runs and resumed runs
+fail alike): a way to exercise the server's fault handling.
 """
 
 from __future__ import annotations
 
 import functools
+import random
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
@@ -55,6 +59,11 @@ def _received(msg: Message) -> tuple[dict[str, torch.Tensor], ConfigRecord]:
     return arrays.to_torch_state_dict(), config
 
 
+def injected_fault(seed: int, partition: int, server_round: int, probability: float) -> bool:
+    """Whether seeded fault injection makes this client's training fail in this round."""
+    return probability > 0 and random.Random(f"fault-{seed}-{partition}-{server_round}").random() < probability
+
+
 def _personal_key(config: ConfigRecord) -> str:
     return f"{PERSONAL_STATE}:{config.get(RUN_TAG_KEY, '')}"
 
@@ -89,8 +98,11 @@ class FedlayerClient:
         pid = int(context.node_config["partition-id"])
         model, config = _local_model(cfg, msg, context)
         server_round = int(config.get("server-round", 0))
-        generator = seed_everything(cfg.seed, pid, server_round)
         fed = cfg.federation
+        if injected_fault(cfg.seed, pid, server_round, fed.fault_probability):
+            raise RuntimeError(f"injected fault (federation.fault_probability = {fed.fault_probability}) "
+                               f"in round {server_round} for partition {pid}")
+        generator = seed_everything(cfg.seed, pid, server_round)
         settings = TrainSettings(
             epochs=fed.local_epochs, batch_size=fed.batch_size, optimizer=fed.optimizer, lr=fed.lr,
             momentum=fed.momentum, weight_decay=fed.weight_decay,

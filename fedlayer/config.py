@@ -60,7 +60,11 @@ class FederationConfig:
     clients: int = _spec(10, ge=1, help="number of clients (partitions)")
     rounds: int = _spec(3, ge=1, help="federated rounds")
     fraction: float = _spec(1.0, gt=0.0, le=1.0, help="fraction of clients sampled per round")
-    min_clients: int = _spec(1, ge=1, help="fewest successful replies a round needs")
+    min_clients: int = _spec(1, ge=1, help="fewest usable training replies a round needs (else the run stops)")
+    timeout: float = _spec(600.0, gt=0.0, help="seconds a round waits for client replies; later ones count "
+                           "as timeouts")
+    fault_probability: float = _spec(0.0, ge=0.0, lt=1.0, help="seeded fault injection: chance that a client's "
+                                     "training raises in a round (to exercise fault handling)")
     local_epochs: int = _spec(1, ge=1, help="local epochs per round")
     batch_size: int = _spec(32, ge=1, help="local batch size")
     optimizer: str = _spec("sgd", choices=("sgd", "adam"), help="local optimizer")
@@ -258,6 +262,14 @@ def _check_consistency(cfg: Config) -> None:
         raise FedlayerError(
             f"config key 'federation.min_clients': {cfg.federation.min_clients} is more than "
             f"federation.clients = {cfg.federation.clients}"
+        )
+    from strategies.sampling import clients_per_round
+
+    sampled = clients_per_round(cfg.federation.clients, cfg.federation.fraction)
+    if cfg.federation.min_clients > sampled:
+        raise FedlayerError(
+            f"config key 'federation.min_clients': {cfg.federation.min_clients} is more than the {sampled} "
+            f"clients sampled per round (federation.clients * federation.fraction); every round would fail"
         )
     if cfg.analysis.alphas % 2 == 0:
         raise FedlayerError(

@@ -1,7 +1,8 @@
 """What the server records each round: client metrics, client models, and their layer-wise barriers.
 
 `RoundRecorder` plugs into `strategies.Observed` (which hands it every client's reply before
-aggregation) and into `Strategy.start(evaluate_fn=...)` (called once a round is complete), so any
+aggregation), into `strategies.Guarded` (which reports the clients that failed, timed out or were
+rejected) and into `Strategy.start(evaluate_fn=...)` (called once a round is complete), so any
 Flower strategy gets per-round barrier analysis without changing it.
 """
 
@@ -23,6 +24,9 @@ from fedlayer.results import RunDirectory
 from fedlayer.task import dataset_for, global_test_set, subsample
 from fedlayer.training import evaluate
 from strategies import client_label
+from strategies.guarded import client_order
+
+PHASE_SPLITS = {"train": "train", "evaluate": "local-test"}
 
 
 def reply_state(reply: Message) -> dict[str, torch.Tensor]:
@@ -44,6 +48,8 @@ class RoundRecorder:
         self.model = model
         self.layers = list(layers)
         self.on_round_end = on_round_end
+        self.on_commit: Callable[[int, ArrayRecord], None] | None = None  # after the tables: the round's checkpoint
+        self.failures: dict[tuple[int, str], list[dict]] = {}  # (round, split) -> rows of failed clients
         self.client_states: dict[str, dict[str, torch.Tensor]] = {}
         self.client_keys: set[str] = set()
         self.personal_keys: Callable[[], Iterable[str]] = tuple  # the strategy's, set by the server app
@@ -71,20 +77,30 @@ class RoundRecorder:
     def on_evaluate(self, server_round: int, replies: Sequence[Message]) -> None:
         self._add_metrics(server_round, replies, "local-test", prefix="")
 
+    def on_failures(self, server_round: int, phase: str, failures: Sequence[dict]) -> None:
+        """Clients that failed, timed out or were rejected (from `strategies.Guarded`), recorded with the others."""
+        self.failures.setdefault((server_round, PHASE_SPLITS[phase]), []).extend(failures)
+
     def end_of_round(self, server_round: int, arrays: ArrayRecord) -> MetricRecord:
-        """Called by `Strategy.start` after each round (and once before the first): commit the round."""
+        """Called by `Strategy.start` after each round (and once before the first): commit the round.
+
+        The tables are written first, then `on_commit` (the run's round checkpoint, whose state.json
+        is the commit), then `on_round_end` (progress).
+        """
         model = self.model
         model.load_state_dict(arrays.to_torch_state_dict(), strict=True)
         metrics = evaluate(model, *self.test_set)
         self.run_dir.add("metrics", pd.DataFrame([{
             "round": server_round, "client": "global", "split": "test", "loss": metrics.loss,
-            "accuracy": metrics.accuracy, "num_examples": metrics.num_examples,
+            "accuracy": metrics.accuracy, "num_examples": metrics.num_examples, "status": "ok", "error": "",
         }]))
         if self.cfg.output.checkpoints:
             self._save_checkpoints(arrays)
         for name, table in self.extra_tables.items():
             self.run_dir.replace(name, table())
         self.run_dir.flush()
+        if self.on_commit is not None:
+            self.on_commit(server_round, arrays)
         if self.on_round_end is not None:
             self.on_round_end(server_round, metrics, self.analysis_seconds.get(server_round))
         return MetricRecord({"loss": metrics.loss, "accuracy": metrics.accuracy})
@@ -133,6 +149,7 @@ class RoundRecorder:
 
     # -- helpers -------------------------------------------------------------------------------------
     def _add_metrics(self, server_round: int, replies: Sequence[Message], split: str, prefix: str) -> None:
+        """One row per client of this round and split, by partition: its metrics, or why it has none."""
         rows = []
         for reply in replies:
             m = reply_metrics(reply)
@@ -140,8 +157,13 @@ class RoundRecorder:
                 "round": server_round, "client": client_label(reply), "split": split,
                 "loss": float(m.get(f"{prefix}loss", float("nan"))),
                 "accuracy": float(m.get(f"{prefix}accuracy", float("nan"))),
-                "num_examples": int(m.get("num-examples", 0)),
+                "num_examples": int(m.get("num-examples", 0)), "status": "ok", "error": "",
             })
+        for failure in self.failures.pop((server_round, split), []):
+            rows.append({"round": server_round, "client": failure["client"], "split": split, "loss": float("nan"),
+                         "accuracy": float("nan"), "num_examples": 0, "status": failure["status"],
+                         "error": failure["reason"]})
+        rows.sort(key=lambda row: client_order(row["client"]))
         self.run_dir.add("metrics", pd.DataFrame(rows))
 
     def _save_checkpoints(self, arrays: ArrayRecord) -> None:

@@ -3,11 +3,15 @@
 Layout of a run directory:
     config.toml          the resolved config
     partitions.json      client indices, class counts, content hash
-    metrics.parquet      round, client ('global' or a partition id), split, loss, accuracy, num_examples
+    metrics.parquet      round, client ('global' or a partition id), split, loss, accuracy, num_examples,
+                         status ('ok', 'failed', 'rejected', 'timeout'), error (why, '' when ok); a failed
+                         client's row has NaN loss and accuracy and num_examples 0
     barriers.parquet     one row per (round, client pair, group, base)
     curves.parquet       one row per (round, client pair, group, base, alpha)
     choices.parquet      barrier-aware strategy: which layers were averaged each round
-    checkpoints/         global.safetensors, client-<id>-personal.safetensors (latest round)
+    checkpoints/         global.safetensors, client-<id>-personal.safetensors (latest round, for users);
+                         round-<R>/ the last committed round's state for resuming (fedlayer.resume)
+    state.json           the last committed round (written last: the commit of a round)
     plots/               PNG figures
 """
 
@@ -79,6 +83,21 @@ class RunDirectory:
         if len(rows) > 1:
             rows[:] = [pd.concat(rows, ignore_index=True)]
         return rows[0] if rows else pd.DataFrame()
+
+    def load(self, upto: int) -> None:
+        """Reload the tables written so far, truncated on disk and in memory to rounds <= `upto`."""
+        for name in TABLES:
+            path = self.table_path(name)
+            if not path.exists():
+                self._rows[name] = []
+                continue
+            frame = pd.read_parquet(path)
+            frame = frame[frame["round"] <= upto].reset_index(drop=True)
+            self._rows[name] = [frame] if not frame.empty else []
+            if frame.empty:
+                path.unlink()
+            else:
+                write_parquet(frame, path)
 
     def flush(self) -> None:
         """Rewrite every non-empty table atomically (called once per completed round)."""

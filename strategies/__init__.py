@@ -10,6 +10,7 @@ See `strategies.layerwise` for the client protocol (config keys "personal-mode",
 """
 
 from strategies.barrier_aware import BarrierAware
+from strategies.guarded import Guarded
 from strategies.layerwise import (
     AVERAGE_KEYS_KEY,
     PERSONAL_MODE_KEY,
@@ -17,6 +18,7 @@ from strategies.layerwise import (
     TRAIN_MODE_KEY,
     TRAIN_MODES,
     LayerSelective,
+    SelectiveState,
     select_average,
 )
 from strategies.loading import instantiate_strategy, load_strategy_class, stock_strategies
@@ -44,10 +46,12 @@ __all__ = [
     "TRAIN_MODES",
     "TRAIN_MODE_KEY",
     "BarrierAware",
+    "Guarded",
     "LayerSelective",
     "Observed",
     "Preset",
     "SeededGrid",
+    "SelectiveState",
     "StrategyWrapper",
     "build_strategy",
     "client_label",

@@ -74,6 +74,10 @@ class BarrierAware(LayerSelective):
                 chosen.append(layer)
         return keys_of(chosen)
 
+    def restore_history(self, frame: pd.DataFrame) -> None:
+        """Continue `history` from its table (`history_frame()` as saved by an earlier run)."""
+        self.history = frame[HISTORY_COLUMNS].to_dict("records") if not frame.empty else []
+
     def history_frame(self) -> pd.DataFrame:
         """`history` as a table: round, layer, barrier, averaged."""
         return pd.DataFrame(self.history, columns=HISTORY_COLUMNS)

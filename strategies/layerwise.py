@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from logging import INFO, WARNING
 from typing import Any
 
@@ -129,6 +130,17 @@ def with_record(message: Message, name: str, record: ArrayRecord) -> Message:
     return Message(content, metadata=copy.copy(message.metadata))
 
 
+@dataclass
+class SelectiveState:
+    """What LayerSelective carries from one round to the next, keyed by partition id, not node id
+    (node ids change between runs): the keys averaged last, each key's last shared value, and each
+    client's personal layers (personal="server")."""
+
+    average_keys: list[str]
+    shared: ArrayRecord
+    personal: dict[int, ArrayRecord]
+
+
 class LayerSelective(StrategyWrapper):
     """Average only the layers picked by `average` with the wrapped `strategy`; keep the rest personal.
 
@@ -195,6 +207,33 @@ class LayerSelective(StrategyWrapper):
     def _choose(self, server_round: int, replies: list[Message], received: list[ArrayRecord]) -> list[str]:
         """The keys averaged in this round's aggregation (fixed here; BarrierAware measures)."""
         return self.average_keys
+
+    # ------------------------------------------------------------------ state between rounds
+
+    def snapshot(self, partition_of: Mapping[int, int]) -> SelectiveState:
+        """The state after the last aggregation; `partition_of` maps node ids to partition ids."""
+        unknown = sorted(node for node in self.personal_state if node not in partition_of)
+        if unknown:
+            raise FedlayerError(f"no partition id known for nodes {unknown}")
+        return SelectiveState(list(self.average_keys), ArrayRecord(dict(self._shared)),
+                              {partition_of[node]: record for node, record in self.personal_state.items()})
+
+    def restore(self, state: SelectiveState, node_of: Mapping[int, int]) -> None:
+        """Continue from a `snapshot` (of an earlier run); `node_of` maps partition ids to this run's nodes.
+
+        Only personal="server" can be restored: with personal="client" the personal layers live in
+        the clients' memory, which a crash loses.
+        """
+        if self.personal == "client":
+            raise FedlayerError("cannot restore a strategy with personal='client': the personal layers were kept "
+                                "by the clients and are lost with them")
+        unknown = sorted(pid for pid in state.personal if pid not in node_of)
+        if unknown:
+            raise FedlayerError(f"no connected client holds partition(s) {unknown}; connected: {sorted(node_of)}")
+        self.average_keys = list(state.average_keys)
+        self._shared = dict(state.shared.items())
+        self.personal_state = {node_of[pid]: record for pid, record in state.personal.items()}
+        self.client_labels = {node_of[pid]: str(pid) for pid in state.personal}
 
     # ------------------------------------------------------------------ configure
 

@@ -118,11 +118,11 @@ class CurveEngine:
         self.bn = bn
         self.work = WorkingModel(model, _device(model, device))
         self.layers: list[Layer] = model_layers(self.work.model)
-        data = as_eval_data(data)
+        data = as_eval_data(data).to(self.work.device)  # moved once, not per point
         if bn == "recompute" and self.work.bn_modules:
             if bn_data is None:
                 raise FedlayerError("bn='recompute' needs bn_data (training inputs) to re-estimate BatchNorm stats")
-            self.evaluator = PlainEvaluator(self.work, data, batch_size, as_inputs(bn_data))
+            self.evaluator = PlainEvaluator(self.work, data, batch_size, as_inputs(bn_data).to(self.work.device))
         else:
             self.evaluator = _fast_evaluator(self.work, data, batch_size)
 

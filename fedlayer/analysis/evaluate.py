@@ -27,6 +27,9 @@ class EvalData:
     inputs: torch.Tensor
     labels: torch.Tensor
 
+    def to(self, device: torch.device) -> EvalData:
+        return EvalData(self.inputs.to(device), self.labels.to(device))
+
     def chunks(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for start in range(0, len(self.labels), batch_size):
             yield self.inputs[start : start + batch_size], self.labels[start : start + batch_size]
@@ -210,5 +213,5 @@ class PlainEvaluator:
             self.work.recompute_bn(self.bn_inputs, self.batch_size)
         accumulator = Accumulator()
         for inputs, labels in self.data.chunks(self.batch_size):
-            accumulator.add(self.work.model(inputs.to(self.work.device)), labels.to(self.work.device))
+            accumulator.add(self.work.model(inputs), labels)
         return accumulator.result()

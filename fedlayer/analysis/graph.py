@@ -73,7 +73,7 @@ class GraphEvaluator:
         self.defaults = {node: _placeholder_default(node) for node in self.nodes[1:] if node.op == "placeholder"}
         self.output = self.nodes[-1]
         self.plans: dict[frozenset[int], _Plan] = {}
-        self._verify(data.inputs[:_VERIFY_SAMPLES].to(work.device))
+        self._verify(data.inputs[:_VERIFY_SAMPLES])
 
     def evaluate(
         self, base: Mapping[str, torch.Tensor], paths: Sequence[tuple[Path, Sequence[float]]]
@@ -85,11 +85,10 @@ class GraphEvaluator:
         base_acc = Accumulator()
         accs = [[Accumulator() for _ in alphas] for _, alphas in paths]
         for inputs, labels in self.data.chunks(self.batch_size):
-            inputs, labels = inputs.to(self.work.device), labels.to(self.work.device)
             cache: dict[fx.Node, object] = {}
             base_acc.add(self._run_all(inputs, cache, keep), labels)
             for (segments, alphas), plan, row in zip(paths, plans, accs, strict=True):
-                if not plan.constant:
+                if alphas and not plan.constant:
                     self._run_path(segments, alphas, plan, cache, labels, row)
         base_metrics = base_acc.result()
         results = [

@@ -1,0 +1,170 @@
+"""Resume a run after a crash: every completed round leaves one consistent checkpoint.
+
+The commit of round R (after its tables are written):
+  1. checkpoints/round-R/ gets global.safetensors (the global model), shared.safetensors (each key's
+     last shared value) and personal-<partition>.safetensors (each client's personal layers, kept by
+     the server with personal="server"), all keyed by partition id: node ids change between runs;
+  2. state.json {"round": R, ...} is written atomically, LAST: it names a complete round folder;
+  3. older round folders are deleted.
+A crash at any point leaves state.json naming a complete round; the tables may hold rows of the
+round after it, which a resume drops.
+
+Resuming reads state.json, truncates the tables to rounds <= R, restores the strategy state (each
+partition id mapped to its new node id) and runs rounds R+1..N through `RoundOffset`. Client
+sampling, fault injection and the clients' RNG are functions of (seed, round, partition), so the
+resumed rounds are those an uninterrupted run would have had, and so are the tables.
+
+What resumes exactly: fedlayer's LayerSelective / BarrierAware around a STATELESS Flower strategy
+(FedAvg, FedProx, FedMedian, FedTrimmedAvg, Krum, ...). Stateful server optimisers (FedAdam, FedYogi,
+FedAdagrad: moments; FedAvgM: momentum) restart their own state at the resumed round: the run goes
+on, but is not bit-for-bit an uninterrupted one. personal="client" cannot resume at all: its
+personal layers lived in the clients' memory, which the crash took.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Result, Strategy
+
+from fedlayer.atomic import write_bytes
+from fedlayer.checkpoints import check_state_fits, load_checkpoint, save_checkpoint
+from fedlayer.config import Config, config_hash
+from fedlayer.errors import FedlayerError
+from fedlayer.results import RunDirectory
+from strategies.layerwise import SelectiveState
+from strategies.wrapper import StrategyWrapper
+
+STATE_FILE = "state.json"
+ROUND_FOLDER = re.compile(r"round-(\d+)")
+
+
+@dataclass(frozen=True)
+class RoundState:
+    """The content of state.json: the last committed round and what its folder holds."""
+
+    round: int
+    rounds: int
+    config_hash: str
+    average_keys: list[str]
+    personal: list[int]  # partitions with a personal-<partition>.safetensors
+
+    @property
+    def finished(self) -> bool:
+        return self.round >= self.rounds
+
+
+def round_folder(run_dir: RunDirectory, server_round: int):
+    return run_dir.checkpoints / f"round-{server_round}"
+
+
+def commit_round(run_dir: RunDirectory, cfg: Config, server_round: int, arrays: ArrayRecord,
+                 state: SelectiveState) -> None:
+    """Write round `server_round`'s checkpoint, then state.json (the commit), then drop older rounds."""
+    folder = round_folder(run_dir, server_round)
+    if folder.exists():  # left by a crashed attempt at this round
+        shutil.rmtree(folder)
+    save_checkpoint(arrays.to_torch_state_dict(), folder / "global.safetensors")
+    save_checkpoint(state.shared.to_torch_state_dict(), folder / "shared.safetensors")
+    for pid, record in sorted(state.personal.items()):
+        save_checkpoint(record.to_torch_state_dict(), folder / f"personal-{pid}.safetensors")
+    saved = RoundState(server_round, cfg.federation.rounds, config_hash(cfg), list(state.average_keys),
+                       sorted(state.personal))
+    write_bytes(run_dir.path / STATE_FILE, json.dumps(asdict(saved), indent=1).encode())
+    prune_rounds(run_dir, keep=server_round)
+
+
+def prune_rounds(run_dir: RunDirectory, keep: int) -> None:
+    """Delete every round folder but `keep`'s."""
+    if not run_dir.checkpoints.is_dir():
+        return
+    for folder in run_dir.checkpoints.iterdir():
+        match = ROUND_FOLDER.fullmatch(folder.name)
+        if match and int(match.group(1)) != keep and folder.is_dir():
+            shutil.rmtree(folder)
+
+
+def read_state(run_dir: RunDirectory) -> RoundState:
+    """state.json of a run directory, or a clear error saying why there is none."""
+    path = run_dir.path / STATE_FILE
+    if not run_dir.path.is_dir():
+        raise FedlayerError(f"cannot resume {str(run_dir.path)!r}: no such run directory")
+    if not path.is_file():
+        raise FedlayerError(f"cannot resume {str(run_dir.path)!r}: it has no {STATE_FILE}, so no round of it was "
+                            "committed (not a run directory, or the run stopped before its initial model was "
+                            "evaluated); start the run again with `fedlayer run CONFIG`")
+    try:
+        return RoundState(**json.loads(path.read_text()))
+    except (ValueError, TypeError) as exc:
+        raise FedlayerError(f"cannot resume {str(run_dir.path)!r}: {STATE_FILE} is damaged ({exc})") from exc
+
+
+def check_resumable(cfg: Config, saved: RoundState, run_dir: RunDirectory) -> None:
+    """Refuse what cannot continue: a changed config, or personal layers that lived on the clients."""
+    if saved.config_hash != config_hash(cfg) or saved.rounds != cfg.federation.rounds:
+        raise FedlayerError(f"cannot resume {str(run_dir.path)!r}: config.toml was changed after the run started "
+                            f"(its hash is {config_hash(cfg)}, the run's {saved.config_hash})")
+    if cfg.strategy.personal == "client" and 0 < saved.round < saved.rounds:
+        raise FedlayerError(f"cannot resume {str(run_dir.path)!r} (stopped after round {saved.round}): with "
+                            "strategy.personal = 'client' the personal layers were kept in the clients' memory and "
+                            "were lost with them; only personal = 'server' runs can resume")
+
+
+def load_round(run_dir: RunDirectory, saved: RoundState, model: torch.nn.Module
+               ) -> tuple[ArrayRecord, SelectiveState]:
+    """The committed round's global model (checked against `model`, in its key order) and strategy state."""
+    folder = round_folder(run_dir, saved.round)
+    arrays = load_checkpoint(folder / "global.safetensors")
+    check_state_fits(model, arrays, what=f"the global model of round {saved.round}")
+    order = list(model.state_dict())
+    shared = load_checkpoint(folder / "shared.safetensors")
+    personal = {pid: ArrayRecord(load_checkpoint(folder / f"personal-{pid}.safetensors")) for pid in saved.personal}
+    state = SelectiveState(list(saved.average_keys), ArrayRecord({k: shared[k] for k in order if k in shared}),
+                           personal)
+    return ArrayRecord({key: arrays[key] for key in order}), state
+
+
+class RoundOffset(StrategyWrapper):
+    """Runs rounds offset+1 .. offset+num_rounds: `Strategy.start` always counts from 1.
+
+    The wrapped strategy (and, through Flower's config "server-round", the ClientApps) sees the true
+    round numbers, and so does `evaluate_fn`, which is not called for round `offset` (recorded by the
+    run being continued).
+    """
+
+    def __init__(self, strategy: Strategy, offset: int) -> None:
+        super().__init__(strategy)
+        self.offset = offset
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        return self.strategy.configure_train(server_round + self.offset, arrays, config, grid)
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message],
+                        ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        return self.strategy.aggregate_train(server_round + self.offset, replies)
+
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                           grid: Grid) -> Iterable[Message]:
+        return self.strategy.configure_evaluate(server_round + self.offset, arrays, config, grid)
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        return self.strategy.aggregate_evaluate(server_round + self.offset, replies)
+
+    def start(self, grid: Grid, initial_arrays: ArrayRecord, num_rounds: int = 3, timeout: float = 3600,
+              train_config: ConfigRecord | None = None, evaluate_config: ConfigRecord | None = None,
+              evaluate_fn: Callable[[int, ArrayRecord], MetricRecord | None] | None = None) -> Result:
+        shifted = None
+        if evaluate_fn is not None:
+            def shifted(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+                return None if server_round == 0 else evaluate_fn(server_round + self.offset, arrays)
+        return super().start(grid=grid, initial_arrays=initial_arrays, num_rounds=num_rounds, timeout=timeout,
+                             train_config=train_config, evaluate_config=evaluate_config, evaluate_fn=shifted)
+

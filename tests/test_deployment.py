@@ -1,0 +1,250 @@
+"""`fedlayer certs`, and the same ServerApp/ClientApp on Flower's deployment engine over TLS.
+
+The deployment test starts one `flower-superlink` (TLS, SuperNode authentication) and two
+`flower-supernode`s on 127.0.0.1, each holding one partition, registers the SuperNodes' public keys and
+runs a two-round FedPer experiment with `flwr run`. Every process it starts gets a private FLWR_HOME
+and is stopped afterwards, whatever happens.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import load_ssh_private_key, load_ssh_public_key
+
+from fedlayer.cli import main
+from fedlayer.deploy import make_certificates
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent  # flower-superlink, flower-supernode, flwr, flwr-clientapp live here
+RUN_TIMEOUT_S = 420  # generous: every message starts a ClientApp process, and nodes poll every 3 s
+
+
+# --- fedlayer certs ---------------------------------------------------------------------------------------
+
+
+def _load(path: Path) -> x509.Certificate:
+    return x509.load_pem_x509_certificate(path.read_bytes())
+
+
+def test_certs_command_writes_a_ca_a_server_certificate_and_supernode_keys(tmp_path, capsys):
+    out = tmp_path / "certs"
+    assert main(["certs", str(out), "--host", "10.1.2.3", "--host", "myserver.example",
+                 "--supernode-keys", "2"]) == 0
+    expected = {"ca.crt", "ca.key", "server.pem", "server.key",
+                "supernode-0", "supernode-0.pub", "supernode-1", "supernode-1.pub"}
+    assert {p.name for p in out.iterdir()} == expected
+    assert "server.pem" in capsys.readouterr().out
+
+    ca, server = _load(out / "ca.crt"), _load(out / "server.pem")
+    server.verify_directly_issued_by(ca)  # raises unless the CA signed it
+    assert ca.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    san = server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert san.get_values_for_type(x509.IPAddress) == [ipaddress.ip_address("10.1.2.3")]
+    assert san.get_values_for_type(x509.DNSName) == ["myserver.example"]
+
+    for private in ("ca.key", "server.key", "supernode-0", "supernode-1"):
+        assert (out / private).stat().st_mode & 0o777 == 0o600, private
+    for k in range(2):  # the format flower-supernode and `flwr supernode register` read
+        key = load_ssh_private_key((out / f"supernode-{k}").read_bytes(), None)
+        public = load_ssh_public_key((out / f"supernode-{k}.pub").read_bytes())
+        assert isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.name == "secp384r1"
+        assert public == key.public_key()
+
+
+def test_certs_default_hosts_are_the_loopback_names(tmp_path):
+    made = make_certificates(tmp_path)
+    san = _load(made.server_cert).extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert san.get_values_for_type(x509.IPAddress) == [ipaddress.ip_address("127.0.0.1")]
+    assert san.get_values_for_type(x509.DNSName) == ["localhost"]
+    assert made.supernode_keys == ()
+
+
+@pytest.mark.parametrize("host", ["my server", "http://myserver:8000", "-bad.example", "a..b", ""])
+def test_certs_bad_host_is_a_clear_error_and_writes_nothing(tmp_path, capsys, host):
+    out = tmp_path / "certs"
+    assert main(["certs", str(out), f"--host={host}"]) == 2
+    err = capsys.readouterr().err
+    assert f"--host {host!r} is neither an IP address nor a DNS name" in err
+    assert "myserver.example" in err  # a valid example
+    assert not out.exists()
+
+
+def test_certs_keep_existing_files_unless_forced(tmp_path, capsys):
+    first = make_certificates(tmp_path).ca_cert.read_bytes()
+    assert main(["certs", str(tmp_path)]) == 2
+    assert "--force" in capsys.readouterr().err
+    assert (tmp_path / "ca.crt").read_bytes() == first
+    assert main(["certs", str(tmp_path), "--force"]) == 0
+    assert (tmp_path / "ca.crt").read_bytes() != first
+
+
+# --- the deployment engine ----------------------------------------------------------------------------------
+
+
+def _free_ports(count: int) -> list[int]:
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+
+
+class Processes:
+    """Background processes of one test, each in its own session with its own log file.
+
+    Every process gets FLWR_HOME below `home`; `stop` ends the ones started here, their process
+    groups, and any other process whose environment carries that FLWR_HOME (Flower starts helpers,
+    such as flower-superexec, in sessions of their own).
+    """
+
+    def __init__(self, home: Path, logs: Path, env: dict[str, str]):
+        self.home, self.logs, self.env = home, logs, env
+        self.started: dict[str, subprocess.Popen] = {}
+        logs.mkdir()
+
+    def start(self, name: str, args: list[str], *, home: str | None = None) -> subprocess.Popen:
+        """Start `args` as `name`, with FLWR_HOME `home`/`home` (default: its own, `home`/`name`)."""
+        home = self.home / (home or name)
+        home.mkdir(parents=True, exist_ok=True)
+        with open(self.logs / f"{name}.log", "wb") as log:
+            proc = subprocess.Popen(args, env={**self.env, "FLWR_HOME": str(home)}, stdin=subprocess.DEVNULL,
+                                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.started[name] = proc
+        return proc
+
+    def wait(self, name: str, timeout: float, *, daemons: tuple[str, ...] = ()) -> None:
+        """Wait for `name` to succeed; fail early (with every log) when it fails or a daemon dies."""
+        proc, deadline = self.started[name], time.monotonic() + timeout
+        while proc.poll() is None:
+            dead = [d for d in daemons if self.started[d].poll() is not None]
+            if dead or time.monotonic() > deadline:
+                reason = f"{', '.join(dead)} exited" if dead else f"no result after {timeout:.0f}s"
+                pytest.fail(f"{name}: {reason}\n{self.tails()}")
+            time.sleep(0.5)
+        assert proc.returncode == 0, f"{name} exited with {proc.returncode}\n{self.tails()}"
+
+    def wait_for_port(self, name: str, port: int, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+            if self.started[name].poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"{name} is not listening on port {port}\n{self.tails()}")
+            time.sleep(0.5)
+
+    def tails(self, chars: int = 2500) -> str:
+        parts = []
+        for name in self.started:
+            text = (self.logs / f"{name}.log").read_text(errors="replace")
+            parts.append(f"----- {name} (last {chars} characters) -----\n{text[-chars:]}")
+        return "\n".join(parts)
+
+    def _strays(self) -> list[int]:
+        marker = f"FLWR_HOME={self.home}".encode()
+        found = []
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit() and int(entry.name) != os.getpid():
+                with contextlib.suppress(OSError):
+                    if any(v.startswith(marker) for v in (entry / "environ").read_bytes().split(b"\0")):
+                        found.append(int(entry.name))
+        return found
+
+    def _signal_all(self, sig: int) -> None:
+        for proc in self.started.values():
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, sig)  # start_new_session: the group id is the pid
+        for pid in self._strays():
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, sig)
+
+    def stop(self, grace: float = 10.0) -> None:
+        self._signal_all(signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and (self._strays() or any(p.poll() is None
+                                                                         for p in self.started.values())):
+            time.sleep(0.2)
+        self._signal_all(signal.SIGKILL)
+        for proc in self.started.values():
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=5)
+
+
+@pytest.fixture
+def processes(tmp_path):
+    env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1",
+           "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1", "HF_HUB_OFFLINE": "1",
+           "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1",
+           "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    procs = Processes(tmp_path / "flwr-home", tmp_path / "logs", env)
+    try:
+        yield procs
+    finally:
+        procs.stop()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(sys.platform != "linux", reason="finds stray Flower processes through /proc")
+def test_superlink_and_two_supernodes_over_tls_with_supernode_auth_run_the_app(tmp_path, processes):
+    certs = make_certificates(tmp_path / "certs", supernode_keys=2)
+    link_port, *node_ports = _free_ports(3)
+    processes.start("superlink", [
+        str(BIN / "flower-superlink"), "--port", str(link_port), "--ssl-ca-certfile", str(certs.ca_cert),
+        "--ssl-certfile", str(certs.server_cert), "--ssl-keyfile", str(certs.server_key),
+        "--enable-supernode-auth", "--disable-runtime-dependency-installation",
+    ])
+    cli_home = processes.home / "cli"
+    cli_home.mkdir(parents=True)
+    (cli_home / "config.toml").write_text(
+        f'[superlink]\ndefault = "deploy"\n\n[superlink.deploy]\naddress = "127.0.0.1:{link_port}"\n'
+        f'root-certificates = "{certs.ca_cert}"\n'
+    )
+    processes.wait_for_port("superlink", link_port, timeout=90)
+
+    for k, (_, public) in enumerate(certs.supernode_keys):  # only registered keys may connect
+        processes.start(f"register-{k}", [str(BIN / "flwr"), "supernode", "register", str(public), "deploy"],
+                        home="cli")
+    for k in range(2):
+        processes.wait(f"register-{k}", timeout=90, daemons=("superlink",))
+    for k, ((private, _), port) in enumerate(zip(certs.supernode_keys, node_ports, strict=True)):
+        processes.start(f"supernode-{k}", [
+            str(BIN / "flower-supernode"), "--superlink", f"127.0.0.1:{link_port}",
+            "--root-certificates", str(certs.ca_cert), "--auth-supernode-private-key", str(private),
+            "--node-config", f"partition-id={k} num-partitions=2", "--port", str(port),
+        ])
+
+    app = tmp_path / "app"
+    shutil.copytree(ROOT, app, ignore=shutil.ignore_patterns(".venv", ".git", "runs", "__pycache__",
+                                                             ".*cache"))
+    out = tmp_path / "run"
+    run_config = (
+        "data.dataset='digits' model.name='mlp' federation.clients=2 federation.rounds=2 "
+        "strategy.name='fedper' analysis.every=1 analysis.pairs=0 analysis.samples=64 "
+        f"data.max_train_samples=0 data.max_test_samples=0 output.dir='{out}'"
+    )
+    processes.start("flwr-run", [str(BIN / "flwr"), "run", str(app), "deploy", "--stream",
+                                 "--run-config", run_config], home="cli")
+    processes.wait("flwr-run", timeout=RUN_TIMEOUT_S, daemons=("superlink", "supernode-0", "supernode-1"))
+
+    assert (out / "config.toml").exists(), processes.tails()
+    metrics = pd.read_parquet(out / "metrics.parquet")
+    assert sorted(metrics.loc[metrics["client"] == "global", "round"]) == [0, 1, 2]
+    clients = metrics[metrics["client"] != "global"]
+    assert set(clients["client"]) == {"0", "1"}
+    assert set(clients["round"]) == {1, 2}
+    barriers = pd.read_parquet(out / "barriers.parquet")
+    assert set(barriers["round"]) == {1, 2}
+    assert set(zip(barriers["client_a"], barriers["client_b"], strict=True)) == {("0", "1")}
