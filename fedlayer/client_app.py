@@ -8,7 +8,9 @@ Protocol with the server (see `strategies.layerwise`):
   `client` with its `partition-id`.
 - evaluate: the client's personalised model on its local test split (`num-examples`, `loss`, `accuracy`).
 - query: replies with its `partition-id`, so the server can sample by partition, not by node id.
-Personal layers live in `context.state` across rounds in client mode.
+Personal layers live in `context.state` across rounds in client mode. Each call runs with
+`simulation.torch_threads` torch threads, whatever `simulation.num_cpus` is: the thread count changes
+float summation order, and the results must not depend on how many clients run at once.
 With `federation.fault_probability` p > 0, training raises in a round when
 `random.Random(f"fault-{seed}-{partition}-{round}").random() < p` (seeded, so runs and resumed runs
 fail alike): a way to exercise the server's fault handling.
@@ -94,7 +96,7 @@ class FedlayerClient:
 
     def train(self, msg: Message, context: Context) -> Message:
         cfg = self.config(context)
-        torch.set_num_threads(cfg.simulation.num_cpus)
+        torch.set_num_threads(cfg.simulation.torch_threads)
         pid = int(context.node_config["partition-id"])
         model, config = _local_model(cfg, msg, context)
         server_round = int(config.get("server-round", 0))
@@ -130,7 +132,7 @@ class FedlayerClient:
 
     def evaluate(self, msg: Message, context: Context) -> Message:
         cfg = self.config(context)
-        torch.set_num_threads(cfg.simulation.num_cpus)
+        torch.set_num_threads(cfg.simulation.torch_threads)
         pid = int(context.node_config["partition-id"])
         model, _ = _local_model(cfg, msg, context)
         data = client_data(cfg, pid)

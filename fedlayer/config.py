@@ -101,7 +101,9 @@ class AnalysisConfig:
 
 @dataclass
 class SimulationConfig:
-    num_cpus: int = _spec(1, ge=1, help="CPU cores per simulated client")
+    num_cpus: int = _spec(1, ge=1, help="CPU cores reserved per simulated client (how many run at once)")
+    torch_threads: int = _spec(1, ge=1, help="torch threads per client; results depend on it (summation order), "
+                               "not on num_cpus")
     num_gpus: float = _spec(0.0, ge=0.0, help="GPU fraction per simulated client")
     ray_address: str = _spec("", help="Ray cluster address ('' = start Ray on this machine)")
 

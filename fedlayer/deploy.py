@@ -57,7 +57,8 @@ def subject_alt_name(host: str) -> x509.GeneralName:
     except ValueError:
         pass
     labels = host.rstrip(".").split(".")
-    if host and len(host) <= 253 and all(_DNS_LABEL.match(label) for label in labels):
+    dns_ok = all(_DNS_LABEL.match(label) for label in labels) and not labels[-1].isdigit()  # "10.0.0": a typo
+    if host and len(host) <= 253 and dns_ok:
         return x509.DNSName(host.rstrip(".").lower())
     hint = " (give the host without a port or scheme)" if ":" in host or "/" in host else ""
     raise FedlayerError(
@@ -95,7 +96,7 @@ def make_certificates(out_dir: str | Path, hosts: Sequence[str] = DEFAULT_HOSTS,
     existing = [p.name for p in result.files() if p.exists()]
     if existing and not overwrite:
         raise FedlayerError(f"{out} already holds {', '.join(existing)}; use --force to replace them "
-                            "(SuperNodes holding the old CA certificate will then be rejected)")
+                            "(whoever holds the old ca.crt will then no longer trust the SuperLink)")
 
     now = datetime.datetime.now(datetime.UTC)
     ca_key = ec.generate_private_key(_TLS_CURVE())

@@ -2,8 +2,9 @@
 
 The commit of round R (after its tables are written):
   1. checkpoints/round-R/ gets global.safetensors (the global model), shared.safetensors (each key's
-     last shared value) and personal-<partition>.safetensors (each client's personal layers, kept by
-     the server with personal="server"), all keyed by partition id: node ids change between runs;
+     last shared value, once there is one) and personal-<partition>.safetensors (each client's
+     personal layers, kept by the server with personal="server"), keyed by partition id: node ids
+     change between runs;
   2. state.json {"round": R, ...} is written atomically, LAST: it names a complete round folder;
   3. older round folders are deleted.
 A crash at any point leaves state.json naming a complete round; the tables may hold rows of the
@@ -54,7 +55,7 @@ class RoundState:
     rounds: int
     config_hash: str
     average_keys: list[str]
-    personal: list[int]  # partitions with a personal-<partition>.safetensors
+    personal: list[int]  # partitions with personal layers (a personal-<partition>.safetensors)
 
     @property
     def finished(self) -> bool:
@@ -72,11 +73,12 @@ def commit_round(run_dir: RunDirectory, cfg: Config, server_round: int, arrays: 
     if folder.exists():  # left by a crashed attempt at this round
         shutil.rmtree(folder)
     save_checkpoint(arrays.to_torch_state_dict(), folder / "global.safetensors")
-    save_checkpoint(state.shared.to_torch_state_dict(), folder / "shared.safetensors")
-    for pid, record in sorted(state.personal.items()):
-        save_checkpoint(record.to_torch_state_dict(), folder / f"personal-{pid}.safetensors")
-    saved = RoundState(server_round, cfg.federation.rounds, config_hash(cfg), list(state.average_keys),
-                       sorted(state.personal))
+    if state.shared:  # empty before the first round
+        save_checkpoint(state.shared.to_torch_state_dict(), folder / "shared.safetensors")
+    personal = sorted(pid for pid, record in state.personal.items() if record)  # empty: nothing personal
+    for pid in personal:
+        save_checkpoint(state.personal[pid].to_torch_state_dict(), folder / f"personal-{pid}.safetensors")
+    saved = RoundState(server_round, cfg.federation.rounds, config_hash(cfg), list(state.average_keys), personal)
     write_bytes(run_dir.path / STATE_FILE, json.dumps(asdict(saved), indent=1).encode())
     prune_rounds(run_dir, keep=server_round)
 
@@ -124,7 +126,7 @@ def load_round(run_dir: RunDirectory, saved: RoundState, model: torch.nn.Module
     arrays = load_checkpoint(folder / "global.safetensors")
     check_state_fits(model, arrays, what=f"the global model of round {saved.round}")
     order = list(model.state_dict())
-    shared = load_checkpoint(folder / "shared.safetensors")
+    shared = load_checkpoint(folder / "shared.safetensors") if (folder / "shared.safetensors").exists() else {}
     personal = {pid: ArrayRecord(load_checkpoint(folder / f"personal-{pid}.safetensors")) for pid in saved.personal}
     state = SelectiveState(list(saved.average_keys), ArrayRecord({k: shared[k] for k in order if k in shared}),
                            personal)

@@ -1,8 +1,11 @@
 """Flower ServerApp: the configured strategy, observed every round by the barrier analysis.
 
-`FederatedRun` is one run of one config: `prepare` checks everything and creates the run directory;
-`main` is the ServerApp body (partition discovery, seeded sampling, `Strategy.start`). The module-level
-`app` serves `flwr run .`, reading the config from Flower's run-config.
+`FederatedRun` is one run of one config: `prepare` checks everything and creates the run directory
+(`resume` continues one from its last committed round, see `fedlayer.resume`); `main` is the ServerApp
+body (partition discovery, seeded sampling, `Strategy.start`). The strategy runs as
+`Guarded(Observed(LayerSelective(...)))`: client faults and bad updates are recorded and left out,
+the barrier analysis sees what is averaged. The module-level `app` serves `flwr run .`, reading the
+config from Flower's run-config.
 """
 
 from __future__ import annotations
@@ -16,16 +19,17 @@ from rich.console import Console
 
 from fedlayer.analysis import resolve_groups
 from fedlayer.client_app import RUN_TAG_KEY
-from fedlayer.config import Config, config_from_flat
+from fedlayer.config import Config, config_from_flat, load_config
 from fedlayer.console import make_console
 from fedlayer.errors import FedlayerError
 from fedlayer.layers import model_layers
 from fedlayer.observer import RoundRecorder
 from fedlayer.plots.runs import plot_run
 from fedlayer.results import RunDirectory
+from fedlayer.resume import RoundOffset, RoundState, check_resumable, commit_round, load_round, read_state
 from fedlayer.task import new_model, partitions_for
 from fedlayer.training import Metrics
-from strategies import Observed, SeededGrid, build_strategy, clients_per_round, query_partitions
+from strategies import Guarded, Observed, SeededGrid, build_strategy, clients_per_round, query_partitions
 
 DISCOVERY_TIMEOUT_S = 600.0
 
@@ -33,7 +37,8 @@ DISCOVERY_TIMEOUT_S = 600.0
 class FederatedRun:
     """One run of one config: validated inputs, the strategy, the recorder and the run directory."""
 
-    def __init__(self, cfg: Config, run_dir: RunDirectory, console: Console, *, tag: str | None = None):
+    def __init__(self, cfg: Config, run_dir: RunDirectory, console: Console, *, tag: str | None = None,
+                 resumed: RoundState | None = None):
         self.cfg = cfg
         self.tag = tag  # names this run to the clients (their personal state) when runs share a grid
         self.run_dir = run_dir
@@ -48,6 +53,14 @@ class FederatedRun:
         self.recorder.personal_keys = lambda: self.strategy.personal_keys
         if hasattr(self.strategy, "history_frame"):  # barrier-aware: which layers it averaged
             self.recorder.extra_tables["choices"] = self.strategy.history_frame
+        self.recorder.on_commit = self._commit_round
+        self.node_to_partition: dict[int, int] = {}
+        self.resumed = resumed  # the committed round this run continues from
+        self.error: FedlayerError | None = None  # why the run stopped early (Flower may swallow it)
+        if resumed is not None and not resumed.finished:
+            run_dir.load(resumed.round)
+            if "choices" in self.recorder.extra_tables:
+                self.strategy.restore_history(run_dir.table("choices"))
         self.started = time.perf_counter()
         self.round_finished_at: dict[int, float] = {}  # perf_counter() when each round was committed
 
@@ -63,6 +76,18 @@ class FederatedRun:
         run = cls(cfg, RunDirectory(out or cfg.output.dir), console or make_console(stderr=True))
         run.prepare_directory()
         return run
+
+    @classmethod
+    def resume(cls, path: str | Path, *, console: Console | None = None) -> FederatedRun:
+        """Continue the run in `path` after its last committed round, with its own config.toml.
+
+        `.resumed.finished` says whether there is anything left to run.
+        """
+        run_dir = RunDirectory(path)
+        saved = read_state(run_dir)
+        cfg = load_config(run_dir.path / "config.toml")
+        check_resumable(cfg, saved, run_dir)
+        return cls(cfg, run_dir, console or make_console(stderr=True), resumed=saved)
 
     def prepare_directory(self) -> None:
         """Create the run directory with the resolved config and the partitions."""
@@ -87,21 +112,36 @@ class FederatedRun:
 
     def start(self, grid: Grid, node_to_partition: dict[int, int]) -> None:
         """All rounds of this run on `grid`; several runs can share one grid (and one Ray start) in turn."""
-        cfg = self.cfg
-        seeded = SeededGrid(grid, cfg.seed, cfg.federation.fraction, node_to_partition)
+        cfg, fed = self.cfg, self.cfg.federation
+        self.node_to_partition = dict(node_to_partition)
+        seeded = SeededGrid(grid, cfg.seed, fed.fraction, node_to_partition)
         observed = Observed(self.strategy, on_train=self.recorder.on_train,
                             on_evaluate=self.recorder.on_evaluate)
+        strategy = Guarded(observed, min_replies=fed.min_clients, on_failures=self.recorder.on_failures,
+                           timeout=fed.timeout)
+        initial, rounds = ArrayRecord(self.model.state_dict()), fed.rounds
+        if self.resumed is not None:
+            initial, state = load_round(self.run_dir, self.resumed, self.model)
+            self.strategy.restore(state, seeded.node_of)
+            strategy, rounds = RoundOffset(strategy, self.resumed.round), rounds - self.resumed.round
         config = {RUN_TAG_KEY: self.run_dir.path.name if self.tag is None else self.tag}
         train_config = dict(config)
-        if cfg.federation.proximal_mu > 0:
-            train_config["proximal-mu"] = cfg.federation.proximal_mu
+        if fed.proximal_mu > 0:
+            train_config["proximal-mu"] = fed.proximal_mu
         self.started = time.perf_counter()
-        observed.start(
-            grid=seeded, initial_arrays=ArrayRecord(self.model.state_dict()),
-            num_rounds=cfg.federation.rounds, train_config=ConfigRecord(train_config),
-            evaluate_config=ConfigRecord(config), evaluate_fn=self.recorder.end_of_round,
-        )
+        try:
+            strategy.start(
+                grid=seeded, initial_arrays=initial, num_rounds=rounds, timeout=fed.timeout,
+                train_config=ConfigRecord(train_config), evaluate_config=ConfigRecord(config),
+                evaluate_fn=self.recorder.end_of_round,
+            )
+        except FedlayerError as exc:
+            self.error = exc
+            raise
         plot_run(self.run_dir.path)
+
+    def _commit_round(self, server_round: int, arrays: ArrayRecord) -> None:
+        commit_round(self.run_dir, self.cfg, server_round, arrays, self.strategy.snapshot(self.node_to_partition))
 
     def _report_round(self, server_round: int, metrics: Metrics, analysis_s: float | None) -> None:
         self.round_finished_at[server_round] = now = time.perf_counter()
@@ -109,10 +149,22 @@ class FederatedRun:
         analysis = f"  analysis {analysis_s:5.1f}s" if analysis_s is not None else ""
         label = "initial model" if server_round == 0 else f"round {server_round}/{self.cfg.federation.rounds}"
         self.console.print(f"  {label:<14} global test accuracy {100 * metrics.accuracy:5.1f}%  "
-                           f"loss {metrics.loss:.3f}{analysis}  [{elapsed:6.1f}s]", soft_wrap=True)
+                           f"loss {metrics.loss:.3f}{analysis}  [{elapsed:6.1f}s]{self._left_out(server_round)}",
+                           soft_wrap=True)
+
+    def _left_out(self, server_round: int) -> str:
+        """The clients of this round that failed, timed out or were rejected (their reasons: metrics.parquet)."""
+        table = self.run_dir.table("metrics")
+        bad = table[(table["round"] == server_round) & (table["status"] != "ok")]
+        if bad.empty:
+            return ""
+        return "  left out: " + ", ".join(f"{c} ({split} {status})" for c, split, status
+                                          in zip(bad["client"], bad["split"], bad["status"], strict=True))
 
     def raise_if_failed(self) -> None:
         """Flower swallows some server-side failures; a run without its final round is one of them."""
+        if self.error is not None:
+            raise self.error
         metrics = self.run_dir.table("metrics")
         last = int(metrics["round"].max()) if not metrics.empty else -1
         if last < self.cfg.federation.rounds:

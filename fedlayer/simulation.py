@@ -37,7 +37,11 @@ QUIET_ENV = {
 
 @contextlib.contextmanager
 def quiet_logs(verbose: bool) -> Iterator[None]:
-    """Turn Flower's and Ray's chatter down to errors unless `verbose`."""
+    """Turn Flower's and Ray's chatter down unless `verbose`.
+
+    Flower logs each ClientApp exception with its traceback as an error; fedlayer reports those
+    clients itself (progress line, metrics.parquet), so Flower is turned down to critical only.
+    """
     for key, value in QUIET_ENV.items():
         os.environ.setdefault(key, value)
     if verbose:
@@ -46,7 +50,7 @@ def quiet_logs(verbose: bool) -> Iterator[None]:
     loggers = [logging.getLogger(name) for name in ("flwr", "ray", "filelock", "datasets")]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
-        lg.setLevel(logging.ERROR)
+        lg.setLevel(logging.CRITICAL if lg.name == "flwr" else logging.ERROR)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
@@ -70,16 +74,40 @@ def backend_config(cfg: Config, verbose: bool) -> dict:
 def run_simulation(cfg: Config, out: str | Path | None = None, *, verbose: bool = False,
                    console: Console | None = None) -> FederatedRun:
     """Train `cfg` on the simulation engine; return the finished run (its directory is `.run_dir`)."""
-    from flwr.simulation import run_simulation as flower_run_simulation
-
-    from fedlayer.client_app import make_client_app
-    from fedlayer.server_app import FederatedRun, make_server_app
+    from fedlayer.server_app import FederatedRun
 
     console = console or make_console(stderr=True)
     started = time.perf_counter()
     run: FederatedRun = FederatedRun.prepare(cfg, out, console=console)  # validates everything, then creates the dir
     console.print(f"[bold]fedlayer[/] run -> {run.run_dir.path}  ({cfg.federation.clients} clients, "
                   f"{cfg.federation.rounds} rounds, strategy {run.strategy_label})")
+    return _simulate(run, started, verbose=verbose, console=console)
+
+
+def resume_simulation(run_dir: str | Path, *, verbose: bool = False, console: Console | None = None
+                      ) -> FederatedRun:
+    """Continue the run in `run_dir` from its last committed round (see `fedlayer.resume`)."""
+    from fedlayer.server_app import FederatedRun
+
+    console = console or make_console(stderr=True)
+    started = time.perf_counter()
+    run: FederatedRun = FederatedRun.resume(run_dir, console=console)
+    done, rounds = run.resumed.round, run.cfg.federation.rounds
+    if run.resumed.finished:
+        console.print(f"{run.run_dir.path} is finished: all {rounds} rounds are done; nothing to resume")
+        return run
+    console.print(f"[bold]fedlayer[/] resume -> {run.run_dir.path}  (rounds {done + 1}..{rounds} of {rounds}, "
+                  f"strategy {run.strategy_label})")
+    return _simulate(run, started, verbose=verbose, console=console)
+
+
+def _simulate(run: FederatedRun, started: float, *, verbose: bool, console: Console) -> FederatedRun:
+    from flwr.simulation import run_simulation as flower_run_simulation
+
+    from fedlayer.client_app import make_client_app
+    from fedlayer.server_app import make_server_app
+
+    cfg = run.cfg
     console.print("starting Flower's simulation engine (Ray)...")
     with quiet_logs(verbose):
         flower_run_simulation(

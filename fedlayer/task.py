@@ -6,14 +6,20 @@ dataset and partitions out of the per-round cost while every call still seeds it
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import hashlib
+import json
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
-from fedlayer.config import Config, config_hash
+from fedlayer.config import Config
 from fedlayer.data import Dataset, load_dataset
 from fedlayer.data.partition import Partitions, partitions_from_config
+from fedlayer.errors import FedlayerError
 from fedlayer.layers import Layer, model_layers, select_layers
 from fedlayer.models import build_model
 
@@ -38,10 +44,35 @@ def dataset_for(cfg: Config) -> Dataset:
 _PARTITIONS: dict[str, Partitions] = {}
 
 
+def _partitions_key(cfg: Config) -> str:
+    """What the partitions depend on: the data section, the clients, the seed and the splitting code."""
+    from fedlayer.data import partition
+
+    inputs = json.dumps([cfg.to_dict()["data"], cfg.federation.clients, cfg.seed], sort_keys=True)
+    code = Path(partition.__file__).read_bytes()
+    return hashlib.sha256(inputs.encode() + code).hexdigest()[:20]
+
+
+def cache_dir() -> Path:
+    """Where computed partitions are kept between processes (`FEDLAYER_CACHE`, else ~/.cache/fedlayer)."""
+    return Path(os.environ.get("FEDLAYER_CACHE") or Path.home() / ".cache" / "fedlayer")
+
+
 def partitions_for(cfg: Config) -> Partitions:
-    key = config_hash(cfg)
+    """The config's partitions: from this process's memory, the disk cache, or computed (and cached).
+
+    Deployed ClientApps start a fresh process per message; the disk cache spares each of them the
+    partitioning (a hash check guards against a damaged file).
+    """
+    key = _partitions_key(cfg)
     if key not in _PARTITIONS:
-        _PARTITIONS[key] = partitions_from_config(cfg, dataset_for(cfg))
+        path = cache_dir() / "partitions" / f"{key}.json"
+        try:
+            _PARTITIONS[key] = Partitions.load(path)
+        except (FedlayerError, OSError):
+            _PARTITIONS[key] = partitions_from_config(cfg, dataset_for(cfg))
+            with contextlib.suppress(OSError):
+                _PARTITIONS[key].save(path)
     return _PARTITIONS[key]
 
 

@@ -20,6 +20,7 @@ round rather than averaging too few clients (or none).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from logging import WARNING
@@ -38,6 +39,7 @@ from strategies.wrapper import StrategyWrapper
 STATUSES = ("ok", "failed", "rejected", "timeout")
 OnFailures = Callable[[int, str, list[dict]], None]
 _LISTED = 5
+_EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*: \S.*$", re.MULTILINE)  # "RuntimeError: out of memory"
 
 
 @dataclass(frozen=True)
@@ -108,7 +110,7 @@ class Guarded(StrategyWrapper):
         """(accepted replies sorted by partition, failures sorted by client); failures are logged and reported."""
         valid, errors = split_replies(replies)
         sent = self._sent.pop(phase, {})
-        failures = [self._failure(m.metadata.src_node_id, "failed", m.error.reason) for m in errors]
+        failures = [self._failure(m.metadata.src_node_id, "failed", error_summary(m.error.reason)) for m in errors]
         accepted = []
         for reply in valid:
             reason = self._problem(reply, sent.get(reply.metadata.src_node_id)) if phase == "train" else None
@@ -161,6 +163,16 @@ class Guarded(StrategyWrapper):
             return "; ".join(problems)
         not_finite = [k for k in sorted(keys) if not _finite(arrays[k].numpy())]
         return f"non-finite values (NaN or inf) in {_listed(not_finite)}" if not_finite else None
+
+
+def error_summary(reason: str) -> str:
+    """The root cause of a client's error: "RuntimeError: out of memory", not Ray's whole traceback.
+
+    Ray's error reasons carry chained tracebacks with process ids (different in every run); the
+    first "Type: message" line of the chain is the exception the ClientApp raised.
+    """
+    found = _EXCEPTION_LINE.search(reason)
+    return found.group(0).strip() if found else reason.strip()
 
 
 def _sent(content: RecordDict) -> Sent:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import functools
 import random
+import time
 from collections.abc import Callable, Iterable
 from uuid import uuid4
 
@@ -37,6 +38,8 @@ class InProcessGrid(Grid):
 
     `node_seed` fixes the node ids (default: random like Flower's); `shuffle_seed` returns replies in a
     seeded random order instead of sending order (to test that results do not depend on it).
+    `send_and_receive(timeout=t)` leaves out the replies whose client took longer than t seconds, as
+    if the clients ran in parallel and those replies came too late.
     `delivered` and `replies` log every instruction as a client received it and every reply.
     """
 
@@ -61,6 +64,7 @@ class InProcessGrid(Grid):
         self.replies: list[Message] = []
         self.exceptions: list[BaseException] = []
         self._pending: dict[str, Message] = {}
+        self._took: dict[str, float] = {}  # message id -> seconds its client took
         self._shuffle = random.Random(shuffle_seed) if shuffle_seed is not None else None
         TaskIdentity.task_id = 1
         TaskIdentity.run_id = self._run.run_id
@@ -101,7 +105,9 @@ class InProcessGrid(Grid):
             md.__dict__["_message_id"] = str(uuid4())
             received = _transported(message)
             self.delivered.append(received)
+            started = time.perf_counter()
             reply = _transported(self._handle(received))
+            self._took[md.message_id] = time.perf_counter() - started
             reply.metadata.__dict__["_message_id"] = str(uuid4())
             self.replies.append(reply)
             self._pending[md.message_id] = reply
@@ -112,7 +118,10 @@ class InProcessGrid(Grid):
         return [self._pending.pop(i) for i in message_ids if i in self._pending]
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> list[Message]:
-        replies = self.pull_messages(self.push_messages(messages))
+        ids = self.push_messages(messages)
+        if timeout is not None:
+            ids = [i for i in ids if self._took[i] <= timeout]
+        replies = self.pull_messages(ids)
         if self._shuffle is not None:
             self._shuffle.shuffle(replies)
         return replies

@@ -107,7 +107,7 @@ CASES = {
     "cnn-bn": (lambda: build_model("cnn", (1, 8, 8), 10, norm="bn"), ["layers", "full", "deep"], "interpolate", 0),
     "cnn-bn-recompute": (lambda: build_model("cnn", (1, 8, 8), 10, norm="bn"), ["layers", "full"], "recompute", 0),
     "resnet": (TinyResNet, ["layers", "full", "minimal", "window:3", "conv1,fc"], "interpolate", 1),
-    "resnet-bn-recompute": (lambda: TinyResNet(norm=True), ["layers", "shallow"], "recompute", 0),
+    "resnet-bn-recompute": (lambda: TinyResNet(norm=True), ["shallow"], "recompute", 0),
 }
 
 
