@@ -85,7 +85,12 @@ class RunDirectory:
         return rows[0] if rows else pd.DataFrame()
 
     def load(self, upto: int) -> None:
-        """Reload the tables written so far, truncated on disk and in memory to rounds <= `upto`."""
+        """Reload the tables written so far, truncated on disk and in memory to rounds <= `upto`.
+
+        Temporary files of writes a crash interrupted are removed.
+        """
+        for partial in self.path.rglob(".*.tmp"):
+            partial.unlink()
         for name in TABLES:
             path = self.table_path(name)
             if not path.exists():

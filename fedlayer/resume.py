@@ -10,16 +10,20 @@ The commit of round R (after its tables are written):
 A crash at any point leaves state.json naming a complete round; the tables may hold rows of the
 round after it, which a resume drops.
 
-Resuming reads state.json, truncates the tables to rounds <= R, restores the strategy state (each
-partition id mapped to its new node id) and runs rounds R+1..N through `RoundOffset`. Client
-sampling, fault injection and the clients' RNG are functions of (seed, round, partition), so the
-resumed rounds are those an uninterrupted run would have had, and so are the tables.
+Resuming reads state.json, checks that RUN_DIR/config.toml still describes the same experiment (only
+the OPERATIONAL keys may change, e.g. a longer federation.timeout), truncates the tables to rounds
+<= R, restores the strategy state (each partition id mapped to its new node id) and runs rounds
+R+1..N through `RoundOffset`. Client sampling, fault injection and the clients' RNG are functions of
+(seed, round, partition), so the resumed rounds are those an uninterrupted run would have had, and
+so are the tables.
 
-What resumes exactly: fedlayer's LayerSelective / BarrierAware around a STATELESS Flower strategy
-(FedAvg, FedProx, FedMedian, FedTrimmedAvg, Krum, ...). Stateful server optimisers (FedAdam, FedYogi,
-FedAdagrad: moments; FedAvgM: momentum) restart their own state at the resumed round: the run goes
-on, but is not bit-for-bit an uninterrupted one. personal="client" cannot resume at all: its
-personal layers lived in the clients' memory, which the crash took.
+What resumes exactly: fedlayer's LayerSelective / BarrierAware (choices table included) around a
+STATELESS Flower strategy (FedAvg, FedProx, FedMedian, FedTrimmedAvg, Krum, MultiKrum, Bulyan,
+QFedAvg, ...). A strategy's own state between rounds cannot be restored generically: stateful server
+optimisers (FedAdam, FedYogi, FedAdagrad: moments; FedAvgM: momentum; adaptive DP clipping: the
+clipping norm) start afresh at the resumed round, so the run goes on but is not bit-for-bit an
+uninterrupted one. personal="client" cannot resume at all: its personal layers lived in the clients'
+memory, which the crash took.
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ from flwr.serverapp.strategy import Result, Strategy
 
 from fedlayer.atomic import write_bytes
 from fedlayer.checkpoints import check_state_fits, load_checkpoint, save_checkpoint
-from fedlayer.config import Config, config_hash
+from fedlayer.config import Config
 from fedlayer.errors import FedlayerError
 from fedlayer.results import RunDirectory
 from strategies.layerwise import SelectiveState
@@ -45,6 +49,10 @@ from strategies.wrapper import StrategyWrapper
 
 STATE_FILE = "state.json"
 ROUND_FOLDER = re.compile(r"round-(\d+)")
+# config keys that do not change what a run computes: a resumed run may change them in RUN_DIR/config.toml
+OPERATIONAL = ("federation.timeout", "federation.min_clients", "simulation.num_cpus", "simulation.num_gpus",
+               "simulation.ray_address", "output.dir", "output.checkpoints")
+STATEFUL = ("FedAdam", "FedYogi", "FedAdagrad", "FedOpt", "FedAvgM", "AdaptiveClipping")  # names, or name parts
 
 
 @dataclass(frozen=True)
@@ -53,7 +61,7 @@ class RoundState:
 
     round: int
     rounds: int
-    config_hash: str
+    experiment: dict  # the config's keys that change results (flat), to check a resumed run's config
     average_keys: list[str]
     personal: list[int]  # partitions with personal layers (a personal-<partition>.safetensors)
 
@@ -78,7 +86,7 @@ def commit_round(run_dir: RunDirectory, cfg: Config, server_round: int, arrays: 
     personal = sorted(pid for pid, record in state.personal.items() if record)  # empty: nothing personal
     for pid in personal:
         save_checkpoint(state.personal[pid].to_torch_state_dict(), folder / f"personal-{pid}.safetensors")
-    saved = RoundState(server_round, cfg.federation.rounds, config_hash(cfg), list(state.average_keys), personal)
+    saved = RoundState(server_round, cfg.federation.rounds, experiment(cfg), list(state.average_keys), personal)
     write_bytes(run_dir.path / STATE_FILE, json.dumps(asdict(saved), indent=1).encode())
     prune_rounds(run_dir, keep=server_round)
 
@@ -108,15 +116,34 @@ def read_state(run_dir: RunDirectory) -> RoundState:
         raise FedlayerError(f"cannot resume {str(run_dir.path)!r}: {STATE_FILE} is damaged ({exc})") from exc
 
 
+def experiment(cfg: Config) -> dict:
+    """The config's keys that change what a run computes, flat (`section.key`: value)."""
+    return {key: value for key, value in cfg.to_flat().items() if key not in OPERATIONAL}
+
+
 def check_resumable(cfg: Config, saved: RoundState, run_dir: RunDirectory) -> None:
-    """Refuse what cannot continue: a changed config, or personal layers that lived on the clients."""
-    if saved.config_hash != config_hash(cfg) or saved.rounds != cfg.federation.rounds:
-        raise FedlayerError(f"cannot resume {str(run_dir.path)!r}: config.toml was changed after the run started "
-                            f"(its hash is {config_hash(cfg)}, the run's {saved.config_hash})")
+    """Refuse what cannot continue: a changed experiment, or personal layers that lived on the clients."""
+    now = experiment(cfg)
+    changed = sorted(key for key in now.keys() | saved.experiment.keys() if now.get(key) != saved.experiment.get(key))
+    if changed:
+        details = ", ".join(f"{key} = {saved.experiment.get(key)!r} -> {now.get(key)!r}" for key in changed)
+        raise FedlayerError(f"cannot resume {str(run_dir.path)!r}: its config.toml was changed after the run started "
+                            f"({details}); only {', '.join(OPERATIONAL)} may change")
     if cfg.strategy.personal == "client" and 0 < saved.round < saved.rounds:
         raise FedlayerError(f"cannot resume {str(run_dir.path)!r} (stopped after round {saved.round}): with "
                             "strategy.personal = 'client' the personal layers were kept in the clients' memory and "
                             "were lost with them; only personal = 'server' runs can resume")
+
+
+def inexact_note(cfg: Config) -> str | None:
+    """Why a resumed run may differ from an uninterrupted one (its strategy's own state), if it may."""
+    cls = cfg.strategy.class_.rpartition(":")[2]
+    if not cls:
+        return None
+    if any(name in cls for name in STATEFUL):
+        return (f"{cls} keeps server-side state between rounds (moments, momentum or a clipping norm), which is "
+                "not saved: it starts afresh now, so the resumed rounds differ from an uninterrupted run's")
+    return f"the resumed rounds equal an uninterrupted run's only if {cls} keeps no state between rounds"
 
 
 def load_round(run_dir: RunDirectory, saved: RoundState, model: torch.nn.Module

@@ -36,7 +36,6 @@ from strategies.layerwise import AVERAGE_KEYS_KEY, PERSONAL_MODE_KEY
 from strategies.sampling import SeededGrid, client_label, split_replies
 from strategies.wrapper import StrategyWrapper
 
-STATUSES = ("ok", "failed", "rejected", "timeout")
 OnFailures = Callable[[int, str, list[dict]], None]
 _LISTED = 5
 _EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*: \S.*$", re.MULTILINE)  # "RuntimeError: out of memory"

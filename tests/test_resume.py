@@ -145,12 +145,15 @@ def test_resume_refuses_personal_layers_kept_by_the_clients(tmp_path):
         FederatedRun.resume(path)
 
 
-def test_resume_refuses_a_changed_config(tmp_path):
+def test_resume_refuses_a_changed_experiment_but_not_a_longer_timeout(tmp_path):
     path = stopped_run(tmp_path)
     config = path / "config.toml"
-    config.write_text(config.read_text().replace("lr = 0.1", "lr = 0.2"))
-    with pytest.raises(FedlayerError, match="config.toml was changed"):
+    original = config.read_text()
+    config.write_text(original.replace("lr = 0.1", "lr = 0.2"))
+    with pytest.raises(FedlayerError, match=r"config.toml was changed .*\(federation.lr = 0.1 -> 0.2\)"):
         FederatedRun.resume(path)
+    config.write_text(original.replace("timeout = 600.0", "timeout = 900.0"))
+    assert FederatedRun.resume(path).cfg.federation.timeout == 900.0
 
 
 def test_cli_resume_of_a_finished_run_says_so(tmp_path, capsys):

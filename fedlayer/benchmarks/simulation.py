@@ -39,7 +39,7 @@ _WORKER_CFG: Config | None = None
 
 def _init_worker(cfg: Config) -> None:
     global _WORKER_CFG
-    torch.set_num_threads(cfg.simulation.num_cpus)
+    torch.set_num_threads(cfg.simulation.torch_threads)
     _WORKER_CFG = cfg
     client_data(cfg, 0)  # load the dataset and partitions once per worker, as a Ray actor does
 
