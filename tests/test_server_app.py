@@ -116,3 +116,19 @@ def test_bad_strategy_or_groups_fail_before_training_and_leave_nothing(tmp_path,
     with pytest.raises(FedlayerError, match=message):
         FederatedRun.prepare(cfg, tmp_path / "never")
     assert not (tmp_path / "never").exists()
+
+
+def test_barrier_cli_analyses_the_checkpoints_of_two_never_averaged_clients(tmp_path, capsys):
+    """The README's 'Analyse two checkpoints' flow: a `local` run's personal checkpoints are full models."""
+    from fedlayer.cli import main
+
+    run, _ = run_in_process(tmp_path, "strategy.name=local", "analysis.every=0")
+    folder = run.run_dir.checkpoints
+    out = tmp_path / "pair"
+    code = main(["barrier", str(folder / "client-0-personal.safetensors"),
+                 str(folder / "client-1-personal.safetensors"), "--model", "mlp", "--dataset", "digits",
+                 "--groups", "layers,full,shallow", "--alphas", "5", "--samples", "128", "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    barriers = pd.read_parquet(out / "barriers.parquet")
+    assert {"layer", "full", "shallow"} <= set(barriers["kind"])
+    assert (out / "curves.parquet").exists()
