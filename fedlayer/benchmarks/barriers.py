@@ -2,8 +2,9 @@
 
 Both sides sweep every single layer plus the full model, on both bases, over the same alpha grid,
 for two differently seeded models on CIFAR-shaped random inputs with random labels. The naive
-side does what the paper's code does for every point: copy a state dict, overwrite the group's
-keys, load_state_dict, full forward pass, and it re-evaluates the two endpoints for every group.
+side does what the paper's code does for every point: build a model, copy a state dict, overwrite
+the group's keys, load_state_dict, full forward pass; and it re-evaluates the two endpoints for
+every group.
 """
 
 from __future__ import annotations
@@ -69,10 +70,13 @@ def run(args: argparse.Namespace) -> int:
     with _Timer("fedlayer engine") as fast_before:
         fast = engine()
     device = torch.device(args.device)
-    naive_model = copy.deepcopy(model).to(device).eval()
+
+    def make_model():
+        return build_model(args.model, INPUT_SHAPE, NUM_CLASSES).to(device)
+
     pairs = [(group.name, group.keys) for group in resolve_groups(model_layers(model), groups)]
     with _Timer("naive per point") as naive_time:
-        naive = naive_curves(naive_model, *states, inputs, labels, pairs, alphas, args.batch_size, device)
+        naive = naive_curves(make_model, *states, inputs, labels, pairs, alphas, args.batch_size, device)
     with _Timer("fedlayer engine") as fast_after:
         again = engine()
     if not fast.equals(again):
@@ -109,26 +113,28 @@ class _Timer:
             print(f"{self.label + ':':16} {self.wall:8.1f} s wall, {self.cpu:8.1f} s CPU")
 
 
-def naive_curves(model, state_a, state_b, inputs, labels, groups, alphas, batch_size, device):
-    """The paper's method: per point copy, overwrite, load_state_dict and a full pass; endpoints per group."""
+def naive_curves(make_model, state_a, state_b, inputs, labels, groups, alphas, batch_size, device):
+    """The paper's method: per point a new model, a state-dict copy with the group's keys overwritten,
+    load_state_dict and a full pass; the endpoints again for every group."""
     import pandas as pd
     import torch
+
+    def evaluate(state):
+        model = make_model()
+        model.load_state_dict(state)
+        return naive_metrics(model.eval(), inputs, labels, batch_size, device)
 
     rows = []
     with torch.inference_mode():
         for name, keys in groups:
-            for state in (state_a, state_b):  # the endpoints, re-evaluated for every group
-                model.load_state_dict(state)
-                naive_metrics(model, inputs, labels, batch_size, device)
+            evaluate(state_a), evaluate(state_b)  # the endpoints, re-evaluated for every group
             for base, base_state in (("a", state_a), ("b", state_b)):
                 for alpha in alphas:
                     point = copy.deepcopy(base_state)
                     for key in keys:
                         if point[key].is_floating_point():
                             point[key] = (1 - alpha) * state_a[key] + alpha * state_b[key]
-                    model.load_state_dict(point)
-                    loss, error = naive_metrics(model, inputs, labels, batch_size, device)
-                    rows.append((name, base, alpha, loss, error))
+                    rows.append((name, base, alpha, *evaluate(point)))
     return pd.DataFrame(rows, columns=["group", "base", "alpha", "loss", "error"])
 
 
