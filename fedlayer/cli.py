@@ -26,13 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMANDS:
-        try:
-            module = importlib.import_module(f"fedlayer.commands.{name}")
-        except ModuleNotFoundError as exc:  # a command not built yet is simply absent
-            if exc.name != f"fedlayer.commands.{name}":
-                raise
-            continue
-        module.add_parser(sub)
+        importlib.import_module(f"fedlayer.commands.{name}").add_parser(sub)
     return parser
 
 

@@ -1,4 +1,4 @@
-"""Layers and groups of layers (DESIGN.md section 2): what gets averaged or interpolated together.
+"""Layers and groups of layers (the README's "Concepts and definitions"): what gets averaged or interpolated together.
 
 A layer is a module that owns parameters or buffers; all its state_dict entries (weight, bias and,
 for a norm layer, the running statistics) move together, as in the paper's `get_layer_blocks`.

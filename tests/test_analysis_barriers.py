@@ -1,4 +1,4 @@
-"""barriers(curves): the formulas of DESIGN.md section 2 on hand-made curves tables."""
+"""barriers(curves): the formulas of the README's "Concepts and definitions" on hand-made curves tables."""
 
 import pandas as pd
 import pytest

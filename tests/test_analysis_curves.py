@@ -85,7 +85,7 @@ def reference_loss(model, state, x, y, bn_x=None):
 
 
 def reference_state(model, state_a, state_b, row):
-    """The point a curves row stands for, built from the formulas of DESIGN.md section 2."""
+    """The point a curves row stands for, built from the formulas of the README's "Concepts and definitions"."""
     base = state_a if row.base == "a" else state_b
     point = dict(base)
     names = row.layers.split("|")

@@ -1,4 +1,4 @@
-"""Layers, selectors, orderings and windows (DESIGN.md section 2) on the paper's ResNet18 and the CNN."""
+"""Layers, selectors, orderings and windows (see the README's definitions) on the paper's ResNet18 and the CNN."""
 
 import pytest
 import torch

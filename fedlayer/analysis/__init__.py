@@ -2,7 +2,7 @@
 
 `interpolation_curves` evaluates loss and error along each group's path on both bases,
 `barriers` turns that table into midpoint and max barriers, `pairwise_curves` does both for many
-models. See DESIGN.md section 2 for the definitions.
+models. See the README's "Concepts and definitions" for the definitions.
 """
 
 from fedlayer.analysis.barriers import BARRIER_COLUMNS, barriers

@@ -1,4 +1,4 @@
-"""Barriers from a curves table (DESIGN.md section 2), computed from the table alone.
+"""Barriers from a curves table (the README's "Concepts and definitions"), computed from the table alone.
 
 For each curve c(alpha) (one group, kind, base, direction and any id columns such as client_a,
 client_b, round) and for loss and error alike:

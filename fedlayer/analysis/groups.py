@@ -1,5 +1,5 @@
 """Group specs -> named groups of layers: single layers, the full model, cumulative orderings,
-sliding windows and layer selectors (DESIGN.md section 2)."""
+sliding windows and layer selectors (the README's "Concepts and definitions")."""
 
 from __future__ import annotations
 

@@ -6,7 +6,7 @@ import argparse
 
 DESCRIPTION = """\
 Interpolate between two checkpoints of one model, group by group on both bases, and measure the
-loss and error barriers (DESIGN.md section 2) on a seeded sample of test images. Writes
+loss and error barriers (the README's "Concepts and definitions") on a seeded sample of test images. Writes
 curves.parquet, barriers.parquet, barriers.png (per-layer midpoint loss barriers) and curves.png
 into --out, and prints the barriers.
 """
