@@ -1,20 +1,18 @@
-"""Every shipped config loads, validates, and its analysis groups resolve against its model."""
-
-from pathlib import Path
+"""Every shipped config loads and validates; its analysis groups and the strategies its header's
+`fedlayer compare` commands name resolve against its model."""
 
 import pytest
+from shipped_configs import CONFIGS, compare_strategies, layers_of
 
 from fedlayer.analysis import resolve_groups
 from fedlayer.config import load_config
-from fedlayer.layers import model_layers
-from fedlayer.models import DATASET_SPECS, build_model
-
-CONFIGS = sorted((Path(__file__).resolve().parents[1] / "simulations").rglob("*.toml"))
+from strategies import build_strategy
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: str(p.relative_to(p.parents[1])))
-def test_config_validates_and_its_groups_resolve(path):
+def test_config_validates_and_its_groups_and_strategies_resolve(path):
     cfg = load_config(path)
-    shape, classes = DATASET_SPECS[cfg.data.dataset]
-    layers = model_layers(build_model(cfg.model.name, shape, classes, norm=cfg.model.norm))
+    layers = layers_of(cfg)
     assert resolve_groups(layers, cfg.analysis.groups, seed=cfg.seed)
+    for name in [cfg.strategy.name, *(s for command in compare_strategies(path) for s in command)]:
+        build_strategy(name, layers=layers)
