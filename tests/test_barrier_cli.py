@@ -55,7 +55,8 @@ def test_a_successful_run_writes_tables_and_figures(tmp_path, checkpoints, capsy
     curves, table = pd.read_parquet(out / "curves.parquet"), pd.read_parquet(out / "barriers.parquet")
     assert sorted(curves["alpha"].unique()) == [0.0, 0.25, 0.5, 1.0]
     assert set(table["kind"]) == {"layer", "full", "deep", "window", "random-direction"}
-    assert (out / "barriers.png").stat().st_size > 10_000 and (out / "curves.png").stat().st_size > 10_000
+    for figure in ("barriers.png", "curves.png", "directions.png"):
+        assert (out / figure).stat().st_size > 10_000
     printed = capsys.readouterr().out
     assert "loss mid" in printed and "conv1" in printed and "curves.parquet" in printed
 

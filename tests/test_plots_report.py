@@ -17,6 +17,7 @@ from fedlayer.config import load_config
 from fedlayer.data.partition import ClientPartition, Partitions
 from fedlayer.errors import FedlayerError
 from fedlayer.plots.compare import plot_comparison, print_summary, strategy_grids, summary_table
+from fedlayer.plots.directions import directions_figure
 from fedlayer.plots.runs import FULL_ROW, barrier_grid, layer_order, plot_run
 from fedlayer.report import write_report
 from fedlayer.results import write_parquet
@@ -26,7 +27,7 @@ CLIENTS = ["0", "1", "2"]
 ROUNDS = 3
 ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0)
 PNG = b"\x89PNG\r\n\x1a\n"
-RUN_PLOTS = {"accuracy.png", "barrier_heatmap.png", "barrier_curves.png", "groups.png"}
+RUN_PLOTS = {"accuracy.png", "barrier_heatmap.png", "barrier_curves.png", "groups.png", "directions.png"}
 
 
 def _metrics(rng, shift: float = 0.0) -> pd.DataFrame:
@@ -250,6 +251,21 @@ def test_plot_run_writes_every_figure_its_tables_allow(run_dir):
     paths = plot_run(run_dir)
     assert {p.name for p in paths} == RUN_PLOTS | {"choices.png"}
     assert all(p.parent == run_dir / "plots" and _is_png(p) for p in paths)
+
+
+def test_directions_figure_sets_each_layer_towards_the_other_model_against_random_directions(run_dir):
+    curves = pd.read_parquet(run_dir / "curves.parquet")
+    fig = directions_figure(curves)
+    last = curves[(curves["round"] == ROUNDS) & (curves["base"] == "a")]
+    alphas = [a for a in ALPHAS if a > 0]
+    panels = [ax for ax in fig.axes if ax.patches]
+    assert len(panels) == len(alphas)
+    for ax, alpha in zip(panels, alphas, strict=True):
+        at = last[last["alpha"] == alpha]
+        towards, random = ax.patches[0].get_height(), ax.patches[1].get_height()  # the one layer with both
+        assert towards == pytest.approx(at.loc[(at["kind"] == "layer") & (at["group"] == "conv1"), "loss"].mean())
+        assert random == pytest.approx(at.loc[at["kind"] == "random-direction", "loss"].mean())
+    assert directions_figure(curves[curves["kind"] != "random-direction"]) is None
 
 
 def test_run_without_barriers_still_plots_accuracy(tmp_path):

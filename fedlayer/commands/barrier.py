@@ -7,8 +7,9 @@ import argparse
 DESCRIPTION = """\
 Interpolate between two checkpoints of one model, group by group on both bases, and measure the
 loss and error barriers (the README's "Concepts and definitions") on a seeded sample of test images. Writes
-curves.parquet, barriers.parquet, barriers.png (per-layer midpoint loss barriers) and curves.png
-into --out, and prints the barriers.
+curves.parquet, barriers.parquet, barriers.png (per-layer midpoint loss barriers), curves.png and,
+with --random-directions, directions.png (each layer towards B against random directions) into --out,
+and prints the barriers.
 """
 GROUPS_HELP = (
     "comma-separated group specs: layers (each single layer), full, an ordering (shallow, deep, random, "
@@ -56,6 +57,7 @@ def run(args: argparse.Namespace) -> int:
     from fedlayer.models import build_model
     from fedlayer.plots import save_figure
     from fedlayer.plots.barriers import curves_figure, layer_barrier_figure
+    from fedlayer.plots.directions import directions_figure
     from fedlayer.results import write_parquet
     from fedlayer.task import subsample
 
@@ -85,6 +87,9 @@ def run(args: argparse.Namespace) -> int:
     if (table["kind"] == "layer").any():
         written.append(save_figure(layer_barrier_figure(table), out / "barriers.png"))
     written.append(save_figure(curves_figure(curves), out / "curves.png"))
+    directions = directions_figure(curves)
+    if directions is not None:
+        written.append(save_figure(directions, out / "directions.png"))
     console.print(_rich_table(table, title=f"barriers: {args.checkpoint_a} (A) vs {args.checkpoint_b} (B)"))
     first = table.iloc[0]
     console.print(

@@ -21,3 +21,8 @@ def save_figure(fig, path: str | Path, *, dpi: int = 120) -> Path:
     finally:
         plt.close(fig)
     return Path(path)
+
+
+def titles(fig, what: str, context: str) -> None:
+    """A title line saying what is shown, then lines saying what it averages and which run it is."""
+    fig.suptitle("\n".join(line for line in (what, context.strip()) if line), fontsize="medium")

@@ -18,8 +18,8 @@ import pandas as pd
 from matplotlib.ticker import MaxNLocator
 
 from fedlayer.errors import FedlayerError
-from fedlayer.plots import save_figure
-from fedlayer.plots.runs import barrier_grid, barrier_panels, heatmap_size, read_optional, titles
+from fedlayer.plots import save_figure, titles
+from fedlayer.plots.runs import barrier_grid, barrier_panels, heatmap_size, read_optional
 
 COMPARISON = "comparison.parquet"
 REQUIRED_COLUMNS = ("strategy", "seed", "round", "global_accuracy", "personal_accuracy_mean")

@@ -2,8 +2,9 @@
 
 accuracy.png (global and personalised test accuracy per round), barrier_heatmap.png (layer x round
 midpoint loss barriers), barrier_curves.png (loss along alpha in the last analysed round), and when
-their tables hold them choices.png (barrier-aware averaging) and groups.png (cumulative groups and
-sliding windows). A figure whose data is absent is skipped, so a run without analysis still plots.
+their tables hold them choices.png (barrier-aware averaging), groups.png (cumulative groups and
+sliding windows) and directions.png (averaging against random directions). A figure whose data is
+absent is skipped, so a run without analysis still plots.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter, MaxNLocator, NullLocator
 
 from fedlayer.errors import FedlayerError
-from fedlayer.plots import save_figure
+from fedlayer.plots import save_figure, titles
+from fedlayer.plots.directions import directions_figure
 from fedlayer.results import TABLES, read_table
 
 FULL_ROW = "full model"
@@ -53,6 +55,7 @@ def _figures(tables: dict[str, pd.DataFrame | None], config: dict) -> Iterator[t
         "barrier_curves": ("curves", lambda t: barrier_curves_figure(t, context)),
         "choices": ("choices", lambda t: choices_figure(t, config, context)),
         "groups": ("barriers", lambda t: groups_figure(t, context)),
+        "directions": ("curves", lambda t: directions_figure(t, context)),
     }
     for name, (table, build) in figures.items():
         fig = build(tables[table]) if tables[table] is not None and not tables[table].empty else None
@@ -133,11 +136,6 @@ def pairs_note(barriers: pd.DataFrame) -> str:
 
 
 # -- shared drawing helpers -----------------------------------------------------------------------------
-def titles(fig: plt.Figure, what: str, context: str) -> None:
-    """A title line saying what is shown, then lines saying what it averages and which run it is."""
-    fig.suptitle("\n".join(line for line in (what, context.strip()) if line), fontsize="medium")
-
-
 def round_ticks(ax, rounds: Sequence[int]) -> None:
     """Integer round ticks on a categorical x axis (analysed rounds need not be consecutive)."""
     step = max(1, int(np.ceil(len(rounds) / MAX_ROUND_TICKS)))

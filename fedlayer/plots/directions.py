@@ -1,0 +1,70 @@
+"""Is the averaging direction special? Per layer, the loss when the layer moves towards the other model
+against the loss when it moves as far along seeded random directions of the same norm (the paper's
+robustness figure), drawn from a curves table with `random-direction` rows.
+"""
+
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+from fedlayer.plots import titles
+
+AVERAGING_COLOR = "tab:red"
+RANDOM_COLOR = "tab:gray"
+
+
+def directions_figure(curves: pd.DataFrame, context: str = "") -> plt.Figure | None:
+    """One panel per alpha strictly above 0 (½: the layer averaged, 1: swapped in, or moved as far at
+    random): bars per layer for the averaging direction and for the random directions (mean, with
+    the range over draws), in the last analysed round, base a; the base model's own loss as a line.
+    None when the table has no random directions.
+    """
+    rows = curves[curves["base"] == "a"] if "a" in set(curves["base"]) else curves
+    random = rows[rows["kind"] == "random-direction"]
+    if random.empty:
+        return None
+    last = random["round"].max() if "round" in random.columns else None
+    if last is not None:
+        rows, random = rows[rows["round"] == last], random[random["round"] == last]
+    averaging = rows[rows["kind"] == "layer"]
+    layers = list(dict.fromkeys(random["group"]))
+    alphas = sorted(a for a in random["alpha"].unique() if a > 0)
+    # mean over client pairs first, then over the random draws (whose spread is the error bar)
+    per_draw = random.groupby(["group", "alpha", "direction"])["loss"].mean()
+    spread = per_draw.groupby(["group", "alpha"]).agg(["mean", "min", "max"])
+    moved = averaging.groupby(["group", "alpha"])["loss"].mean()
+    base_loss = rows["loss_a"].mean()  # every pair contributes the same number of rows
+
+    positions = np.arange(len(layers))
+    fig, axes = plt.subplots(
+        len(alphas), 1, figsize=(max(7.0, 0.42 * len(layers) + 2.5), 2.9 * len(alphas) + 1.2),
+        sharex=True, squeeze=False, layout="constrained",
+    )
+    for ax, alpha in zip(axes[:, 0], alphas, strict=True):
+        towards = [moved.get((layer, alpha), np.nan) for layer in layers]
+        stats = spread.reindex([(layer, alpha) for layer in layers])
+        ax.bar(positions - 0.2, towards, 0.4, color=AVERAGING_COLOR, label="towards the other model")
+        ax.bar(
+            positions + 0.2, stats["mean"], 0.4, color=RANDOM_COLOR,
+            yerr=[stats["mean"] - stats["min"], stats["max"] - stats["mean"]], capsize=2,
+            label=f"random directions of the same norm (mean, range over {random['direction'].nunique()})",
+        )
+        ax.axhline(base_loss, color="black", linestyle=":", linewidth=1.2, label="model A (L_A)")
+        ax.set_title(f"α = {alpha:g}: {_what(alpha)}, or moved as far at random", fontsize="medium")
+        ax.set_ylabel("test loss (cross-entropy)")
+        ax.grid(alpha=0.3, axis="y")
+    axes[0, 0].legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1))
+    axes[-1, 0].set_xticks(positions, layers, rotation=60, ha="right", fontsize=8)
+    round_note = f", round {int(last)}" if last is not None else ""
+    titles(fig, f"Model A with one layer moved: towards model B against random directions{round_note}", context)
+    return fig
+
+
+def _what(alpha: float) -> str:
+    if alpha == 0.5:
+        return "A's layer averaged with B's"
+    if alpha == 1.0:
+        return "A's layer replaced by B's"
+    return f"A's layer moved {alpha:g} of the way to B's"
