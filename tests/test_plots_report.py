@@ -16,7 +16,14 @@ from fedlayer.cli import main
 from fedlayer.config import load_config
 from fedlayer.data.partition import ClientPartition, Partitions
 from fedlayer.errors import FedlayerError
-from fedlayer.plots.compare import plot_comparison, print_summary, strategy_grids, summary_table
+from fedlayer.plots.compare import (
+    accuracy_figure,
+    comparison_setting,
+    plot_comparison,
+    print_summary,
+    strategy_grids,
+    summary_table,
+)
 from fedlayer.plots.directions import directions_figure
 from fedlayer.plots.runs import FULL_ROW, barrier_grid, layer_order, plot_run
 from fedlayer.report import write_report
@@ -293,6 +300,15 @@ def test_plot_comparison_writes_its_three_figures(compare_dir):
     paths = plot_comparison(compare_dir)
     assert [p.name for p in paths] == ["accuracy.png", "barrier_heatmaps.png", "final.png"]
     assert all(_is_png(p) for p in paths)
+
+
+def test_comparison_figures_name_the_setting_the_strategies_share(compare_dir, tmp_path):
+    comparison = pd.read_parquet(compare_dir / "comparison.parquet")
+    setting = comparison_setting(compare_dir, comparison)
+    assert setting == "cnn on digits · dirichlet (α=0.5) · 3 clients"
+    assert setting in accuracy_figure(comparison, setting).texts[0].get_text()
+    (tmp_path / "bare").mkdir()  # runs moved away: the figures still draw, without the line
+    assert comparison_setting(tmp_path / "bare", comparison) == ""
 
 
 def test_strategy_grids_average_seeds_and_keep_only_measured_layers(compare_dir):

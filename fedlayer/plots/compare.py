@@ -19,7 +19,14 @@ from matplotlib.ticker import MaxNLocator
 
 from fedlayer.errors import FedlayerError
 from fedlayer.plots import save_figure, titles
-from fedlayer.plots.runs import barrier_grid, barrier_panels, heatmap_size, read_optional
+from fedlayer.plots.runs import (
+    barrier_grid,
+    barrier_panels,
+    describe_setting,
+    heatmap_size,
+    read_config,
+    read_optional,
+)
 
 COMPARISON = "comparison.parquet"
 REQUIRED_COLUMNS = ("strategy", "seed", "round", "global_accuracy", "personal_accuracy_mean")
@@ -71,10 +78,11 @@ def plot_comparison(compare_dir: str | Path) -> list[Path]:
     """Redraw accuracy.png, barrier_heatmaps.png (if any run has barriers) and final.png into <dir>/plots/."""
     compare_dir = Path(compare_dir)
     comparison = read_comparison(compare_dir)
+    context = comparison_setting(compare_dir, comparison)
     builders = {
-        "accuracy": lambda: accuracy_figure(comparison),
-        "barrier_heatmaps": lambda: barrier_heatmaps_figure(compare_dir, comparison),
-        "final": lambda: final_figure(summary_table(comparison)),
+        "accuracy": lambda: accuracy_figure(comparison, context),
+        "barrier_heatmaps": lambda: barrier_heatmaps_figure(compare_dir, comparison, context),
+        "final": lambda: final_figure(summary_table(comparison), context),
     }
     paths = []
     for name, build in builders.items():
@@ -82,6 +90,12 @@ def plot_comparison(compare_dir: str | Path) -> list[Path]:
         if fig is not None:
             paths.append(save_figure(fig, compare_dir / "plots" / f"{name}.png"))
     return paths
+
+
+def comparison_setting(compare_dir: Path, comparison: pd.DataFrame) -> str:
+    """The shared setting (model, data, split, clients), read from the first run's config; "" without one."""
+    first = comparison.iloc[0]
+    return describe_setting(read_config(run_path(compare_dir, first["strategy"], int(first["seed"]))))
 
 
 # -- summary --------------------------------------------------------------------------------------------
@@ -152,7 +166,7 @@ def _colours(names: list[str]) -> dict[str, str]:
     return {name: f"C{i % 10}" for i, name in enumerate(names)}
 
 
-def accuracy_figure(comparison: pd.DataFrame) -> plt.Figure:
+def accuracy_figure(comparison: pd.DataFrame, context: str = "") -> plt.Figure:
     """Global and mean personalised accuracy per round per strategy: mean over seeds with a ±std band."""
     names = strategies(comparison)
     colours = _colours(names)
@@ -194,7 +208,7 @@ def accuracy_figure(comparison: pd.DataFrame) -> plt.Figure:
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("test accuracy (%)")
     axes[1].legend(fontsize="small", loc="lower right")
-    titles(fig, "Test accuracy per round (mean ± std over seeds)", "")
+    titles(fig, "Test accuracy per round (mean ± std over seeds)", context)
     return fig
 
 
@@ -215,7 +229,7 @@ def strategy_grids(compare_dir: Path, comparison: pd.DataFrame) -> dict[str, tup
     return grids
 
 
-def barrier_heatmaps_figure(compare_dir: Path, comparison: pd.DataFrame) -> plt.Figure | None:
+def barrier_heatmaps_figure(compare_dir: Path, comparison: pd.DataFrame, context: str = "") -> plt.Figure | None:
     """Each strategy's layer x round heatmap side by side, on one colour scale centred at 0."""
     grids = strategy_grids(compare_dir, comparison)
     if not grids:
@@ -231,12 +245,12 @@ def barrier_heatmaps_figure(compare_dir: Path, comparison: pd.DataFrame) -> plt.
     titles(
         fig,
         "Layer-wise midpoint loss barrier between client models",
-        f"mean over seeds, client pairs and both bases{note}",
+        f"mean over seeds, client pairs and both bases{note}\n{context}",
     )
     return fig
 
 
-def final_figure(table: pd.DataFrame) -> plt.Figure:
+def final_figure(table: pd.DataFrame, context: str = "") -> plt.Figure:
     """Final-round global and personalised accuracy per strategy, error bars = std over seeds."""
     fig, ax = plt.subplots(figsize=(max(5.0, 1.3 * len(table) + 2.5), 4.2), layout="constrained")
     x = np.arange(len(table))
@@ -265,5 +279,5 @@ def final_figure(table: pd.DataFrame) -> plt.Figure:
         frameon=False,
     )
     rounds = sorted(set(table["round"]))
-    titles(fig, f"Final accuracy (round {', '.join(map(str, rounds))}), mean ± std over seeds", "")
+    titles(fig, f"Final accuracy (round {', '.join(map(str, rounds))}), mean ± std over seeds", context)
     return fig

@@ -80,7 +80,15 @@ def read_config(run_dir: Path) -> dict:
 
 
 def describe_run(config: dict) -> str:
-    """One line naming the strategy, model, data, split and clients, for figure subtitles and reports."""
+    """One line naming the strategy, model, data, split, clients and seed, for figure subtitles and reports."""
+    if not config:
+        return ""
+    strategy = config.get("strategy", {}).get("name", "?")
+    return f"{strategy} · {describe_setting(config)} · seed {config.get('seed', '?')}"
+
+
+def describe_setting(config: dict) -> str:
+    """What every strategy of a comparison shares: the model, the data, the split and the clients."""
     if not config:
         return ""
     data, model = config.get("data", {}), config.get("model", {})
@@ -92,9 +100,8 @@ def describe_run(config: dict) -> str:
     }.get(partition, "")
     norm = model.get("norm", "none")
     return (
-        f"{config.get('strategy', {}).get('name', '?')} · {model.get('name', '?')}"
-        f"{'' if norm == 'none' else f' ({norm})'} on {data.get('dataset', '?')} · {partition}{detail} · "
-        f"{config.get('federation', {}).get('clients', '?')} clients · seed {config.get('seed', '?')}"
+        f"{model.get('name', '?')}{'' if norm == 'none' else f' ({norm})'} on {data.get('dataset', '?')} · "
+        f"{partition}{detail} · {config.get('federation', {}).get('clients', '?')} clients"
     )
 
 
