@@ -7,14 +7,16 @@ own run directory under `runs/<strategy>/seed-<seed>/`; `comparison.parquet` gat
 
 from __future__ import annotations
 
+import functools
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from flwr.app import Context
-from flwr.serverapp import Grid, ServerApp
+from flwr.clientapp import ClientApp
+from flwr.serverapp import Grid
 from rich.console import Console
 
 from fedlayer.config import Config
@@ -22,6 +24,7 @@ from fedlayer.console import make_console
 from fedlayer.errors import FedlayerError
 from fedlayer.results import RunDirectory, read_table, write_parquet
 
+Engine = Callable[[Callable[[Grid, Context], None], ClientApp, Config], None]
 COMPARISON_COLUMNS = ("strategy", "seed", "round", "global_accuracy", "global_loss", "personal_accuracy_mean",
                       "personal_accuracy_std", "full_barrier_mean", "layer_barrier_mean")
 
@@ -36,15 +39,19 @@ def run_path(out: Path, name: str, seed: int) -> Path:
 
 
 def run_comparison(cfg: Config, strategies: Sequence[str], seeds: Sequence[int], out: str | Path, *,
-                   verbose: bool = False, console: Console | None = None) -> pd.DataFrame:
-    """Run every strategy under every seed; write and return the comparison table."""
-    from flwr.simulation import run_simulation as flower_run_simulation
+                   verbose: bool = False, console: Console | None = None, engine: Engine | None = None
+                   ) -> pd.DataFrame:
+    """Run every strategy under every seed; write and return the comparison table.
 
+    `engine(main, client_app, cfg)` runs one seed's ServerApp main against the clients; by default
+    Flower's simulation engine (`fedlayer.simulation.simulate`).
+    """
     from fedlayer.client_app import make_client_app
     from fedlayer.server_app import DISCOVERY_TIMEOUT_S, FederatedRun
-    from fedlayer.simulation import backend_config, quiet_logs
+    from fedlayer.simulation import simulate
     from strategies import query_partitions
 
+    engine = engine or functools.partial(simulate, verbose=verbose)
     console = console or make_console(stderr=True)
     out = Path(out).resolve()
     if len(set(strategies)) != len(strategies):
@@ -65,12 +72,7 @@ def run_comparison(cfg: Config, strategies: Sequence[str], seeds: Sequence[int],
                 console.print(f" strategy [bold]{run.strategy_label}[/]")
                 run.start(grid, node_to_partition)
 
-        server_app = ServerApp()
-        server_app.main()(main)
-        with quiet_logs(verbose):
-            flower_run_simulation(server_app=server_app, client_app=make_client_app(runs[0].cfg),
-                                  num_supernodes=cfg.federation.clients,
-                                  backend_config=backend_config(cfg, verbose), verbose_logging=verbose)
+        engine(main, make_client_app(runs[0].cfg), cfg)
         for run in runs:
             run.raise_if_failed()
     table = comparison_table(out, strategies, seeds)

@@ -12,7 +12,7 @@ import logging
 import os
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -22,7 +22,13 @@ from fedlayer.config import Config
 from fedlayer.console import make_console
 
 if TYPE_CHECKING:
+    from flwr.app import Context
+    from flwr.clientapp import ClientApp
+    from flwr.serverapp import Grid
+
     from fedlayer.server_app import FederatedRun
+
+ServerMain = Callable[["Grid", "Context"], None]  # what a ServerApp's @main() function is
 
 QUIET_ENV = {
     "FLWR_TELEMETRY_ENABLED": "0",
@@ -106,21 +112,28 @@ def resume_simulation(run_dir: str | Path, *, verbose: bool = False, console: Co
 
 
 def _simulate(run: FederatedRun, started: float, *, verbose: bool, console: Console) -> FederatedRun:
+    from fedlayer.client_app import make_client_app
+
+    console.print("starting Flower's simulation engine (Ray)...")
+    simulate(run.main, make_client_app(run.cfg), run.cfg, verbose=verbose)
+    run.raise_if_failed()
+    console.print(f"done in {time.perf_counter() - started:.1f}s; results in {run.run_dir.path}")
+    return run
+
+
+def simulate(main: ServerMain, client_app: ClientApp, cfg: Config, *, verbose: bool = False) -> None:
+    """Run a ServerApp main function against `cfg.federation.clients` simulated nodes of `client_app` on
+    Flower's simulation engine (Ray backend, `cfg.simulation` resources), logs quiet unless `verbose`."""
+    from flwr.serverapp import ServerApp
     from flwr.simulation import run_simulation as flower_run_simulation
 
-    from fedlayer.client_app import make_client_app
-    from fedlayer.server_app import make_server_app
-
-    cfg = run.cfg
-    console.print("starting Flower's simulation engine (Ray)...")
+    server_app = ServerApp()
+    server_app.main()(main)
     with quiet_logs(verbose):
         flower_run_simulation(
-            server_app=make_server_app(run),
-            client_app=make_client_app(cfg),
+            server_app=server_app,
+            client_app=client_app,
             num_supernodes=cfg.federation.clients,
             backend_config=backend_config(cfg, verbose),
             verbose_logging=verbose,
         )
-    run.raise_if_failed()
-    console.print(f"done in {time.perf_counter() - started:.1f}s; results in {run.run_dir.path}")
-    return run
