@@ -23,8 +23,9 @@ from fedlayer.config import Config
 from fedlayer.console import make_console
 from fedlayer.errors import FedlayerError
 from fedlayer.results import RunDirectory, read_table, write_parquet
+from fedlayer.simulation import ServerMain
 
-Engine = Callable[[Callable[[Grid, Context], None], ClientApp, Config], None]
+Engine = Callable[[ServerMain, ClientApp, Config], None]
 COMPARISON_COLUMNS = ("strategy", "seed", "round", "global_accuracy", "global_loss", "personal_accuracy_mean",
                       "personal_accuracy_std", "full_barrier_mean", "layer_barrier_mean")
 

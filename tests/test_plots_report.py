@@ -273,6 +273,8 @@ def test_directions_figure_sets_each_layer_towards_the_other_model_against_rando
         assert towards == pytest.approx(at.loc[(at["kind"] == "layer") & (at["group"] == "conv1"), "loss"].mean())
         assert random == pytest.approx(at.loc[at["kind"] == "random-direction", "loss"].mean())
     assert directions_figure(curves[curves["kind"] != "random-direction"]) is None
+    only_b = directions_figure(curves[curves["base"] == "b"])  # then B's layers move, against L_B
+    assert "model B (L_B)" in [text.get_text() for text in only_b.axes[0].get_legend().get_texts()]
 
 
 def test_run_without_barriers_still_plots_accuracy(tmp_path):

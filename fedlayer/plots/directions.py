@@ -18,10 +18,13 @@ RANDOM_COLOR = "tab:gray"
 def directions_figure(curves: pd.DataFrame, context: str = "") -> plt.Figure | None:
     """One panel per alpha strictly above 0 (½: the layer averaged, 1: swapped in, or moved as far at
     random): bars per layer for the averaging direction and for the random directions (mean, with
-    the range over draws), in the last analysed round, base a; the base model's own loss as a line.
+    the range over draws), in the last analysed round, on base a (b if the table has only b); the
+    base model's own loss as a line.
     None when the table has no random directions.
     """
-    rows = curves[curves["base"] == "a"] if "a" in set(curves["base"]) else curves
+    base = "a" if "a" in set(curves["base"]) else "b"  # the model whose layer moves
+    own, other = base.upper(), "B" if base == "a" else "A"
+    rows = curves[curves["base"] == base]
     random = rows[rows["kind"] == "random-direction"]
     if random.empty:
         return None
@@ -35,7 +38,7 @@ def directions_figure(curves: pd.DataFrame, context: str = "") -> plt.Figure | N
     per_draw = random.groupby(["group", "alpha", "direction"])["loss"].mean()
     spread = per_draw.groupby(["group", "alpha"]).agg(["mean", "min", "max"])
     moved = averaging.groupby(["group", "alpha"])["loss"].mean()
-    base_loss = rows["loss_a"].mean()  # every pair contributes the same number of rows
+    base_loss = rows[f"loss_{base}"].mean()  # every pair contributes the same number of rows
 
     positions = np.arange(len(layers))
     fig, axes = plt.subplots(
@@ -51,20 +54,21 @@ def directions_figure(curves: pd.DataFrame, context: str = "") -> plt.Figure | N
             yerr=[stats["mean"] - stats["min"], stats["max"] - stats["mean"]], capsize=2,
             label=f"random directions of the same norm (mean, range over {random['direction'].nunique()})",
         )
-        ax.axhline(base_loss, color="black", linestyle=":", linewidth=1.2, label="model A (L_A)")
-        ax.set_title(f"α = {alpha:g}: {_what(alpha)}, or moved as far at random", fontsize="medium")
+        ax.axhline(base_loss, color="black", linestyle=":", linewidth=1.2, label=f"model {own} (L_{own})")
+        ax.set_title(f"α = {alpha:g}: {_what(alpha, own, other)}, or moved as far at random", fontsize="medium")
         ax.set_ylabel("test loss (cross-entropy)")
         ax.grid(alpha=0.3, axis="y")
     axes[0, 0].legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1))
     axes[-1, 0].set_xticks(positions, layers, rotation=60, ha="right", fontsize=8)
     round_note = f", round {int(last)}" if last is not None else ""
-    titles(fig, f"Model A with one layer moved: towards model B against random directions{round_note}", context)
+    titles(fig, f"Model {own} with one layer moved: towards model {other} against random directions{round_note}",
+           context)
     return fig
 
 
-def _what(alpha: float) -> str:
+def _what(alpha: float, own: str, other: str) -> str:
     if alpha == 0.5:
-        return "A's layer averaged with B's"
+        return f"{own}'s layer averaged with {other}'s"
     if alpha == 1.0:
-        return "A's layer replaced by B's"
-    return f"A's layer moved {alpha:g} of the way to B's"
+        return f"{own}'s layer replaced by {other}'s"
+    return f"{own}'s layer moved {alpha:g} of the way to {other}'s"
