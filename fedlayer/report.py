@@ -44,6 +44,7 @@ FIGURE_CAPTIONS = {
     "barrier_curves": "Loss along the interpolation in the last analysed round",
     "choices": "Barrier-aware averaging choices",
     "groups": "Barriers of cumulative layer groups and sliding windows",
+    "directions": "Each layer moved towards the other model against random directions of the same norm",
     "barrier_heatmaps": "Layer-wise midpoint loss barrier per strategy",
     "final": "Final-round accuracy per strategy",
 }

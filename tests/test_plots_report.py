@@ -373,6 +373,8 @@ def test_run_report_has_config_tables_and_existing_images(run_dir):
     links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
     assert {link.rsplit("/", 1)[1] for link in links} == RUN_PLOTS | {"choices.png"}
     assert all((run_dir / link).is_file() for link in links)
+    captions = re.findall(r"!\[([^\]]*)\]", text)
+    assert all(" " in caption for caption in captions)  # a sentence, not a file's stem
 
 
 def test_report_elsewhere_links_relative_to_the_report(run_dir, tmp_path):
