@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 PYTEST_ARGS ?=
 
-.PHONY: setup data demo test lint clean
+.PHONY: setup data demo test gpu-check lint clean
 
 setup: $(STAMP)
 
@@ -30,6 +30,10 @@ demo: setup data
 
 test: setup data
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+gpu-check: setup
+	$(BIN)/python -m pytest tests/test_cuda.py tests/test_analysis_curves.py -k cuda -p no:cacheprovider
+	$(BIN)/fedlayer bench barriers --device cuda --samples 1024
 
 lint: setup
 	$(BIN)/ruff check fedlayer strategies tests

@@ -27,7 +27,7 @@ from flwr.clientapp import ClientApp
 
 from fedlayer.config import Config, config_from_flat, config_hash
 from fedlayer.task import client_data, head_parameter_names, new_model
-from fedlayer.training import TrainSettings, evaluate, seed_everything, train_local
+from fedlayer.training import TrainSettings, default_device, evaluate, seed_everything, train_local
 
 PERSONAL_STATE = "fedlayer-personal"
 RUN_TAG_KEY = "fedlayer-run"  # config key naming the run, so runs sharing one simulation keep separate state
@@ -36,10 +36,6 @@ RUN_TAG_KEY = "fedlayer-run"  # config key naming the run, so runs sharing one s
 @functools.lru_cache(maxsize=2)
 def _config_from_run_config(items: tuple) -> Config:
     return config_from_flat(dict(items))
-
-
-def _device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 _MODELS: dict[str, tuple[torch.nn.Module, dict[str, torch.Tensor]]] = {}
@@ -80,7 +76,7 @@ def _local_model(cfg: Config, msg: Message, context: Context):
         state.update(context.state.array_records[personal].to_torch_state_dict())
     state.update(received)
     model.load_state_dict(state, strict=True)
-    return model.to(_device()), config
+    return model.to(default_device()), config
 
 
 class FedlayerClient:
@@ -113,7 +109,7 @@ class FedlayerClient:
         )
         data = client_data(cfg, pid)
         metrics = train_local(model, data.train_x, data.train_y, settings,
-                              head_params=head_parameter_names(model), generator=generator, device=_device())
+                              head_params=head_parameter_names(model), generator=generator, device=default_device())
         state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
         reply_state = state
         if config.get("personal-mode") == "client":
@@ -136,7 +132,7 @@ class FedlayerClient:
         pid = int(context.node_config["partition-id"])
         model, _ = _local_model(cfg, msg, context)
         data = client_data(cfg, pid)
-        metrics = evaluate(model, data.test_x, data.test_y, device=_device())
+        metrics = evaluate(model, data.test_x, data.test_y, device=default_device())
         content = RecordDict({
             "metrics": MetricRecord({"num-examples": metrics.num_examples, "loss": metrics.loss,
                                      "accuracy": metrics.accuracy}),

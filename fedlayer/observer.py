@@ -8,6 +8,7 @@ Flower strategy gets per-round barrier analysis without changing it.
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
@@ -22,7 +23,7 @@ from fedlayer.config import Config
 from fedlayer.layers import Layer
 from fedlayer.results import RunDirectory
 from fedlayer.task import dataset_for, global_test_set, subsample
-from fedlayer.training import evaluate
+from fedlayer.training import default_device, evaluate
 from strategies import client_label
 from strategies.guarded import client_order
 
@@ -46,6 +47,8 @@ class RoundRecorder:
         self.cfg = cfg
         self.run_dir = run_dir
         self.model = model
+        self.device = default_device()  # the server's GPU, if it has one, for evaluation and analysis
+        self.eval_model = copy.deepcopy(model).to(self.device)
         self.layers = list(layers)
         self.on_round_end = on_round_end
         self.on_commit: Callable[[int, ArrayRecord], None] | None = None  # after the tables: the round's checkpoint
@@ -87,9 +90,8 @@ class RoundRecorder:
         The tables are written first, then `on_commit` (the run's round checkpoint, whose state.json
         is the commit), then `on_round_end` (progress).
         """
-        model = self.model
-        model.load_state_dict(arrays.to_torch_state_dict(), strict=True)
-        metrics = evaluate(model, *self.test_set)
+        self.eval_model.load_state_dict(arrays.to_torch_state_dict(), strict=True)
+        metrics = evaluate(self.eval_model, *self.test_set, device=self.device)
         self.run_dir.add("metrics", pd.DataFrame([{
             "round": server_round, "client": "global", "split": "test", "loss": metrics.loss,
             "accuracy": metrics.accuracy, "num_examples": metrics.num_examples, "status": "ok", "error": "",
@@ -115,7 +117,7 @@ class RoundRecorder:
             self.model, dict(states), self.analysis_set, pairs=a.pairs or "all",
             seed=self.cfg.seed * 100_003 + server_round, groups=list(a.groups), alphas=a.alphas,
             bases=tuple(a.bases), bn=a.bn, bn_data=self.bn_set if a.bn == "recompute" else None,
-            random_directions=a.random_directions,
+            random_directions=a.random_directions, device=self.device,
         )
         curves, barriers = (self._visible(t, received) for t in (curves, barriers))
         curves.insert(0, "round", server_round)
@@ -143,7 +145,7 @@ class RoundRecorder:
                       for k, s in client_states.items()}
             _, table = pairwise_curves(self.model, states, self.analysis_set,
                                        pairs=self.cfg.analysis.pairs or "all", seed=self.cfg.seed,
-                                       groups="layers", alphas=3)
+                                       groups="layers", alphas=3, device=self.device)
         layer_rows = table[table["kind"] == "layer"]
         return layer_rows.groupby("group")["loss_barrier_mid"].mean().to_dict()
 

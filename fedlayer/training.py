@@ -15,6 +15,11 @@ from torch import nn
 TRAIN_MODES = ("standard", "fedrep", "fedbabu")
 
 
+def default_device() -> torch.device:
+    """The GPU this process may use (a simulated client is given one by Ray's num_gpus), else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
 @dataclass(frozen=True)
 class TrainSettings:
     epochs: int = 1

@@ -221,3 +221,16 @@ def test_cuda_matches_cpu(digits):
     cpu = interpolation_curves(TinyResNet(), state_a, state_b, (x, y), **kwargs)
     gpu = interpolation_curves(TinyResNet(), state_a, state_b, (x, y), device="cuda", **kwargs)
     assert gpu["loss"].to_numpy() == pytest.approx(cpu["loss"].to_numpy(), abs=1e-4)
+
+
+def test_curves_run_in_plain_float32_and_leave_the_tf32_flags_as_they_were():
+    from fedlayer.analysis.evaluate import full_precision
+
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    try:
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
+        with full_precision():
+            assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
+        assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved

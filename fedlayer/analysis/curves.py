@@ -36,6 +36,7 @@ from fedlayer.analysis.evaluate import (
     WorkingModel,
     as_eval_data,
     as_inputs,
+    full_precision,
 )
 from fedlayer.analysis.graph import GraphEvaluator, Untraceable
 from fedlayer.analysis.groups import Group, resolve_groups
@@ -150,7 +151,7 @@ class CurveEngine:
 
         endpoints: dict[str, Metrics] = {}
         evaluated: dict[str, list[tuple[_Curve, dict[float, Metrics]]]] = {}
-        with torch.inference_mode():
+        with torch.inference_mode(), full_precision():
             for base in BASES:  # both: the endpoints L_A and L_B are always needed
                 first = base == bases[0]
                 curves = self._curves(base, states, resolved, directions, grid, first) if base in bases else []
@@ -234,7 +235,7 @@ def check_non_negative(what: str, value) -> None:
 
 def _fast_evaluator(work: WorkingModel, data, batch_size: int):
     try:
-        with torch.inference_mode():
+        with torch.inference_mode(), full_precision():
             return GraphEvaluator(work, data, batch_size)
     except Untraceable as exc:
         log.info("barrier engine: using full forward passes (%s)", exc)

@@ -9,6 +9,7 @@ the changed tensors affect.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -18,6 +19,22 @@ import torch.nn.functional as F
 from torch import nn
 
 from fedlayer.errors import FedlayerError
+
+
+@contextlib.contextmanager
+def full_precision() -> Iterator[None]:
+    """Plain float32 arithmetic on GPUs: TensorFloat-32 off for convolutions and matrix products.
+
+    PyTorch lets cuDNN run convolutions in TF32 (10-bit mantissas) by default; barriers are small
+    differences of losses, and TF32's rounding (about 1e-5 in a loss) would make the engine disagree
+    with a full pass at the same point. CPUs are unaffected.
+    """
+    flags = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = flags
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from fedlayer.analysis import alpha_grid, interpolation_curves
+    from fedlayer.analysis.evaluate import full_precision
     from fedlayer.analysis.groups import resolve_groups
     from fedlayer.errors import FedlayerError
     from fedlayer.layers import model_layers
@@ -75,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
         return build_model(args.model, INPUT_SHAPE, NUM_CLASSES).to(device)
 
     pairs = [(group.name, group.keys) for group in resolve_groups(model_layers(model), groups)]
-    with _Timer("naive per point") as naive_time:
+    with _Timer("naive per point") as naive_time, full_precision():  # the engine's arithmetic (no TF32)
         naive = naive_curves(make_model, *states, inputs, labels, pairs, alphas, args.batch_size, device)
     with _Timer("fedlayer engine") as fast_after:
         again = engine()
