@@ -172,13 +172,6 @@ class FederatedRun:
                                 "rerun with --verbose to see Flower's log")
 
 
-def make_server_app(run: FederatedRun) -> ServerApp:
-    """A ServerApp that runs `run` (for the programmatic simulation entry point)."""
-    server_app = ServerApp()
-    server_app.main()(run.main)
-    return server_app
-
-
 app = ServerApp()
 
 

@@ -44,13 +44,18 @@ def dataset_for(cfg: Config) -> Dataset:
 _PARTITIONS: dict[str, Partitions] = {}
 
 
-def _partitions_key(cfg: Config) -> str:
-    """What the partitions depend on: the data section, the clients, the seed and the splitting code."""
+@functools.cache
+def _splitting_code() -> bytes:
+    """The partitioning module's source, read once per process (keys the disk cache to this code)."""
     from fedlayer.data import partition
 
+    return Path(partition.__file__).read_bytes()
+
+
+def _partitions_key(cfg: Config) -> str:
+    """What the partitions depend on: the data section, the clients, the seed and the splitting code."""
     inputs = json.dumps([cfg.to_dict()["data"], cfg.federation.clients, cfg.seed], sort_keys=True)
-    code = Path(partition.__file__).read_bytes()
-    return hashlib.sha256(inputs.encode() + code).hexdigest()[:20]
+    return hashlib.sha256(inputs.encode() + _splitting_code()).hexdigest()[:20]
 
 
 def cache_dir() -> Path:

@@ -128,7 +128,8 @@ def naive_curves(make_model, state_a, state_b, inputs, labels, groups, alphas, b
     rows = []
     with torch.inference_mode():
         for name, keys in groups:
-            evaluate(state_a), evaluate(state_b)  # the endpoints, re-evaluated for every group
+            for endpoint in (state_a, state_b):  # the endpoints, re-evaluated for every group
+                evaluate(endpoint)
             for base, base_state in (("a", state_a), ("b", state_b)):
                 for alpha in alphas:
                     point = copy.deepcopy(base_state)
