@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fedlayer.analysis.pooling import use_strided_max_pools
 from fedlayer.errors import FedlayerError
 
 
@@ -155,7 +156,8 @@ class WorkingModel:
     """A private eval-mode copy of the model on the device, whose tensors are rewritten in place.
 
     In-place activations are switched off: they would overwrite activations that the graph
-    evaluator caches, and they never change the numbers.
+    evaluator caches, and they never change the numbers. On CPUs, max pools run as the exact and
+    faster `StridedMaxPool2d`.
     """
 
     def __init__(self, model: nn.Module, device: torch.device):
@@ -166,6 +168,8 @@ class WorkingModel:
         for module in self.model.modules():
             if isinstance(getattr(module, "inplace", None), bool):
                 module.inplace = False
+        if self.device.type == "cpu":
+            use_strided_max_pools(self.model)
         self.tensors: dict[str, torch.Tensor] = self.model.state_dict(keep_vars=True)
         self.parameter_names = {name for name, _ in self.model.named_parameters(remove_duplicate=False)}
         self.bn_modules = [

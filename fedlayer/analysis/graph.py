@@ -20,6 +20,7 @@ import torch
 from torch import fx, nn
 
 from fedlayer.analysis.evaluate import Accumulator, EvalData, Metrics, Path, WorkingModel
+from fedlayer.analysis.pooling import StridedMaxPool2d
 
 _AFFINE_MODULES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _OUT_OF_PLACE_OPERATORS = {
@@ -63,7 +64,7 @@ class GraphEvaluator:
     def __init__(self, work: WorkingModel, data: EvalData, batch_size: int):
         self.work, self.data, self.batch_size = work, data, batch_size
         try:
-            self.module = fx.symbolic_trace(work.model)
+            self.module = fx.GraphModule(work.model, _Tracer().trace(work.model))
         except Exception as exc:  # tracing fails in many ways (control flow, unsupported calls)
             raise Untraceable(f"torch.fx cannot trace the model: {exc}") from exc
         self.nodes = list(self.module.graph.nodes)
@@ -220,6 +221,13 @@ class GraphEvaluator:
         )
         if not same:
             raise Untraceable("the traced graph does not reproduce the model's forward pass")
+
+
+class _Tracer(fx.Tracer):
+    """torch.fx's tracer, with fedlayer's own layers kept as single calls (they branch on their input)."""
+
+    def is_leaf_module(self, module: nn.Module, qualified_name: str) -> bool:
+        return isinstance(module, StridedMaxPool2d) or super().is_leaf_module(module, qualified_name)
 
 
 def _make_out_of_place(nodes: Sequence[fx.Node]) -> None:
