@@ -13,6 +13,7 @@ import logging
 import sys
 
 from fedlayer.errors import FedlayerError
+from fedlayer.memory import keep_freed_memory
 
 COMMANDS = ("run", "compare", "partitions", "layers", "barrier", "plot", "report", "bench", "certs")
 
@@ -31,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    keep_freed_memory()  # first, before any thread allocates: see fedlayer.memory
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(

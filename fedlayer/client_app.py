@@ -26,7 +26,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 
 from fedlayer.config import Config, config_from_flat, config_hash
-from fedlayer.task import client_data, head_parameter_names, new_model
+from fedlayer.task import client_data, configure_process, head_parameter_names, new_model
 from fedlayer.training import TrainSettings, default_device, evaluate, seed_everything, train_local
 
 PERSONAL_STATE = "fedlayer-personal"
@@ -92,7 +92,7 @@ class FedlayerClient:
 
     def train(self, msg: Message, context: Context) -> Message:
         cfg = self.config(context)
-        torch.set_num_threads(cfg.simulation.torch_threads)
+        configure_process(cfg)
         pid = int(context.node_config["partition-id"])
         model, config = _local_model(cfg, msg, context)
         server_round = int(config.get("server-round", 0))
@@ -128,7 +128,7 @@ class FedlayerClient:
 
     def evaluate(self, msg: Message, context: Context) -> Message:
         cfg = self.config(context)
-        torch.set_num_threads(cfg.simulation.torch_threads)
+        configure_process(cfg)
         pid = int(context.node_config["partition-id"])
         model, _ = _local_model(cfg, msg, context)
         data = client_data(cfg, pid)

@@ -23,6 +23,7 @@ from fedlayer.config import Config, config_from_flat, load_config
 from fedlayer.console import make_console
 from fedlayer.errors import FedlayerError
 from fedlayer.layers import model_layers
+from fedlayer.memory import keep_freed_memory
 from fedlayer.observer import RoundRecorder
 from fedlayer.plots.runs import plot_run
 from fedlayer.results import RunDirectory
@@ -113,6 +114,7 @@ class FederatedRun:
     def start(self, grid: Grid, node_to_partition: dict[int, int]) -> None:
         """All rounds of this run on `grid`; several runs can share one grid (and one Ray start) in turn."""
         cfg, fed = self.cfg, self.cfg.federation
+        keep_freed_memory()  # this process evaluates and analyses every round
         self.node_to_partition = dict(node_to_partition)
         seeded = SeededGrid(grid, cfg.seed, fed.fraction, node_to_partition)
         observed = Observed(self.strategy, on_train=self.recorder.on_train,

@@ -20,6 +20,7 @@ from rich.console import Console
 
 from fedlayer.config import Config
 from fedlayer.console import make_console
+from fedlayer.memory import keep_freed_memory
 
 if TYPE_CHECKING:
     from flwr.app import Context
@@ -129,6 +130,7 @@ def simulate(main: ServerMain, client_app: ClientApp, cfg: Config, *, verbose: b
 
     server_app = ServerApp()
     server_app.main()(main)
+    keep_freed_memory()  # before Ray starts: its worker processes inherit the settings
     with quiet_logs(verbose):
         flower_run_simulation(
             server_app=server_app,

@@ -21,6 +21,7 @@ from fedlayer.data import Dataset, load_dataset
 from fedlayer.data.partition import Partitions, partitions_from_config
 from fedlayer.errors import FedlayerError
 from fedlayer.layers import Layer, model_layers, select_layers
+from fedlayer.memory import keep_freed_memory
 from fedlayer.models import build_model
 
 
@@ -30,6 +31,12 @@ class ClientData:
     train_y: torch.Tensor
     test_x: torch.Tensor
     test_y: torch.Tensor
+
+
+def configure_process(cfg: Config) -> None:
+    """A client process's settings: `simulation.torch_threads` torch threads, freed memory kept for reuse."""
+    torch.set_num_threads(cfg.simulation.torch_threads)
+    keep_freed_memory()
 
 
 @functools.lru_cache(maxsize=4)
