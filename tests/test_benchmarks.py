@@ -1,0 +1,47 @@
+"""`fedlayer bench`: both benchmarks run end to end and report what the README quotes (never timed here)."""
+
+import statistics
+
+import pytest
+
+from fedlayer.benchmarks.simulation import Measured
+from fedlayer.cli import main
+
+
+def test_bench_barriers_compares_the_engine_with_the_naive_method(capsys):
+    code = main(["bench", "barriers", "--model", "mlp", "--samples", "8", "--alphas", "3", "--threads", "1"])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    assert "naive per point:" in printed and printed.count("fedlayer engine:") == 2
+    assert "speed-up:" in printed and "max |loss diff|:" in printed
+
+
+@pytest.mark.parametrize("argument", [["--samples", "0"], ["--alphas", "1"], ["--threads", "0"]])
+def test_bench_barriers_rejects_bad_arguments(capsys, argument):
+    assert main(["bench", "barriers", "--model", "mlp", *argument]) == 2
+    assert "bench barriers needs" in capsys.readouterr().err
+
+
+SMALL = [
+    "data.dataset=digits", "model.name=cnn", "federation.clients=3", "federation.rounds=2", "federation.fraction=1.0",
+    "data.max_train_samples=300", "analysis.pairs=1", "analysis.samples=16", "analysis.alphas=3",
+    "output.checkpoints=false",
+]  # fmt: skip
+
+
+def test_bench_simulation_summary_uses_rounds_after_the_first_and_the_mean_baseline():
+    m = Measured(flower_startup=15.0, plain_startups=(5.0, 4.0), flower=[9.0, 6.0, 7.0, 6.5],
+                 analysis=[1.0, 1.5, 1.0, 1.5], plain_before=[8.0, 6.0, 5.0, 6.0], plain_after=[9.0, 5.0, 6.0, 6.0])
+    assert m.plain == [8.5, 5.5, 5.5, 6.0]
+    assert m.ratio == pytest.approx(6.5 / 5.5)
+    assert m.analysis_share == pytest.approx(statistics.median([1.5 / 7.5, 1.0 / 8.0, 1.5 / 8.0]))
+
+
+@pytest.mark.slow
+def test_bench_simulation_command_prints_the_table_and_both_targets(capsys):
+    settings = [arg for setting in SMALL for arg in ("--set", setting)]
+    assert main(["bench", "simulation", "--rounds", "2", *settings]) == 0
+    printed = " ".join(capsys.readouterr().out.split())  # rich wraps long lines
+    assert "start-up" in printed and "plain before" in printed
+    assert "steady-state round" in printed and "(target <= 1.15x)" in printed
+    assert "per-round barrier analysis" in printed and "(target <= 20%)" in printed
