@@ -1,13 +1,12 @@
 """Keeping freed memory removes the page faults of the barrier engine's repeated activations."""
 
 import os
-import platform
 import subprocess
 import sys
 
 import pytest
 
-from fedlayer.memory import SETTINGS, keep_freed_memory, malloc_tunables
+from fedlayer.memory import SETTINGS, is_glibc, keep_freed_memory, malloc_tunables
 
 # The engine runs in a thread, as the per-round analysis does in the ServerApp's thread.
 ENGINE_FAULTS = """
@@ -40,9 +39,7 @@ thread.start()
 thread.join()
 """
 
-glibc = pytest.mark.skipif(
-    platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="these are glibc's settings"
-)
+glibc = pytest.mark.skipif(not is_glibc(), reason="these are glibc's settings")
 
 
 def _engine_page_faults(mode: str, tunables: str | None = None) -> int:
