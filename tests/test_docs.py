@@ -4,6 +4,7 @@ import tomllib
 from pathlib import Path
 
 from fedlayer.config import config_from_flat, describe_fields
+from fedlayer.memory import malloc_tunables
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -37,3 +38,7 @@ def test_quick_start_is_two_commands_that_the_makefile_has():
     assert "make demo" in readme and "make test" in readme
     assert "\ndemo:" in makefile and "\ntest:" in makefile
     assert "make test" in (ROOT / ".ci" / "run").read_text()
+
+
+def test_readme_gives_the_malloc_settings_fedlayer_uses():
+    assert f"export GLIBC_TUNABLES={malloc_tunables()}" in (ROOT / "README.md").read_text()
