@@ -158,7 +158,7 @@ def run(args) -> int:
                   f"{cfg.model.name}, {args.rounds} rounds, {workers} parallel clients on each side")
     m = measure(cfg, args.rounds, workers)
 
-    table = Table(title="seconds per round (Flower without its analysis vs plain PyTorch, run before and after)")
+    table = Table(title="seconds per round (Flower's analysis timed apart)")
     for column in ("round", "Flower (fedlayer)", "analysis", "plain before", "plain after", "ratio"):
         table.add_column(column, justify="right")
     plain_startup = sum(m.plain_startups) / 2
