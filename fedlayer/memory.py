@@ -3,7 +3,7 @@
 PyTorch allocates each activation afresh with malloc. glibc's malloc hands large freed blocks back
 to the operating system (it trims the heap, maps big blocks separately and drops the extra heaps of
 threads' arenas), so the next operation of the same size faults its pages in again, zeroed by the
-kernel. For the barrier engine at the demo's settings that was about 100,000 page faults per
+kernel. For the barrier engine at the demo's settings that was about 115,000 page faults per
 client pair and a third of its time. One arena, with high trim and mmap thresholds, keeps those
 blocks for reuse; numbers are unaffected. This is the remedy of PyTorch's CPU tuning guide (an
 allocator that keeps memory, such as jemalloc), done with glibc's own settings.
