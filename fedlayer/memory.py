@@ -17,6 +17,7 @@ Elsewhere than glibc it does nothing.
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import platform
 
@@ -41,10 +42,19 @@ def malloc_tunables(existing: str = "") -> str:
 
 
 def keep_freed_memory() -> bool:
-    """Apply the settings to this process and the processes it starts; False where that is impossible."""
+    """Apply the settings to this process and the processes it starts; False where that is impossible.
+
+    Cheap to call again (clients call it per message): malloc is set once per process, and only
+    the environment is brought up to date.
+    """
     if not is_glibc():
         return False
     os.environ["GLIBC_TUNABLES"] = malloc_tunables(os.environ.get("GLIBC_TUNABLES", ""))
+    return _set_malloc()
+
+
+@functools.cache
+def _set_malloc() -> bool:
     try:
         mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):

@@ -168,8 +168,7 @@ class WorkingModel:
         for module in self.model.modules():
             if isinstance(getattr(module, "inplace", None), bool):
                 module.inplace = False
-        if self.device.type == "cpu":
-            use_strided_max_pools(self.model)
+        use_strided_max_pools(self.model)  # each pool falls back to the stock kernel off the CPU
         self.tensors: dict[str, torch.Tensor] = self.model.state_dict(keep_vars=True)
         self.parameter_names = {name for name, _ in self.model.named_parameters(remove_duplicate=False)}
         self.bn_modules = [
