@@ -98,18 +98,32 @@ class FedlayerClient:
         server_round = int(config.get("server-round", 0))
         fed = cfg.federation
         if injected_fault(cfg.seed, pid, server_round, fed.fault_probability):
-            raise RuntimeError(f"injected fault (federation.fault_probability = {fed.fault_probability}) "
-                               f"in round {server_round} for partition {pid}")
+            raise RuntimeError(
+                f"injected fault (federation.fault_probability = {fed.fault_probability}) "
+                f"in round {server_round} for partition {pid}"
+            )
         generator = seed_everything(cfg.seed, pid, server_round)
         settings = TrainSettings(
-            epochs=fed.local_epochs, batch_size=fed.batch_size, optimizer=fed.optimizer, lr=fed.lr,
-            momentum=fed.momentum, weight_decay=fed.weight_decay,
+            epochs=fed.local_epochs,
+            batch_size=fed.batch_size,
+            optimizer=fed.optimizer,
+            lr=fed.lr,
+            momentum=fed.momentum,
+            weight_decay=fed.weight_decay,
             proximal_mu=float(config.get("proximal-mu", fed.proximal_mu)),
-            mode=str(config.get("train-mode", "standard")), head_epochs=fed.head_epochs,
+            mode=str(config.get("train-mode", "standard")),
+            head_epochs=fed.head_epochs,
         )
         data = client_data(cfg, pid)
-        metrics = train_local(model, data.train_x, data.train_y, settings,
-                              head_params=head_parameter_names(model), generator=generator, device=default_device())
+        metrics = train_local(
+            model,
+            data.train_x,
+            data.train_y,
+            settings,
+            head_params=head_parameter_names(model),
+            generator=generator,
+            device=default_device(),
+        )
         state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
         reply_state = state
         if config.get("personal-mode") == "client":
@@ -118,12 +132,19 @@ class FedlayerClient:
                 {k: v for k, v in state.items() if k not in shared}
             )
             reply_state = {k: v for k, v in state.items() if k in shared}
-        content = RecordDict({
-            "arrays": ArrayRecord(reply_state),
-            "metrics": MetricRecord({"num-examples": metrics.num_examples, "train-loss": metrics.loss,
-                                     "train-accuracy": metrics.accuracy}),
-            "client": ConfigRecord({"partition-id": pid}),
-        })
+        content = RecordDict(
+            {
+                "arrays": ArrayRecord(reply_state),
+                "metrics": MetricRecord(
+                    {
+                        "num-examples": metrics.num_examples,
+                        "train-loss": metrics.loss,
+                        "train-accuracy": metrics.accuracy,
+                    }
+                ),
+                "client": ConfigRecord({"partition-id": pid}),
+            }
+        )
         return Message(content=content, reply_to=msg)
 
     def evaluate(self, msg: Message, context: Context) -> Message:
@@ -133,11 +154,14 @@ class FedlayerClient:
         model, _ = _local_model(cfg, msg, context)
         data = client_data(cfg, pid)
         metrics = evaluate(model, data.test_x, data.test_y, device=default_device())
-        content = RecordDict({
-            "metrics": MetricRecord({"num-examples": metrics.num_examples, "loss": metrics.loss,
-                                     "accuracy": metrics.accuracy}),
-            "client": ConfigRecord({"partition-id": pid}),
-        })
+        content = RecordDict(
+            {
+                "metrics": MetricRecord(
+                    {"num-examples": metrics.num_examples, "loss": metrics.loss, "accuracy": metrics.accuracy}
+                ),
+                "client": ConfigRecord({"partition-id": pid}),
+            }
+        )
         return Message(content=content, reply_to=msg)
 
     def query(self, msg: Message, context: Context) -> Message:

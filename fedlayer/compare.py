@@ -26,8 +26,17 @@ from fedlayer.results import RunDirectory, read_table, write_parquet
 from fedlayer.simulation import ServerMain
 
 Engine = Callable[[ServerMain, ClientApp, Config], None]
-COMPARISON_COLUMNS = ("strategy", "seed", "round", "global_accuracy", "global_loss", "personal_accuracy_mean",
-                      "personal_accuracy_std", "full_barrier_mean", "layer_barrier_mean")
+COMPARISON_COLUMNS = (
+    "strategy",
+    "seed",
+    "round",
+    "global_accuracy",
+    "global_loss",
+    "personal_accuracy_mean",
+    "personal_accuracy_std",
+    "full_barrier_mean",
+    "layer_barrier_mean",
+)
 
 
 def strategy_config(cfg: Config, name: str, seed: int) -> Config:
@@ -39,9 +48,16 @@ def run_path(out: Path, name: str, seed: int) -> Path:
     return out / "runs" / name / f"seed-{seed}"
 
 
-def run_comparison(cfg: Config, strategies: Sequence[str], seeds: Sequence[int], out: str | Path, *,
-                   verbose: bool = False, console: Console | None = None, engine: Engine | None = None
-                   ) -> pd.DataFrame:
+def run_comparison(
+    cfg: Config,
+    strategies: Sequence[str],
+    seeds: Sequence[int],
+    out: str | Path,
+    *,
+    verbose: bool = False,
+    console: Console | None = None,
+    engine: Engine | None = None,
+) -> pd.DataFrame:
     """Run every strategy under every seed; write and return the comparison table.
 
     `engine(main, client_app, cfg)` runs one seed's ServerApp main against the clients; by default
@@ -58,12 +74,19 @@ def run_comparison(cfg: Config, strategies: Sequence[str], seeds: Sequence[int],
     if len(set(strategies)) != len(strategies):
         raise FedlayerError(f"strategies are listed twice: {', '.join(strategies)}")
     # Build every run first: a bad strategy name fails here, before Ray starts or anything is written.
-    plan = {seed: [FederatedRun(strategy_config(cfg, name, seed), RunDirectory(run_path(out, name, seed)),
-                                console, tag=name) for name in strategies] for seed in seeds}
+    plan = {
+        seed: [
+            FederatedRun(strategy_config(cfg, name, seed), RunDirectory(run_path(out, name, seed)), console, tag=name)
+            for name in strategies
+        ]
+        for seed in seeds
+    }
     started = time.perf_counter()
     for seed, runs in plan.items():
-        console.print(f"[bold]seed {seed}[/]: {', '.join(strategies)} on the same {cfg.federation.clients} "
-                      "clients (one Flower simulation)")
+        console.print(
+            f"[bold]seed {seed}[/]: {', '.join(strategies)} on the same {cfg.federation.clients} "
+            "clients (one Flower simulation)"
+        )
         for run in runs:
             run.prepare_directory()
 
@@ -79,8 +102,10 @@ def run_comparison(cfg: Config, strategies: Sequence[str], seeds: Sequence[int],
     table = comparison_table(out, strategies, seeds)
     write_parquet(table, out / "comparison.parquet")
     table.to_csv(out / "comparison.csv", index=False)
-    console.print(f"compared {len(strategies)} strategies x {len(seeds)} seeds in "
-                  f"{time.perf_counter() - started:.0f}s; results in {out}")
+    console.print(
+        f"compared {len(strategies)} strategies x {len(seeds)} seeds in "
+        f"{time.perf_counter() - started:.0f}s; results in {out}"
+    )
     return table
 
 
@@ -97,10 +122,15 @@ def _run_rows(path: Path, name: str, seed: int) -> pd.DataFrame:
     metrics = read_table(path / "metrics.parquet")
     glob = metrics[metrics["client"] == "global"].set_index("round")
     local = metrics[metrics["split"] == "local-test"].groupby("round")["accuracy"]
-    rows = pd.DataFrame({
-        "strategy": name, "seed": seed, "round": glob.index.astype(int),
-        "global_accuracy": glob["accuracy"].to_numpy(), "global_loss": glob["loss"].to_numpy(),
-    })
+    rows = pd.DataFrame(
+        {
+            "strategy": name,
+            "seed": seed,
+            "round": glob.index.astype(int),
+            "global_accuracy": glob["accuracy"].to_numpy(),
+            "global_loss": glob["loss"].to_numpy(),
+        }
+    )
     rows["personal_accuracy_mean"] = rows["round"].map(local.mean())
     rows["personal_accuracy_std"] = rows["round"].map(local.std(ddof=0))
     barriers_path = path / "barriers.parquet"
@@ -108,7 +138,8 @@ def _run_rows(path: Path, name: str, seed: int) -> pd.DataFrame:
         barriers = pd.read_parquet(barriers_path)
         for kind, column in (("full", "full_barrier_mean"), ("layer", "layer_barrier_mean")):
             rows[column] = rows["round"].map(
-                barriers[barriers["kind"] == kind].groupby("round")["loss_barrier_mid"].mean())
+                barriers[barriers["kind"] == kind].groupby("round")["loss_barrier_mid"].mean()
+            )
     for column in ("full_barrier_mean", "layer_barrier_mean"):
         if column not in rows:
             rows[column] = np.nan

@@ -38,9 +38,7 @@ class DataConfig:
     dataset: str = _spec("digits", choices=DATASET_NAMES, help="dataset name")
     data_dir: str = _spec("", help="folder with the dataset files ('' = FEDLAYER_DATA or default places)")
     download: bool = _spec(False, help="download through torchvision when missing (needs internet)")
-    partition: str = _spec(
-        "dirichlet", choices=("iid", "dirichlet", "pathological", "shard"), help="non-IID split"
-    )
+    partition: str = _spec("dirichlet", choices=("iid", "dirichlet", "pathological", "shard"), help="non-IID split")
     alpha: float = _spec(0.5, gt=0.0, help="Dirichlet concentration (smaller = more skewed)")
     classes_per_client: int = _spec(2, ge=1, help="classes per client for the pathological split")
     shards_per_client: int = _spec(2, ge=1, help="shards per client for the shard split")
@@ -61,10 +59,13 @@ class FederationConfig:
     rounds: int = _spec(3, ge=1, help="federated rounds")
     fraction: float = _spec(1.0, gt=0.0, le=1.0, help="fraction of clients sampled per round")
     min_clients: int = _spec(1, ge=1, help="fewest usable training replies a round needs (else the run stops)")
-    timeout: float = _spec(600.0, gt=0.0, help="seconds a round waits for client replies; later ones count "
-                           "as timeouts")
-    fault_probability: float = _spec(0.0, ge=0.0, lt=1.0, help="seeded fault injection: chance that a client's "
-                                     "training raises in a round (to exercise fault handling)")
+    timeout: float = _spec(600.0, gt=0.0, help="seconds a round waits for client replies; later ones count as timeouts")
+    fault_probability: float = _spec(
+        0.0,
+        ge=0.0,
+        lt=1.0,
+        help="seeded fault injection: chance that a client's training raises in a round (to exercise fault handling)",
+    )
     local_epochs: int = _spec(1, ge=1, help="local epochs per round")
     batch_size: int = _spec(32, ge=1, help="local batch size")
     optimizer: str = _spec("sgd", choices=("sgd", "adam"), help="local optimizer")
@@ -77,8 +78,10 @@ class FederationConfig:
 
 @dataclass
 class StrategyConfig:
-    name: str = _spec("fedavg", help="a preset (fedavg, local, fedper, lg-fedavg, fedbn, fedrep, "
-                      "fedbabu, barrier-aware) or a layer selector")
+    name: str = _spec(
+        "fedavg",
+        help="a preset (fedavg, local, fedper, lg-fedavg, fedbn, fedrep, fedbabu, barrier-aware) or a layer selector",
+    )
     class_: str = _spec("", help="'module:Class' or 'file.py:Class' of a Flower strategy to wrap ('' = FedAvg)")
     kwargs: dict = _spec({}, help="keyword arguments for that strategy class")
     average: str = _spec("", help="layers to average (selector); '' = the preset's")
@@ -102,8 +105,9 @@ class AnalysisConfig:
 @dataclass
 class SimulationConfig:
     num_cpus: int = _spec(1, ge=1, help="CPU cores reserved per simulated client (how many run at once)")
-    torch_threads: int = _spec(1, ge=1, help="torch threads per client; results depend on it (summation order), "
-                               "not on num_cpus")
+    torch_threads: int = _spec(
+        1, ge=1, help="torch threads per client; results depend on it (summation order), not on num_cpus"
+    )
     num_gpus: float = _spec(0.0, ge=0.0, help="GPU fraction per simulated client")
     ray_address: str = _spec("", help="Ray cluster address ('' = start Ray on this machine)")
 
@@ -186,8 +190,14 @@ def _describe(f: dataclasses.Field, typ) -> str:
     for name, sym in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")):
         if meta.get(name) is not None:
             bounds.append(f"{sym} {meta[name]}")
-    kind = {bool: "true or false", int: "an integer", float: "a number", str: "a string",
-            list: "a list", dict: "a table"}[typ]
+    kind = {
+        bool: "true or false",
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        list: "a list",
+        dict: "a table",
+    }[typ]
     return kind + (" " + " and ".join(bounds) if bounds else "")
 
 
@@ -214,8 +224,10 @@ def _coerce(path: str, f: dataclasses.Field, typ, value):
         if isinstance(value, str):
             value = [v.strip() for v in value.split(",") if v.strip()]
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value) or not value:
-            raise FedlayerError(f"config key {path!r}: invalid value {value!r}; expected a non-empty list of "
-                                "strings (or a comma-separated string)")
+            raise FedlayerError(
+                f"config key {path!r}: invalid value {value!r}; expected a non-empty list of "
+                "strings (or a comma-separated string)"
+            )
     elif typ is dict:
         if isinstance(value, str):
             try:
@@ -363,8 +375,9 @@ def describe_fields() -> list[tuple[str, str, str, str]]:
                 walk(typ, f"{prefix}{key}.")
                 continue
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-            rows.append((prefix + key, repr(default), _describe(f, typing.get_origin(typ) or typ),
-                         f.metadata.get("help", "")))
+            rows.append(
+                (prefix + key, repr(default), _describe(f, typing.get_origin(typ) or typ), f.metadata.get("help", ""))
+            )
 
     walk(Config, "")
     return rows

@@ -73,8 +73,14 @@ def supernode_key_files(out_dir: str | Path, index: int) -> tuple[Path, Path]:
     return private, private.with_name(f"{private.name}.pub")
 
 
-def make_certificates(out_dir: str | Path, hosts: Sequence[str] = DEFAULT_HOSTS, *, supernode_keys: int = 0,
-                      days: int = DEFAULT_DAYS, overwrite: bool = False) -> Certificates:
+def make_certificates(
+    out_dir: str | Path,
+    hosts: Sequence[str] = DEFAULT_HOSTS,
+    *,
+    supernode_keys: int = 0,
+    days: int = DEFAULT_DAYS,
+    overwrite: bool = False,
+) -> Certificates:
     """Write a CA, a server certificate for `hosts` and `supernode_keys` SuperNode key pairs to `out_dir`.
 
     Every input is checked before anything is written; existing files are kept unless `overwrite`
@@ -89,14 +95,18 @@ def make_certificates(out_dir: str | Path, hosts: Sequence[str] = DEFAULT_HOSTS,
     if days < 1:
         raise FedlayerError(f"--days {days} is not positive; give the certificates' validity in days (>= 1)")
     result = Certificates(
-        ca_cert=out / CA_CERT, ca_key=out / CA_KEY,
-        server_cert=out / SERVER_CERT, server_key=out / SERVER_KEY,
+        ca_cert=out / CA_CERT,
+        ca_key=out / CA_KEY,
+        server_cert=out / SERVER_CERT,
+        server_key=out / SERVER_KEY,
         supernode_keys=tuple(supernode_key_files(out, k) for k in range(supernode_keys)),
     )
     existing = [p.name for p in result.files() if p.exists()]
     if existing and not overwrite:
-        raise FedlayerError(f"{out} already holds {', '.join(existing)}; use --force to replace them "
-                            "(whoever holds the old ca.crt will then no longer trust the SuperLink)")
+        raise FedlayerError(
+            f"{out} already holds {', '.join(existing)}; use --force to replace them "
+            "(whoever holds the old ca.crt will then no longer trust the SuperLink)"
+        )
 
     now = datetime.datetime.now(datetime.UTC)
     ca_key = ec.generate_private_key(_TLS_CURVE())
@@ -110,8 +120,7 @@ def make_certificates(out_dir: str | Path, hosts: Sequence[str] = DEFAULT_HOSTS,
     for private_path, public_path in result.supernode_keys:
         key = ec.generate_private_key(_SUPERNODE_CURVE())
         _write_private(private_path, _private_bytes(key, serialization.PrivateFormat.OpenSSH))
-        public = key.public_key().public_bytes(serialization.Encoding.OpenSSH,
-                                               serialization.PublicFormat.OpenSSH)
+        public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
         write_bytes(public_path, public + b"\n")
     return result
 
@@ -136,24 +145,40 @@ def _write_private(path: Path, data: bytes) -> None:
 
 
 def _name(common_name: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "fedlayer"),
-                      x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    return x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "fedlayer"),
+            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
+        ]
+    )
 
 
-_KEY_USAGE_FLAGS = ("digital_signature", "content_commitment", "key_encipherment", "data_encipherment",
-                    "key_agreement", "key_cert_sign", "crl_sign", "encipher_only", "decipher_only")
+_KEY_USAGE_FLAGS = (
+    "digital_signature",
+    "content_commitment",
+    "key_encipherment",
+    "data_encipherment",
+    "key_agreement",
+    "key_cert_sign",
+    "crl_sign",
+    "encipher_only",
+    "decipher_only",
+)
 
 
 def _key_usage(*allowed: str) -> x509.KeyUsage:
     return x509.KeyUsage(**{flag: flag in allowed for flag in _KEY_USAGE_FLAGS})
 
 
-def _builder(subject: x509.Name, issuer: x509.Name, key: ec.EllipticCurvePrivateKey,
-             now: datetime.datetime, days: int) -> x509.CertificateBuilder:
+def _builder(
+    subject: x509.Name, issuer: x509.Name, key: ec.EllipticCurvePrivateKey, now: datetime.datetime, days: int
+) -> x509.CertificateBuilder:
     """The fields every certificate here shares (valid from five minutes ago, to absorb clock skew)."""
     return (
         x509.CertificateBuilder()
-        .subject_name(subject).issuer_name(issuer).public_key(key.public_key())
+        .subject_name(subject)
+        .issuer_name(issuer)
+        .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + datetime.timedelta(days=days))
@@ -171,9 +196,14 @@ def _ca_certificate(key: ec.EllipticCurvePrivateKey, now: datetime.datetime, day
     )
 
 
-def _server_certificate(key: ec.EllipticCurvePrivateKey, ca_key: ec.EllipticCurvePrivateKey,
-                        ca_cert: x509.Certificate, names: list[x509.GeneralName], now: datetime.datetime,
-                        days: int) -> x509.Certificate:
+def _server_certificate(
+    key: ec.EllipticCurvePrivateKey,
+    ca_key: ec.EllipticCurvePrivateKey,
+    ca_cert: x509.Certificate,
+    names: list[x509.GeneralName],
+    now: datetime.datetime,
+    days: int,
+) -> x509.Certificate:
     ca_ski = ca_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
     return (
         _builder(_name(str(names[0].value)), ca_cert.subject, key, now, days)

@@ -140,9 +140,7 @@ class SmallVGG(nn.Module):
         return self.classifier(self.avgpool(self.features(x)).flatten(1))
 
 
-def _deep_linear(
-    input_shape: tuple[int, int, int], num_classes: int, depth: int = 4, width: int = 64
-) -> nn.Module:
+def _deep_linear(input_shape: tuple[int, int, int], num_classes: int, depth: int = 4, width: int = 64) -> nn.Module:
     """Flatten, then `depth` Linear layers fc1..fcN (with bias) and no non-linearity.
 
     The paper's deep linear network: the loss is convex along any single-layer cut.
@@ -217,9 +215,7 @@ def build_model(
         )
     shape, num_classes = _checked_shape(input_shape), _checked_int("num_classes", num_classes, 2)
     builder = MODELS[name]
-    allowed = [
-        p for p in inspect.signature(builder).parameters if p not in ("input_shape", "num_classes", "norm")
-    ]
+    allowed = [p for p in inspect.signature(builder).parameters if p not in ("input_shape", "num_classes", "norm")]
     unknown = sorted(set(options) - set(allowed))
     if unknown:
         raise FedlayerError(

@@ -42,8 +42,9 @@ def reply_metrics(reply: Message) -> MetricRecord:
 class RoundRecorder:
     """Collects one run's tables round by round and commits them atomically when a round ends."""
 
-    def __init__(self, cfg: Config, run_dir: RunDirectory, model: torch.nn.Module, layers: Sequence[Layer],
-                 *, on_round_end=None):
+    def __init__(
+        self, cfg: Config, run_dir: RunDirectory, model: torch.nn.Module, layers: Sequence[Layer], *, on_round_end=None
+    ):
         self.cfg = cfg
         self.run_dir = run_dir
         self.model = model
@@ -92,10 +93,23 @@ class RoundRecorder:
         """
         self.eval_model.load_state_dict(arrays.to_torch_state_dict(), strict=True)
         metrics = evaluate(self.eval_model, *self.test_set, device=self.device)
-        self.run_dir.add("metrics", pd.DataFrame([{
-            "round": server_round, "client": "global", "split": "test", "loss": metrics.loss,
-            "accuracy": metrics.accuracy, "num_examples": metrics.num_examples, "status": "ok", "error": "",
-        }]))
+        self.run_dir.add(
+            "metrics",
+            pd.DataFrame(
+                [
+                    {
+                        "round": server_round,
+                        "client": "global",
+                        "split": "test",
+                        "loss": metrics.loss,
+                        "accuracy": metrics.accuracy,
+                        "num_examples": metrics.num_examples,
+                        "status": "ok",
+                        "error": "",
+                    }
+                ]
+            ),
+        )
         if self.cfg.output.checkpoints:
             self._save_checkpoints(arrays)
         for name, table in self.extra_tables.items():
@@ -108,16 +122,25 @@ class RoundRecorder:
         return MetricRecord({"loss": metrics.loss, "accuracy": metrics.accuracy})
 
     # -- analysis ------------------------------------------------------------------------------------
-    def analyse(self, server_round: int, states: Mapping[str, Mapping[str, torch.Tensor]],
-                received: set[str]) -> pd.DataFrame:
+    def analyse(
+        self, server_round: int, states: Mapping[str, Mapping[str, torch.Tensor]], received: set[str]
+    ) -> pd.DataFrame:
         """Layer-wise barriers between this round's client models (all pairs or a seeded sample)."""
         started = time.perf_counter()
         a = self.cfg.analysis
         curves, barriers = pairwise_curves(
-            self.model, dict(states), self.analysis_set, pairs=a.pairs or "all",
-            seed=self.cfg.seed * 100_003 + server_round, groups=list(a.groups), alphas=a.alphas,
-            bases=tuple(a.bases), bn=a.bn, bn_data=self.bn_set if a.bn == "recompute" else None,
-            random_directions=a.random_directions, device=self.device,
+            self.model,
+            dict(states),
+            self.analysis_set,
+            pairs=a.pairs or "all",
+            seed=self.cfg.seed * 100_003 + server_round,
+            groups=list(a.groups),
+            alphas=a.alphas,
+            bases=tuple(a.bases),
+            bn=a.bn,
+            bn_data=self.bn_set if a.bn == "recompute" else None,
+            random_directions=a.random_directions,
+            device=self.device,
         )
         curves, barriers = (self._visible(t, received) for t in (curves, barriers))
         curves.insert(0, "round", server_round)
@@ -136,16 +159,23 @@ class RoundRecorder:
         keep = [not (set(_names(v)) & hidden) for v in table["layers"]]
         return table[keep].reset_index(drop=True)
 
-    def layer_barriers(self, server_round: int, client_states: Mapping[str, Mapping[str, np.ndarray]]
-                       ) -> dict[str, float]:
+    def layer_barriers(
+        self, server_round: int, client_states: Mapping[str, Mapping[str, np.ndarray]]
+    ) -> dict[str, float]:
         """Mean midpoint loss barrier per single layer over client pairs and bases (for barrier-aware)."""
         table = self.round_barriers.get(server_round)
         if table is None or not (table["kind"] == "layer").any():
-            states = {k: {n: torch.as_tensor(np.asarray(v)) for n, v in s.items()}
-                      for k, s in client_states.items()}
-            _, table = pairwise_curves(self.model, states, self.analysis_set,
-                                       pairs=self.cfg.analysis.pairs or "all", seed=self.cfg.seed,
-                                       groups="layers", alphas=3, device=self.device)
+            states = {k: {n: torch.as_tensor(np.asarray(v)) for n, v in s.items()} for k, s in client_states.items()}
+            _, table = pairwise_curves(
+                self.model,
+                states,
+                self.analysis_set,
+                pairs=self.cfg.analysis.pairs or "all",
+                seed=self.cfg.seed,
+                groups="layers",
+                alphas=3,
+                device=self.device,
+            )
         layer_rows = table[table["kind"] == "layer"]
         return layer_rows.groupby("group")["loss_barrier_mid"].mean().to_dict()
 
@@ -155,16 +185,31 @@ class RoundRecorder:
         rows = []
         for reply in replies:
             m = reply_metrics(reply)
-            rows.append({
-                "round": server_round, "client": client_label(reply), "split": split,
-                "loss": float(m.get(f"{prefix}loss", float("nan"))),
-                "accuracy": float(m.get(f"{prefix}accuracy", float("nan"))),
-                "num_examples": int(m.get("num-examples", 0)), "status": "ok", "error": "",
-            })
+            rows.append(
+                {
+                    "round": server_round,
+                    "client": client_label(reply),
+                    "split": split,
+                    "loss": float(m.get(f"{prefix}loss", float("nan"))),
+                    "accuracy": float(m.get(f"{prefix}accuracy", float("nan"))),
+                    "num_examples": int(m.get("num-examples", 0)),
+                    "status": "ok",
+                    "error": "",
+                }
+            )
         for failure in self.failures.pop((server_round, split), []):
-            rows.append({"round": server_round, "client": failure["client"], "split": split, "loss": float("nan"),
-                         "accuracy": float("nan"), "num_examples": 0, "status": failure["status"],
-                         "error": failure["reason"]})
+            rows.append(
+                {
+                    "round": server_round,
+                    "client": failure["client"],
+                    "split": split,
+                    "loss": float("nan"),
+                    "accuracy": float("nan"),
+                    "num_examples": 0,
+                    "status": failure["status"],
+                    "error": failure["reason"],
+                }
+            )
         rows.sort(key=lambda row: client_order(row["client"]))
         self.run_dir.add("metrics", pd.DataFrame(rows))
 
@@ -175,8 +220,9 @@ class RoundRecorder:
         personal = set(self.personal_keys()) & self.client_keys
         for client, state in self.client_states.items():
             if personal:
-                save_checkpoint({k: state[k] for k in sorted(personal)},
-                                folder / f"client-{client}-personal.safetensors")
+                save_checkpoint(
+                    {k: state[k] for k in sorted(personal)}, folder / f"client-{client}-personal.safetensors"
+                )
 
 
 def _names(value) -> list[str]:

@@ -131,9 +131,7 @@ def run_report(run_dir: Path, figures: Sequence[Path], out: Path) -> str:
     barriers = read_optional(run_dir / "barriers.parquet")
     choices = read_optional(run_dir / "choices.parquet")
     path = run_dir.resolve()
-    name = (
-        f"{path.parent.name}/{path.name}" if path.name.startswith("seed-") else path.name
-    )  # a comparison's run
+    name = f"{path.parent.name}/{path.name}" if path.name.startswith("seed-") else path.name  # a comparison's run
     lines = [f"# Run report: {name}", ""]
     if config:
         lines += [describe_run(config), ""]
@@ -258,9 +256,7 @@ def _choices_section(choices: pd.DataFrame) -> list[str]:
         .agg(averaged=("averaged", "sum"), rounds=("round", "nunique"), barrier=("barrier", "mean"))
         .reindex(order)
     )
-    rows = [
-        [name, f"{int(s.averaged)} of {int(s.rounds)}", _number(s.barrier)] for name, s in stats.iterrows()
-    ]
+    rows = [[name, f"{int(s.averaged)} of {int(s.rounds)}", _number(s.barrier)] for name, s in stats.iterrows()]
     return [
         "## Barrier-aware averaging",
         "",
@@ -295,10 +291,7 @@ def _partitions_section(path: Path) -> list[str]:
 def comparison_report(compare_dir: Path, figures: Sequence[Path], out: Path) -> str:
     comparison = read_comparison(compare_dir)
     headers, rows, best = summary_cells(summary_table(comparison))
-    cells = [
-        [f"**{cell}**" if (i, j) in best else cell for j, cell in enumerate(row)]
-        for i, row in enumerate(rows)
-    ]
+    cells = [[f"**{cell}**" if (i, j) in best else cell for j, cell in enumerate(row)] for i, row in enumerate(rows)]
     lines = [
         f"# Comparison report: {compare_dir.resolve().name}",
         "",
@@ -315,7 +308,5 @@ def comparison_report(compare_dir: Path, figures: Sequence[Path], out: Path) -> 
     lines += ["## Runs", ""]
     for strategy, seed, run in run_directories(compare_dir, comparison):
         report = write_report(run)
-        lines.append(
-            f"- {strategy}, seed {seed}: [report]({_link(report, out)}), [directory]({_link(run, out)})"
-        )
+        lines.append(f"- {strategy}, seed {seed}: [report]({_link(report, out)}), [directory]({_link(run, out)})")
     return "\n".join([*lines, ""])

@@ -50,8 +50,15 @@ from strategies.wrapper import StrategyWrapper
 STATE_FILE = "state.json"
 ROUND_FOLDER = re.compile(r"round-(\d+)")
 # config keys that do not change what a run computes: a resumed run may change them in RUN_DIR/config.toml
-OPERATIONAL = ("federation.timeout", "federation.min_clients", "simulation.num_cpus", "simulation.num_gpus",
-               "simulation.ray_address", "output.dir", "output.checkpoints")
+OPERATIONAL = (
+    "federation.timeout",
+    "federation.min_clients",
+    "simulation.num_cpus",
+    "simulation.num_gpus",
+    "simulation.ray_address",
+    "output.dir",
+    "output.checkpoints",
+)
 STATEFUL = ("FedAdam", "FedYogi", "FedAdagrad", "FedOpt", "FedAvgM", "AdaptiveClipping")  # names, or name parts
 
 
@@ -74,8 +81,9 @@ def round_folder(run_dir: RunDirectory, server_round: int):
     return run_dir.checkpoints / f"round-{server_round}"
 
 
-def commit_round(run_dir: RunDirectory, cfg: Config, server_round: int, arrays: ArrayRecord,
-                 state: SelectiveState) -> None:
+def commit_round(
+    run_dir: RunDirectory, cfg: Config, server_round: int, arrays: ArrayRecord, state: SelectiveState
+) -> None:
     """Write round `server_round`'s checkpoint, then state.json (the commit), then drop older rounds."""
     folder = round_folder(run_dir, server_round)
     if folder.exists():  # left by a crashed attempt at this round
@@ -107,9 +115,11 @@ def read_state(run_dir: RunDirectory) -> RoundState:
     if not run_dir.path.is_dir():
         raise FedlayerError(f"cannot resume {str(run_dir.path)!r}: no such run directory")
     if not path.is_file():
-        raise FedlayerError(f"cannot resume {str(run_dir.path)!r}: it has no {STATE_FILE}, so no round of it was "
-                            "committed (not a run directory, or the run stopped before its initial model was "
-                            "evaluated); start the run again with `fedlayer run CONFIG`")
+        raise FedlayerError(
+            f"cannot resume {str(run_dir.path)!r}: it has no {STATE_FILE}, so no round of it was "
+            "committed (not a run directory, or the run stopped before its initial model was "
+            "evaluated); start the run again with `fedlayer run CONFIG`"
+        )
     try:
         return RoundState(**json.loads(path.read_text()))
     except (ValueError, TypeError) as exc:
@@ -127,12 +137,16 @@ def check_resumable(cfg: Config, saved: RoundState, run_dir: RunDirectory) -> No
     changed = sorted(key for key in now.keys() | saved.experiment.keys() if now.get(key) != saved.experiment.get(key))
     if changed:
         details = ", ".join(f"{key} = {saved.experiment.get(key)!r} -> {now.get(key)!r}" for key in changed)
-        raise FedlayerError(f"cannot resume {str(run_dir.path)!r}: its config.toml was changed after the run started "
-                            f"({details}); only {', '.join(OPERATIONAL)} may change")
+        raise FedlayerError(
+            f"cannot resume {str(run_dir.path)!r}: its config.toml was changed after the run started "
+            f"({details}); only {', '.join(OPERATIONAL)} may change"
+        )
     if cfg.strategy.personal == "client" and 0 < saved.round < saved.rounds:
-        raise FedlayerError(f"cannot resume {str(run_dir.path)!r} (stopped after round {saved.round}): with "
-                            "strategy.personal = 'client' the personal layers were kept in the clients' memory and "
-                            "were lost with them; only personal = 'server' runs can resume")
+        raise FedlayerError(
+            f"cannot resume {str(run_dir.path)!r} (stopped after round {saved.round}): with "
+            "strategy.personal = 'client' the personal layers were kept in the clients' memory and "
+            "were lost with them; only personal = 'server' runs can resume"
+        )
 
 
 def inexact_note(cfg: Config) -> str | None:
@@ -141,13 +155,14 @@ def inexact_note(cfg: Config) -> str | None:
     if not cls:
         return None
     if any(name in cls for name in STATEFUL):
-        return (f"{cls} keeps server-side state between rounds (moments, momentum or a clipping norm), which is "
-                "not saved: it starts afresh now, so the resumed rounds differ from an uninterrupted run's")
+        return (
+            f"{cls} keeps server-side state between rounds (moments, momentum or a clipping norm), which is "
+            "not saved: it starts afresh now, so the resumed rounds differ from an uninterrupted run's"
+        )
     return f"the resumed rounds equal an uninterrupted run's only if {cls} keeps no state between rounds"
 
 
-def load_round(run_dir: RunDirectory, saved: RoundState, model: torch.nn.Module
-               ) -> tuple[ArrayRecord, SelectiveState]:
+def load_round(run_dir: RunDirectory, saved: RoundState, model: torch.nn.Module) -> tuple[ArrayRecord, SelectiveState]:
     """The committed round's global model (checked against `model`, in its key order) and strategy state."""
     folder = round_folder(run_dir, saved.round)
     arrays = load_checkpoint(folder / "global.safetensors")
@@ -155,8 +170,9 @@ def load_round(run_dir: RunDirectory, saved: RoundState, model: torch.nn.Module
     order = list(model.state_dict())
     shared = load_checkpoint(folder / "shared.safetensors") if (folder / "shared.safetensors").exists() else {}
     personal = {pid: ArrayRecord(load_checkpoint(folder / f"personal-{pid}.safetensors")) for pid in saved.personal}
-    state = SelectiveState(list(saved.average_keys), ArrayRecord({k: shared[k] for k in order if k in shared}),
-                           personal)
+    state = SelectiveState(
+        list(saved.average_keys), ArrayRecord({k: shared[k] for k in order if k in shared}), personal
+    )
     return ArrayRecord({key: arrays[key] for key in order}), state
 
 
@@ -172,28 +188,48 @@ class RoundOffset(StrategyWrapper):
         super().__init__(strategy)
         self.offset = offset
 
-    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                        grid: Grid) -> Iterable[Message]:
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
         return self.strategy.configure_train(server_round + self.offset, arrays, config, grid)
 
-    def aggregate_train(self, server_round: int, replies: Iterable[Message],
-                        ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+    def aggregate_train(
+        self,
+        server_round: int,
+        replies: Iterable[Message],
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         return self.strategy.aggregate_train(server_round + self.offset, replies)
 
-    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                           grid: Grid) -> Iterable[Message]:
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
         return self.strategy.configure_evaluate(server_round + self.offset, arrays, config, grid)
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         return self.strategy.aggregate_evaluate(server_round + self.offset, replies)
 
-    def start(self, grid: Grid, initial_arrays: ArrayRecord, num_rounds: int = 3, timeout: float = 3600,
-              train_config: ConfigRecord | None = None, evaluate_config: ConfigRecord | None = None,
-              evaluate_fn: Callable[[int, ArrayRecord], MetricRecord | None] | None = None) -> Result:
+    def start(
+        self,
+        grid: Grid,
+        initial_arrays: ArrayRecord,
+        num_rounds: int = 3,
+        timeout: float = 3600,
+        train_config: ConfigRecord | None = None,
+        evaluate_config: ConfigRecord | None = None,
+        evaluate_fn: Callable[[int, ArrayRecord], MetricRecord | None] | None = None,
+    ) -> Result:
         shifted = None
         if evaluate_fn is not None:
+
             def shifted(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
                 return None if server_round == 0 else evaluate_fn(server_round + self.offset, arrays)
-        return super().start(grid=grid, initial_arrays=initial_arrays, num_rounds=num_rounds, timeout=timeout,
-                             train_config=train_config, evaluate_config=evaluate_config, evaluate_fn=shifted)
 
+        return super().start(
+            grid=grid,
+            initial_arrays=initial_arrays,
+            num_rounds=num_rounds,
+            timeout=timeout,
+            train_config=train_config,
+            evaluate_config=evaluate_config,
+            evaluate_fn=shifted,
+        )

@@ -38,8 +38,15 @@ DISCOVERY_TIMEOUT_S = 600.0
 class FederatedRun:
     """One run of one config: validated inputs, the strategy, the recorder and the run directory."""
 
-    def __init__(self, cfg: Config, run_dir: RunDirectory, console: Console, *, tag: str | None = None,
-                 resumed: RoundState | None = None):
+    def __init__(
+        self,
+        cfg: Config,
+        run_dir: RunDirectory,
+        console: Console,
+        *,
+        tag: str | None = None,
+        resumed: RoundState | None = None,
+    ):
         self.cfg = cfg
         self.tag = tag  # names this run to the clients (their personal state) when runs share a grid
         self.run_dir = run_dir
@@ -71,8 +78,7 @@ class FederatedRun:
         return s.class_ or s.name if not s.average else f"{s.class_ or s.name} (average {s.average})"
 
     @classmethod
-    def prepare(cls, cfg: Config, out: str | Path | None = None, *, console: Console | None = None
-                ) -> FederatedRun:
+    def prepare(cls, cfg: Config, out: str | Path | None = None, *, console: Console | None = None) -> FederatedRun:
         """Check data, partitions, model and strategy; only then create the run directory."""
         run = cls(cfg, RunDirectory(out or cfg.output.dir), console or make_console(stderr=True))
         run.prepare_directory()
@@ -101,9 +107,18 @@ class FederatedRun:
         s, fed = self.cfg.strategy, self.cfg.federation
         sampled = clients_per_round(fed.clients, fed.fraction)
         return build_strategy(
-            name=s.name, class_path=s.class_ or None, kwargs=dict(s.kwargs), average=s.average or None,
-            personal=s.personal, layers=self.layers, measure=self.recorder.layer_barriers, threshold=s.threshold,
-            fraction_train=1.0, fraction_evaluate=1.0, min_train_nodes=sampled, min_evaluate_nodes=sampled,
+            name=s.name,
+            class_path=s.class_ or None,
+            kwargs=dict(s.kwargs),
+            average=s.average or None,
+            personal=s.personal,
+            layers=self.layers,
+            measure=self.recorder.layer_barriers,
+            threshold=s.threshold,
+            fraction_train=1.0,
+            fraction_evaluate=1.0,
+            min_train_nodes=sampled,
+            min_evaluate_nodes=sampled,
             min_available_nodes=sampled,
         )
 
@@ -117,10 +132,10 @@ class FederatedRun:
         keep_freed_memory()  # this process evaluates and analyses every round
         self.node_to_partition = dict(node_to_partition)
         seeded = SeededGrid(grid, cfg.seed, fed.fraction, node_to_partition)
-        observed = Observed(self.strategy, on_train=self.recorder.on_train,
-                            on_evaluate=self.recorder.on_evaluate)
-        strategy = Guarded(observed, min_replies=fed.min_clients, on_failures=self.recorder.on_failures,
-                           timeout=fed.timeout)
+        observed = Observed(self.strategy, on_train=self.recorder.on_train, on_evaluate=self.recorder.on_evaluate)
+        strategy = Guarded(
+            observed, min_replies=fed.min_clients, on_failures=self.recorder.on_failures, timeout=fed.timeout
+        )
         initial, rounds = ArrayRecord(self.model.state_dict()), fed.rounds
         if self.resumed is not None:
             initial, state = load_round(self.run_dir, self.resumed, self.model)
@@ -133,8 +148,12 @@ class FederatedRun:
         self.started = time.perf_counter()
         try:
             strategy.start(
-                grid=seeded, initial_arrays=initial, num_rounds=rounds, timeout=fed.timeout,
-                train_config=ConfigRecord(train_config), evaluate_config=ConfigRecord(config),
+                grid=seeded,
+                initial_arrays=initial,
+                num_rounds=rounds,
+                timeout=fed.timeout,
+                train_config=ConfigRecord(train_config),
+                evaluate_config=ConfigRecord(config),
                 evaluate_fn=self.recorder.end_of_round,
             )
         except FedlayerError as exc:
@@ -150,9 +169,11 @@ class FederatedRun:
         elapsed = now - self.started
         analysis = f"  analysis {analysis_s:5.1f}s" if analysis_s is not None else ""
         label = "initial model" if server_round == 0 else f"round {server_round}/{self.cfg.federation.rounds}"
-        self.console.print(f"  {label:<14} global test accuracy {100 * metrics.accuracy:5.1f}%  "
-                           f"loss {metrics.loss:.3f}{analysis}  [{elapsed:6.1f}s]{self._left_out(server_round)}",
-                           soft_wrap=True)
+        self.console.print(
+            f"  {label:<14} global test accuracy {100 * metrics.accuracy:5.1f}%  "
+            f"loss {metrics.loss:.3f}{analysis}  [{elapsed:6.1f}s]{self._left_out(server_round)}",
+            soft_wrap=True,
+        )
 
     def _left_out(self, server_round: int) -> str:
         """The clients of this round that failed, timed out or were rejected (their reasons: metrics.parquet)."""
@@ -160,8 +181,10 @@ class FederatedRun:
         bad = table[(table["round"] == server_round) & (table["status"] != "ok")]
         if bad.empty:
             return ""
-        return "  left out: " + ", ".join(f"{c} ({split} {status})" for c, split, status
-                                          in zip(bad["client"], bad["split"], bad["status"], strict=True))
+        return "  left out: " + ", ".join(
+            f"{c} ({split} {status})"
+            for c, split, status in zip(bad["client"], bad["split"], bad["status"], strict=True)
+        )
 
     def raise_if_failed(self) -> None:
         """Flower swallows some server-side failures; a run without its final round is one of them."""
@@ -170,8 +193,10 @@ class FederatedRun:
         metrics = self.run_dir.table("metrics")
         last = int(metrics["round"].max()) if not metrics.empty else -1
         if last < self.cfg.federation.rounds:
-            raise FedlayerError(f"the run stopped after round {last} of {self.cfg.federation.rounds}; "
-                                "rerun with --verbose to see Flower's log")
+            raise FedlayerError(
+                f"the run stopped after round {last} of {self.cfg.federation.rounds}; "
+                "rerun with --verbose to see Flower's log"
+            )
 
 
 app = ServerApp()

@@ -78,21 +78,23 @@ def backend_config(cfg: Config, verbose: bool) -> dict:
     }
 
 
-def run_simulation(cfg: Config, out: str | Path | None = None, *, verbose: bool = False,
-                   console: Console | None = None) -> FederatedRun:
+def run_simulation(
+    cfg: Config, out: str | Path | None = None, *, verbose: bool = False, console: Console | None = None
+) -> FederatedRun:
     """Train `cfg` on the simulation engine; return the finished run (its directory is `.run_dir`)."""
     from fedlayer.server_app import FederatedRun
 
     console = console or make_console(stderr=True)
     started = time.perf_counter()
     run: FederatedRun = FederatedRun.prepare(cfg, out, console=console)  # validates everything, then creates the dir
-    console.print(f"[bold]fedlayer[/] run -> {run.run_dir.path}  ({cfg.federation.clients} clients, "
-                  f"{cfg.federation.rounds} rounds, strategy {run.strategy_label})")
+    console.print(
+        f"[bold]fedlayer[/] run -> {run.run_dir.path}  ({cfg.federation.clients} clients, "
+        f"{cfg.federation.rounds} rounds, strategy {run.strategy_label})"
+    )
     return _simulate(run, started, verbose=verbose, console=console)
 
 
-def resume_simulation(run_dir: str | Path, *, verbose: bool = False, console: Console | None = None
-                      ) -> FederatedRun:
+def resume_simulation(run_dir: str | Path, *, verbose: bool = False, console: Console | None = None) -> FederatedRun:
     """Continue the run in `run_dir` from its last committed round (see `fedlayer.resume`)."""
     from fedlayer.resume import inexact_note
     from fedlayer.server_app import FederatedRun
@@ -104,8 +106,10 @@ def resume_simulation(run_dir: str | Path, *, verbose: bool = False, console: Co
     if run.resumed.finished:
         console.print(f"{run.run_dir.path} is finished: all {rounds} rounds are done; nothing to resume")
         return run
-    console.print(f"[bold]fedlayer[/] resume -> {run.run_dir.path}  (rounds {done + 1}..{rounds} of {rounds}, "
-                  f"strategy {run.strategy_label})")
+    console.print(
+        f"[bold]fedlayer[/] resume -> {run.run_dir.path}  (rounds {done + 1}..{rounds} of {rounds}, "
+        f"strategy {run.strategy_label})"
+    )
     note = inexact_note(run.cfg)
     if note:
         console.print(f"[yellow]note[/]: {note}")

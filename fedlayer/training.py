@@ -54,12 +54,20 @@ def seed_everything(*parts: int) -> torch.Generator:
 def _make_optimizer(params, settings: TrainSettings) -> torch.optim.Optimizer:
     if settings.optimizer == "adam":
         return torch.optim.Adam(params, lr=settings.lr, weight_decay=settings.weight_decay)
-    return torch.optim.SGD(params, lr=settings.lr, momentum=settings.momentum,
-                           weight_decay=settings.weight_decay)
+    return torch.optim.SGD(params, lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay)
 
 
-def _run_epochs(model, x, y, settings, epochs, trainable: Collection[str] | None, generator, device,
-                anchor: Mapping[str, torch.Tensor] | None) -> tuple[float, int, int]:
+def _run_epochs(
+    model,
+    x,
+    y,
+    settings,
+    epochs,
+    trainable: Collection[str] | None,
+    generator,
+    device,
+    anchor: Mapping[str, torch.Tensor] | None,
+) -> tuple[float, int, int]:
     """SGD epochs over (x, y) updating only the parameters named in `trainable` (None = all)."""
     named = [(n, p) for n, p in model.named_parameters() if trainable is None or n in trainable]
     if not named or epochs == 0:
@@ -73,7 +81,7 @@ def _run_epochs(model, x, y, settings, epochs, trainable: Collection[str] | None
     for _ in range(epochs):
         order = torch.randperm(len(x), generator=generator)
         for start in range(0, len(x), settings.batch_size):
-            idx = order[start:start + settings.batch_size]
+            idx = order[start : start + settings.batch_size]
             xb, yb = x[idx].to(device, non_blocking=True), y[idx].to(device, non_blocking=True)
             optimizer.zero_grad(set_to_none=True)
             logits = model(xb)
@@ -92,9 +100,16 @@ def _run_epochs(model, x, y, settings, epochs, trainable: Collection[str] | None
     return total_loss, correct, seen
 
 
-def train_local(model: nn.Module, x: torch.Tensor, y: torch.Tensor, settings: TrainSettings, *,
-                head_params: Collection[str] = (), generator: torch.Generator | None = None,
-                device: torch.device | str = "cpu") -> Metrics:
+def train_local(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    settings: TrainSettings,
+    *,
+    head_params: Collection[str] = (),
+    generator: torch.Generator | None = None,
+    device: torch.device | str = "cpu",
+) -> Metrics:
     """Train `model` in place on (x, y) as `settings.mode` says; return the mean training metrics.
 
     `head_params` names the classifier-head parameters, needed by FedRep (head epochs with the body
@@ -122,14 +137,15 @@ def train_local(model: nn.Module, x: torch.Tensor, y: torch.Tensor, settings: Tr
 
 
 @torch.inference_mode()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, batch_size: int = 512,
-             device: torch.device | str = "cpu") -> Metrics:
+def evaluate(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, batch_size: int = 512, device: torch.device | str = "cpu"
+) -> Metrics:
     """Sample-weighted mean cross-entropy and accuracy of `model` on (x, y)."""
     model.eval()
     total_loss, correct = 0.0, 0
     for start in range(0, len(x), batch_size):
-        xb = x[start:start + batch_size].to(device, non_blocking=True)
-        yb = y[start:start + batch_size].to(device, non_blocking=True)
+        xb = x[start : start + batch_size].to(device, non_blocking=True)
+        yb = y[start : start + batch_size].to(device, non_blocking=True)
         logits = model(xb)
         total_loss += nn.functional.cross_entropy(logits, yb, reduction="sum").item()
         correct += (logits.argmax(1) == yb).sum().item()

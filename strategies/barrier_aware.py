@@ -41,12 +41,21 @@ class BarrierAware(LayerSelective):
     measured), averaged.
     """
 
-    def __init__(self, strategy: Strategy, measure: Measure, threshold: float = 0.1, *,
-                 average: str | Sequence[str] = "all", layers: LayerSource | None = None,
-                 personal: str = "server") -> None:
+    def __init__(
+        self,
+        strategy: Strategy,
+        measure: Measure,
+        threshold: float = 0.1,
+        *,
+        average: str | Sequence[str] = "all",
+        layers: LayerSource | None = None,
+        personal: str = "server",
+    ) -> None:
         if personal != "server":
-            raise FedlayerError(f"barrier-aware averaging needs personal='server', got {personal!r}: the "
-                                "server measures barriers on the clients' full models")
+            raise FedlayerError(
+                f"barrier-aware averaging needs personal='server', got {personal!r}: the "
+                "server measures barriers on the clients' full models"
+            )
         if not callable(measure):
             raise FedlayerError(f"barrier-aware averaging needs a measure function, got {measure!r}")
         super().__init__(strategy, average, layers=layers, personal=personal)
@@ -58,8 +67,10 @@ class BarrierAware(LayerSelective):
         return keys_of(self.selected)
 
     def _choose(self, server_round: int, replies: list[Message], received: list[ArrayRecord]) -> list[str]:
-        states = {client_label(reply): {key: record[key].numpy() for key in self.model_keys}
-                  for reply, record in zip(replies, received, strict=True)}
+        states = {
+            client_label(reply): {key: record[key].numpy() for key in self.model_keys}
+            for reply, record in zip(replies, received, strict=True)
+        }
         barriers = self.measure(server_round, states)
         unmeasured = [layer.name for layer in self.selected if layer.name not in barriers]
         if unmeasured:
@@ -68,8 +79,7 @@ class BarrierAware(LayerSelective):
         for layer in self.selected:
             barrier = float(barriers.get(layer.name, math.nan))
             averaged = barrier < self.threshold  # False for NaN
-            self.history.append({"round": server_round, "layer": layer.name, "barrier": barrier,
-                                 "averaged": averaged})
+            self.history.append({"round": server_round, "layer": layer.name, "barrier": barrier, "averaged": averaged})
             if averaged:
                 chosen.append(layer)
         return keys_of(chosen)

@@ -56,8 +56,14 @@ class Guarded(StrategyWrapper):
     round needs; `timeout` (the round timeout given to `start`) is only quoted in timeout reasons.
     """
 
-    def __init__(self, strategy: Strategy, *, min_replies: int = 1, on_failures: OnFailures | None = None,
-                 timeout: float | None = None) -> None:
+    def __init__(
+        self,
+        strategy: Strategy,
+        *,
+        min_replies: int = 1,
+        on_failures: OnFailures | None = None,
+        timeout: float | None = None,
+    ) -> None:
         super().__init__(strategy)
         if min_replies < 1:
             raise FedlayerError(f"min_replies must be at least 1, got {min_replies}")
@@ -70,15 +76,17 @@ class Guarded(StrategyWrapper):
 
     # ------------------------------------------------------------------ configure
 
-    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                        grid: Grid) -> Iterable[Message]:
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
         if self.model is None:
             self.model = {key: (tuple(a.shape), a.dtype) for key, a in arrays.items()}
         messages = list(super().configure_train(server_round, arrays, config, grid))
         return self._remember("train", messages, grid)
 
-    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                           grid: Grid) -> Iterable[Message]:
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
         messages = list(super().configure_evaluate(server_round, arrays, config, grid))
         return self._remember("evaluate", messages, grid)
 
@@ -90,15 +98,19 @@ class Guarded(StrategyWrapper):
 
     # ------------------------------------------------------------------ aggregate
 
-    def aggregate_train(self, server_round: int, replies: Iterable[Message],
-                        ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+    def aggregate_train(
+        self,
+        server_round: int,
+        replies: Iterable[Message],
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         sent = len(self._sent.get("train", {}))
         accepted, failures = self._screen(server_round, "train", replies)
         if len(accepted) < self.min_replies:
             why = "".join(f"; client {f['client']} {f['status']}: {f['reason']}" for f in failures[:_LISTED])
             raise FedlayerError(
                 f"round {server_round}: {len(accepted)} usable training replies from the {sent} clients sampled, "
-                f"fewer than min_clients = {self.min_replies}; the run stops after round {server_round - 1}{why}")
+                f"fewer than min_clients = {self.min_replies}; the run stops after round {server_round - 1}{why}"
+            )
         return super().aggregate_train(server_round, accepted)
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
@@ -122,8 +134,7 @@ class Guarded(StrategyWrapper):
         failures += [self._failure(node, "timeout", f"no reply{within}") for node in sent if node not in replied]
         failures.sort(key=lambda f: client_order(f["client"]))
         for f in failures:
-            log(WARNING, "round %d %s: client %s %s: %s", server_round, phase, f["client"], f["status"],
-                f["reason"])
+            log(WARNING, "round %d %s: client %s %s: %s", server_round, phase, f["client"], f["status"], f["reason"])
         if self.on_failures is not None and failures:
             self.on_failures(server_round, phase, failures)
         return accepted, failures
@@ -150,10 +161,16 @@ class Guarded(StrategyWrapper):
         if sent.reply_keys - keys:
             problems.append(f"missing keys {_listed(sent.reply_keys - keys)}")
         model = self.model or {}
-        shapes = [f"{k} {tuple(arrays[k].shape)} (model: {model[k][0]})" for k in sorted(keys & model.keys())
-                  if tuple(arrays[k].shape) != model[k][0]]
-        dtypes = [f"{k} {arrays[k].dtype} (model: {model[k][1]})" for k in sorted(keys & model.keys())
-                  if arrays[k].dtype != model[k][1]]
+        shapes = [
+            f"{k} {tuple(arrays[k].shape)} (model: {model[k][0]})"
+            for k in sorted(keys & model.keys())
+            if tuple(arrays[k].shape) != model[k][0]
+        ]
+        dtypes = [
+            f"{k} {arrays[k].dtype} (model: {model[k][1]})"
+            for k in sorted(keys & model.keys())
+            if arrays[k].dtype != model[k][1]
+        ]
         if shapes:
             problems.append(f"shape mismatch {_listed(shapes)}")
         if dtypes:

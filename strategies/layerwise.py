@@ -72,8 +72,10 @@ def layers_of(source: LayerSource) -> list[Layer]:
         return model_layers({k: torch.as_tensor(v) for k, v in source.items()})
     layers = list(source)
     if not layers or not all(isinstance(layer, Layer) for layer in layers):
-        raise FedlayerError(f"cannot find layers in a {type(source).__name__}: pass a model, a state dict, "
-                            "an ArrayRecord or a list of fedlayer.layers.Layer")
+        raise FedlayerError(
+            f"cannot find layers in a {type(source).__name__}: pass a model, a state dict, "
+            "an ArrayRecord or a list of fedlayer.layers.Layer"
+        )
     return layers
 
 
@@ -91,8 +93,10 @@ def select_average(layers: Sequence[Layer], selector: str | Sequence[str]) -> li
     dropped = {layer.index for layer in select_layers(layers, excluded)}
     chosen = [layer for layer in select_layers(layers, included) if layer.index not in dropped]
     if not chosen:
-        raise FedlayerError(f"layer selector {selector!r} leaves no layer to average (use 'none' to "
-                            f"average nothing); layers: {', '.join(layer.name for layer in layers)}")
+        raise FedlayerError(
+            f"layer selector {selector!r} leaves no layer to average (use 'none' to "
+            f"average nothing); layers: {', '.join(layer.name for layer in layers)}"
+        )
     return chosen
 
 
@@ -150,9 +154,15 @@ class LayerSelective(StrategyWrapper):
     `train_mode` is sent to clients as "train-mode" (FedRep / FedBABU training on the client).
     """
 
-    def __init__(self, strategy: Strategy, average: str | Sequence[str], *,
-                 layers: LayerSource | None = None, personal: str = "server",
-                 train_mode: str = "standard") -> None:
+    def __init__(
+        self,
+        strategy: Strategy,
+        average: str | Sequence[str],
+        *,
+        layers: LayerSource | None = None,
+        personal: str = "server",
+        train_mode: str = "standard",
+    ) -> None:
         super().__init__(strategy)
         if personal not in PERSONAL_MODES:
             raise FedlayerError(choices_message("personal mode", personal, PERSONAL_MODES))
@@ -215,8 +225,11 @@ class LayerSelective(StrategyWrapper):
         unknown = sorted(node for node in self.personal_state if node not in partition_of)
         if unknown:
             raise FedlayerError(f"no partition id known for nodes {unknown}")
-        return SelectiveState(list(self.average_keys), ArrayRecord(dict(self._shared)),
-                              {partition_of[node]: record for node, record in self.personal_state.items()})
+        return SelectiveState(
+            list(self.average_keys),
+            ArrayRecord(dict(self._shared)),
+            {partition_of[node]: record for node, record in self.personal_state.items()},
+        )
 
     def restore(self, state: SelectiveState, node_of: Mapping[int, int]) -> None:
         """Continue from a `snapshot` (of an earlier run); `node_of` maps partition ids to this run's nodes.
@@ -225,8 +238,10 @@ class LayerSelective(StrategyWrapper):
         the clients' memory, which a crash loses.
         """
         if self.personal == "client":
-            raise FedlayerError("cannot restore a strategy with personal='client': the personal layers were kept "
-                                "by the clients and are lost with them")
+            raise FedlayerError(
+                "cannot restore a strategy with personal='client': the personal layers were kept "
+                "by the clients and are lost with them"
+            )
         unknown = sorted(pid for pid in state.personal if pid not in node_of)
         if unknown:
             raise FedlayerError(f"no connected client holds partition(s) {unknown}; connected: {sorted(node_of)}")
@@ -237,14 +252,16 @@ class LayerSelective(StrategyWrapper):
 
     # ------------------------------------------------------------------ configure
 
-    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                        grid: Grid) -> Iterable[Message]:
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
         self._begin(arrays)
         messages = super().configure_train(server_round, subset(arrays, self._wrapped_keys()), config, grid)
         return self._personalise(messages, {TRAIN_MODE_KEY: self.train_mode})
 
-    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                           grid: Grid) -> Iterable[Message]:
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
         self._begin(arrays)
         messages = super().configure_evaluate(server_round, subset(arrays, self._wrapped_keys()), config, grid)
         return self._personalise(messages, {})
@@ -256,8 +273,9 @@ class LayerSelective(StrategyWrapper):
         if set(arrays.keys()) != set(expected):
             missing = [k for k in expected if k not in arrays]
             unexpected = [k for k in arrays.keys() if k not in set(expected)]
-            raise FedlayerError(f"the global arrays do not fit the model's layers: missing keys {missing}, "
-                                f"unexpected keys {unexpected}")
+            raise FedlayerError(
+                f"the global arrays do not fit the model's layers: missing keys {missing}, unexpected keys {unexpected}"
+            )
         if not self._shared:
             self._shared = dict(arrays.items())
         self._global = arrays
@@ -278,8 +296,16 @@ class LayerSelective(StrategyWrapper):
             if not content.config_records:
                 content[DEFAULT_CONFIG_RECORD] = ConfigRecord(dict(extra))
             md = message.metadata
-            out.append(Message(content, md.dst_node_id, md.message_type, ttl=md.ttl,
-                               group_id=md.group_id or None, dst_task_id=md.dst_task_id))
+            out.append(
+                Message(
+                    content,
+                    md.dst_node_id,
+                    md.message_type,
+                    ttl=md.ttl,
+                    group_id=md.group_id or None,
+                    dst_task_id=md.dst_task_id,
+                )
+            )
         return out
 
     def _arrays_for(self, node: int, sent: ArrayRecord) -> ArrayRecord:
@@ -299,8 +325,11 @@ class LayerSelective(StrategyWrapper):
 
     # ------------------------------------------------------------------ aggregate
 
-    def aggregate_train(self, server_round: int, replies: Iterable[Message],
-                        ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+    def aggregate_train(
+        self,
+        server_round: int,
+        replies: Iterable[Message],
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         valid, errors = split_replies(replies)
         _log_errors("aggregate_train", errors)
         if self._global is None:
@@ -313,8 +342,7 @@ class LayerSelective(StrategyWrapper):
         chosen = self._choose(server_round, valid, received)
         wrapped = self._wrapped_keys()
         if wrapped:
-            restricted = [with_record(m, n, subset(r, wrapped))
-                          for m, n, r in zip(valid, names, received, strict=True)]
+            restricted = [with_record(m, n, subset(r, wrapped)) for m, n, r in zip(valid, names, received, strict=True)]
             aggregated, metrics = self.strategy.aggregate_train(server_round, restricted)
         else:  # average nothing: no arrays to aggregate, metrics as FedAvg does
             aggregated, metrics = None, self._aggregate_metrics(valid)
@@ -339,7 +367,8 @@ class LayerSelective(StrategyWrapper):
                 raise FedlayerError(
                     f"the train reply of client {client_label(reply)} lacks keys {missing}: with "
                     f"personal='{self.personal}' a client replies with "
-                    + ("its full model" if self.personal == "server" else "the keys listed in 'average-keys'"))
+                    + ("its full model" if self.personal == "server" else "the keys listed in 'average-keys'")
+                )
 
     def _remember(self, replies: list[Message], received: list[ArrayRecord], chosen: list[str]) -> None:
         """Keep what each client now holds: its personal layers (server mode) or that it holds them."""
@@ -356,8 +385,9 @@ class LayerSelective(StrategyWrapper):
             for key in averaged & set(state.keys()):
                 del state[key]
 
-    def _new_global(self, replies: list[Message], received: list[ArrayRecord], chosen: list[str],
-                    aggregated: ArrayRecord | None) -> ArrayRecord:
+    def _new_global(
+        self, replies: list[Message], received: list[ArrayRecord], chosen: list[str], aggregated: ArrayRecord | None
+    ) -> ArrayRecord:
         assert self._global is not None
         averaged, weights, out = set(chosen), self._weights(replies), ArrayRecord()
         for key in self.model_keys:
@@ -401,13 +431,25 @@ class LayerSelective(StrategyWrapper):
         return preferred
 
     def summary(self) -> None:
-        log(INFO, "\t├──> %s: average %r (%d of %d keys), personal layers kept by the %s, train mode %s",
-            type(self).__name__, self.average, len(self.average_keys), len(self.model_keys), self.personal,
-            self.train_mode)
+        log(
+            INFO,
+            "\t├──> %s: average %r (%d of %d keys), personal layers kept by the %s, train mode %s",
+            type(self).__name__,
+            self.average,
+            len(self.average_keys),
+            len(self.model_keys),
+            self.personal,
+            self.train_mode,
+        )
         self.strategy.summary()
 
 
 def _log_errors(phase: str, errors: list[Message]) -> None:
     for message in errors:
-        log(WARNING, "%s: dropped the error reply of node %d: %s", phase, message.metadata.src_node_id,
-            message.error.reason)
+        log(
+            WARNING,
+            "%s: dropped the error reply of node %d: %s",
+            phase,
+            message.metadata.src_node_id,
+            message.error.reason,
+        )

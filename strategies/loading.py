@@ -25,8 +25,11 @@ FORMS = "'module:Class', 'path/to/file.py:Class' or a Flower strategy name"
 def stock_strategies() -> dict[str, type[Strategy]]:
     """Flower's own Message-API strategies by class name (FedAvg, FedAdam, FedProx, ...)."""
     found = {name: getattr(flower_strategies, name) for name in flower_strategies.__all__}
-    return {name: cls for name, cls in found.items()
-            if inspect.isclass(cls) and issubclass(cls, Strategy) and cls is not Strategy}
+    return {
+        name: cls
+        for name, cls in found.items()
+        if inspect.isclass(cls) and issubclass(cls, Strategy) and cls is not Strategy
+    }
 
 
 def load_strategy_class(class_path: str) -> type[Strategy]:
@@ -41,14 +44,19 @@ def load_strategy_class(class_path: str) -> type[Strategy]:
         raise FedlayerError(f"bad strategy class path {class_path!r}; expected {FORMS}")
     module = _load_module(module_name)
     cls = getattr(module, class_name, None)
-    candidates = sorted(name for name, obj in vars(module).items()
-                        if inspect.isclass(obj) and issubclass(obj, Strategy) and obj is not Strategy)
+    candidates = sorted(
+        name
+        for name, obj in vars(module).items()
+        if inspect.isclass(obj) and issubclass(obj, Strategy) and obj is not Strategy
+    )
     if cls is None:
         raise FedlayerError(choices_message(f"class in {module_name}", class_name, candidates or ["(none)"]))
     if not (inspect.isclass(cls) and issubclass(cls, Strategy)):
-        raise FedlayerError(f"{class_path} is not a flwr.serverapp.strategy.Strategy subclass (the Message API; "
-                            f"legacy flwr.server.strategy classes are not supported); Strategy classes in "
-                            f"{module_name}: {', '.join(candidates) or '(none)'}")
+        raise FedlayerError(
+            f"{class_path} is not a flwr.serverapp.strategy.Strategy subclass (the Message API; "
+            f"legacy flwr.server.strategy classes are not supported); Strategy classes in "
+            f"{module_name}: {', '.join(candidates) or '(none)'}"
+        )
     if inspect.isabstract(cls):
         missing = ", ".join(sorted(cls.__abstractmethods__))
         raise FedlayerError(f"{class_path} is abstract: it does not implement {missing}")
@@ -74,12 +82,14 @@ def _load_module(name: str) -> ModuleType:
     try:
         return importlib.import_module(name)
     except ImportError as exc:
-        raise FedlayerError(f"cannot import strategy module {name!r}: {exc} (it must be importable, "
-                            f"or give a file path ending in .py)") from exc
+        raise FedlayerError(
+            f"cannot import strategy module {name!r}: {exc} (it must be importable, or give a file path ending in .py)"
+        ) from exc
 
 
-def instantiate_strategy(cls: type[Strategy], kwargs: dict[str, Any] | None = None,
-                         defaults: dict[str, Any] | None = None) -> Strategy:
+def instantiate_strategy(
+    cls: type[Strategy], kwargs: dict[str, Any] | None = None, defaults: dict[str, Any] | None = None
+) -> Strategy:
     """`cls(**defaults, **kwargs)`; a bad keyword names the parameters the class accepts.
 
     `kwargs` (the user's) must all be accepted. `defaults` (what an app sets, e.g. sampling sizes) are
@@ -88,13 +98,17 @@ def instantiate_strategy(cls: type[Strategy], kwargs: dict[str, Any] | None = No
     kwargs, defaults = dict(kwargs or {}), dict(defaults or {})
     params = inspect.signature(cls).parameters
     any_keyword = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-    accepted = [name for name, p in params.items()
-                if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)]
+    accepted = [
+        name
+        for name, p in params.items()
+        if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    ]
     accepted_text = ", ".join(accepted) or "(none)"
     unknown = [key for key in kwargs if key not in accepted]
     if unknown and not any_keyword:
-        raise FedlayerError(f"unknown keyword argument(s) {', '.join(unknown)} for {cls.__name__}; "
-                            f"valid choices: {accepted_text}")
+        raise FedlayerError(
+            f"unknown keyword argument(s) {', '.join(unknown)} for {cls.__name__}; valid choices: {accepted_text}"
+        )
     clash = sorted(set(kwargs) & set(defaults))
     if clash:
         raise FedlayerError(f"strategy kwargs set {', '.join(clash)}, which the app sets itself; remove them")
@@ -102,5 +116,6 @@ def instantiate_strategy(cls: type[Strategy], kwargs: dict[str, Any] | None = No
     try:
         return cls(**merged)
     except TypeError as exc:
-        raise FedlayerError(f"cannot build {cls.__name__} with {merged}: {exc}; accepted parameters: "
-                            f"{accepted_text}") from exc
+        raise FedlayerError(
+            f"cannot build {cls.__name__} with {merged}: {exc}; accepted parameters: {accepted_text}"
+        ) from exc

@@ -28,20 +28,25 @@ class Observed(StrategyWrapper):
     then aggregates the same replies in that order, errored ones last.
     """
 
-    def __init__(self, strategy: Strategy, on_train: OnTrain | None = None,
-                 on_evaluate: OnEvaluate | None = None) -> None:
+    def __init__(
+        self, strategy: Strategy, on_train: OnTrain | None = None, on_evaluate: OnEvaluate | None = None
+    ) -> None:
         super().__init__(strategy)
         self.on_train = on_train
         self.on_evaluate = on_evaluate
         self.global_arrays: ArrayRecord | None = None
 
-    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                        grid: Grid) -> Iterable[Message]:
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
         self.global_arrays = arrays
         return super().configure_train(server_round, arrays, config, grid)
 
-    def aggregate_train(self, server_round: int, replies: Iterable[Message],
-                        ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+    def aggregate_train(
+        self,
+        server_round: int,
+        replies: Iterable[Message],
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         valid, errors = split_replies(replies)
         if self.on_train is not None:
             self.on_train(server_round, valid, self.global_arrays)

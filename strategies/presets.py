@@ -33,22 +33,48 @@ class Preset:
             raise FedlayerError(f"preset {self.name!r}: train mode {self.train_mode!r} is not one of {TRAIN_MODES}")
 
 
-PRESETS: dict[str, Preset] = {p.name: p for p in (
-    Preset("fedavg", "all", description="average every layer (McMahan et al., 2017)"),
-    Preset("local", "none", description="average nothing: every client trains alone (never-averaged clients)"),
-    Preset("fedper", "body", description="average the body; the classifier head stays personal "
-                                         "(Arivazhagan et al., 2019)"),
-    Preset("lg-fedavg", "head", description="average the head; the body (local representations) stays "
-                                            "personal (Liang et al., 2020)"),
-    Preset("fedbn", "all,-norm", description="average all but the normalisation layers, which stay personal "
-                                             "(Li et al., 2021)"),
-    Preset("fedrep", "body", "fedrep", "average the body; clients train the personal head with the body "
-                                       "frozen, then the body (Collins et al., 2021)"),
-    Preset("fedbabu", "body", "fedbabu", "average the body; the head stays frozen at its initialisation "
-                                         "during federation (Oh et al., 2022)"),
-    Preset("barrier-aware", "all", description="average, each round, only the layers whose measured barrier "
-                                               "between clients is below the threshold", barrier_aware=True),
-)}
+PRESETS: dict[str, Preset] = {
+    p.name: p
+    for p in (
+        Preset("fedavg", "all", description="average every layer (McMahan et al., 2017)"),
+        Preset("local", "none", description="average nothing: every client trains alone (never-averaged clients)"),
+        Preset(
+            "fedper",
+            "body",
+            description="average the body; the classifier head stays personal (Arivazhagan et al., 2019)",
+        ),
+        Preset(
+            "lg-fedavg",
+            "head",
+            description="average the head; the body (local representations) stays personal (Liang et al., 2020)",
+        ),
+        Preset(
+            "fedbn",
+            "all,-norm",
+            description="average all but the normalisation layers, which stay personal (Li et al., 2021)",
+        ),
+        Preset(
+            "fedrep",
+            "body",
+            "fedrep",
+            "average the body; clients train the personal head with the body "
+            "frozen, then the body (Collins et al., 2021)",
+        ),
+        Preset(
+            "fedbabu",
+            "body",
+            "fedbabu",
+            "average the body; the head stays frozen at its initialisation during federation (Oh et al., 2022)",
+        ),
+        Preset(
+            "barrier-aware",
+            "all",
+            description="average, each round, only the layers whose measured barrier "
+            "between clients is below the threshold",
+            barrier_aware=True,
+        ),
+    )
+}
 
 
 def get_preset(name: str) -> Preset:
@@ -58,10 +84,18 @@ def get_preset(name: str) -> Preset:
     return Preset(name, name, description=f"average the layers selected by {name!r}")
 
 
-def build_strategy(name: str | None = None, class_path: str | None = None, kwargs: dict[str, Any] | None = None,
-                   average: str | Sequence[str] | None = None, personal: str = "server",
-                   layers: LayerSource | None = None, *, measure: Measure | None = None, threshold: float = 0.1,
-                   **flower_kwargs: Any) -> LayerSelective:
+def build_strategy(
+    name: str | None = None,
+    class_path: str | None = None,
+    kwargs: dict[str, Any] | None = None,
+    average: str | Sequence[str] | None = None,
+    personal: str = "server",
+    layers: LayerSource | None = None,
+    *,
+    measure: Measure | None = None,
+    threshold: float = 0.1,
+    **flower_kwargs: Any,
+) -> LayerSelective:
     """Build the Flower strategy `class_path` (default FedAvg) and wrap it for the preset `name`.
 
     `kwargs` are the user's constructor arguments (all must be accepted); `flower_kwargs` are the app's
@@ -82,7 +116,7 @@ def build_strategy(name: str | None = None, class_path: str | None = None, kwarg
     else:
         strategy = LayerSelective(inner, selector, personal=personal, train_mode=preset.train_mode)
     if preset.name not in PRESETS and not average:
-        strategy.selector_hint = (f"{preset.name!r} is not a preset either; presets: {', '.join(PRESETS)}")
+        strategy.selector_hint = f"{preset.name!r} is not a preset either; presets: {', '.join(PRESETS)}"
     strategy.preset = preset
     if layers is not None:
         strategy.resolve(layers)

@@ -76,8 +76,15 @@ class SeededGrid(Grid):
     `sample_size("evaluate")` (FedAvg waits for `min_available_nodes` among the nodes offered).
     """
 
-    def __init__(self, grid: Grid, seed: int, fraction: float, partition_of: Mapping[int, int], *,
-                 fraction_evaluate: float | None = None) -> None:
+    def __init__(
+        self,
+        grid: Grid,
+        seed: int,
+        fraction: float,
+        partition_of: Mapping[int, int],
+        *,
+        fraction_evaluate: float | None = None,
+    ) -> None:
         self.grid = grid
         self.seed = seed
         self.fraction = fraction
@@ -110,8 +117,10 @@ class SeededGrid(Grid):
 
     def get_node_ids(self) -> list[int]:
         if self.server_round < 1:
-            raise FedlayerError("SeededGrid has no round yet: call set_round(round, phase) before sampling "
-                                "(fedlayer's strategy wrappers do it in configure_train/configure_evaluate)")
+            raise FedlayerError(
+                "SeededGrid has no round yet: call set_round(round, phase) before sampling "
+                "(fedlayer's strategy wrappers do it in configure_train/configure_evaluate)"
+            )
         return [self.node_of[pid] for pid in self.sample(self.server_round, self.phase)]
 
     # everything else is the wrapped grid's
@@ -122,8 +131,9 @@ class SeededGrid(Grid):
     def run(self):
         return self.grid.run
 
-    def create_message(self, content: RecordDict, message_type: str, dst_node_id: int, group_id: str,
-                       ttl: float | None = None) -> Message:
+    def create_message(
+        self, content: RecordDict, message_type: str, dst_node_id: int, group_id: str, ttl: float | None = None
+    ) -> Message:
         return self.grid.create_message(content, message_type, dst_node_id, group_id, ttl)
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
@@ -132,13 +142,16 @@ class SeededGrid(Grid):
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
         return self.grid.pull_messages(message_ids)
 
-    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None,
-                         ) -> Iterable[Message]:
+    def send_and_receive(
+        self,
+        messages: Iterable[Message],
+        *,
+        timeout: float | None = None,
+    ) -> Iterable[Message]:
         return self.grid.send_and_receive(messages, timeout=timeout)
 
 
-def query_partitions(grid: Grid, expected: int, *, timeout: float = 120.0,
-                     poll: float = 0.5) -> dict[int, int]:
+def query_partitions(grid: Grid, expected: int, *, timeout: float = 120.0, poll: float = 0.5) -> dict[int, int]:
     """{node id: partition id} of all connected clients, asked once with a QUERY message.
 
     Waits until `expected` nodes are connected (simulated nodes register while the ServerApp starts).
@@ -157,8 +170,10 @@ def query_partitions(grid: Grid, expected: int, *, timeout: float = 120.0,
     mapping = {m.metadata.src_node_id: partition_of(m) for m in valid}
     unnamed = sorted(node for node, pid in mapping.items() if pid is None)
     if unnamed:
-        raise FedlayerError(f"nodes {unnamed} did not name their partition: a client must answer a query "
-                            f"message with ConfigRecord({{'{PARTITION_KEY}': pid}}) under '{CLIENT_RECORD}'")
+        raise FedlayerError(
+            f"nodes {unnamed} did not name their partition: a client must answer a query "
+            f"message with ConfigRecord({{'{PARTITION_KEY}': pid}}) under '{CLIENT_RECORD}'"
+        )
     if len(set(mapping.values())) != len(mapping):
         raise FedlayerError(f"two clients claim the same partition id: {mapping}")
     return mapping

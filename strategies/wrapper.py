@@ -25,8 +25,10 @@ class StrategyWrapper(Strategy):
 
     def __init__(self, strategy: Strategy) -> None:
         if not isinstance(strategy, Strategy):
-            raise FedlayerError(f"{type(self).__name__} wraps a flwr.serverapp.strategy.Strategy (Message API), "
-                                f"got {type(strategy).__name__}")
+            raise FedlayerError(
+                f"{type(self).__name__} wraps a flwr.serverapp.strategy.Strategy (Message API), "
+                f"got {type(strategy).__name__}"
+            )
         self.strategy = strategy
 
     def __getattr__(self, name: str):
@@ -34,17 +36,22 @@ class StrategyWrapper(Strategy):
             raise AttributeError(name)
         return getattr(self.strategy, name)
 
-    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                        grid: Grid) -> Iterable[Message]:
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
         _enter_round(grid, server_round, "train")
         return self.strategy.configure_train(server_round, arrays, config, grid)
 
-    def aggregate_train(self, server_round: int, replies: Iterable[Message],
-                        ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+    def aggregate_train(
+        self,
+        server_round: int,
+        replies: Iterable[Message],
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         return self.strategy.aggregate_train(server_round, replies)
 
-    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                           grid: Grid) -> Iterable[Message]:
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
         _enter_round(grid, server_round, "evaluate")
         return self.strategy.configure_evaluate(server_round, arrays, config, grid)
 

@@ -43,9 +43,15 @@ class InProcessGrid(Grid):
     `delivered` and `replies` log every instruction as a client received it and every reply.
     """
 
-    def __init__(self, client_app: ClientApp | Callable[[Message, Context], Message], num_nodes: int, *,
-                 run_config: dict | None = None, node_seed: int | None = None,
-                 shuffle_seed: int | None = None) -> None:
+    def __init__(
+        self,
+        client_app: ClientApp | Callable[[Message, Context], Message],
+        num_nodes: int,
+        *,
+        run_config: dict | None = None,
+        node_seed: int | None = None,
+        shuffle_seed: int | None = None,
+    ) -> None:
         rng = random.Random(node_seed) if node_seed is not None else random.SystemRandom()
         node_ids: list[int] = []
         while len(node_ids) < num_nodes:
@@ -55,9 +61,13 @@ class InProcessGrid(Grid):
         self._run = Run.create_empty(run_id=rng.getrandbits(63))
         self.client_app = client_app
         self.contexts = {
-            node: Context(run_id=self._run.run_id, node_id=node,
-                          node_config={"partition-id": pid, "num-partitions": num_nodes},
-                          state=RecordDict(), run_config=dict(run_config or {}))
+            node: Context(
+                run_id=self._run.run_id,
+                node_id=node,
+                node_config={"partition-id": pid, "num-partitions": num_nodes},
+                state=RecordDict(),
+                run_config=dict(run_config or {}),
+            )
             for pid, node in enumerate(node_ids)
         }
         self.delivered: list[Message] = []
@@ -87,8 +97,9 @@ class InProcessGrid(Grid):
     def run(self) -> Run:
         return self._run
 
-    def create_message(self, content: RecordDict, message_type: str, dst_node_id: int, group_id: str,
-                       ttl: float | None = None) -> Message:
+    def create_message(
+        self, content: RecordDict, message_type: str, dst_node_id: int, group_id: str, ttl: float | None = None
+    ) -> Message:
         return Message(content, dst_node_id, message_type, ttl=ttl, group_id=group_id)
 
     def get_node_ids(self) -> set[int]:
@@ -162,6 +173,7 @@ def digits() -> tuple[torch.Tensor, torch.Tensor]:
     data = load_digits()
     return torch.tensor(data.data / 16.0, dtype=torch.float32), torch.tensor(data.target, dtype=torch.int64)
 
+
 PERSONAL_STATE = "personal"
 
 
@@ -181,8 +193,16 @@ class ProtocolClient:
     `loaded`, `trained`, `configs` and `evaluated` are keyed by (partition id, server round).
     """
 
-    def __init__(self, model_fn: Callable[[], nn.Module], x: torch.Tensor, y: torch.Tensor, *,
-                 lr: float = 0.1, batch: int = 64, name_partition: bool = True) -> None:
+    def __init__(
+        self,
+        model_fn: Callable[[], nn.Module],
+        x: torch.Tensor,
+        y: torch.Tensor,
+        *,
+        lr: float = 0.1,
+        batch: int = 64,
+        name_partition: bool = True,
+    ) -> None:
         self.model_fn, self.x, self.y, self.lr, self.batch = model_fn, x, y, lr, batch
         self.name_partition = name_partition
         self.loaded: dict[tuple[int, int], dict[str, np.ndarray]] = {}

@@ -49,9 +49,19 @@ def test_malformed_toml_is_a_clear_error(tmp_path, capsys, text):
 
 
 @FAST
-@given(key=st.sampled_from(["federation.rounds", "federation.clients", "federation.batch_size",
-                            "federation.local_epochs", "analysis.samples", "analysis.alphas"]),
-       value=st.integers(max_value=0))
+@given(
+    key=st.sampled_from(
+        [
+            "federation.rounds",
+            "federation.clients",
+            "federation.batch_size",
+            "federation.local_epochs",
+            "analysis.samples",
+            "analysis.alphas",
+        ]
+    ),
+    value=st.integers(max_value=0),
+)
 def test_zero_or_negative_counts(tmp_path, capsys, key, value):
     out = tmp_path / "out"
     path = tmp_path / "exp.toml"
@@ -62,14 +72,24 @@ def test_zero_or_negative_counts(tmp_path, capsys, key, value):
 
 
 @FAST
-@given(key=st.sampled_from(["federation.lr", "data.alpha", "federation.fraction", "seed", "model.name",
-                            "output.checkpoints", "analysis.groups"]),
-       value=st.sampled_from(['"text"', "true", "[1, 2]", "{a = 1}", "-1.5"]))
+@given(
+    key=st.sampled_from(
+        [
+            "federation.lr",
+            "data.alpha",
+            "federation.fraction",
+            "seed",
+            "model.name",
+            "output.checkpoints",
+            "analysis.groups",
+        ]
+    ),
+    value=st.sampled_from(['"text"', "true", "[1, 2]", "{a = 1}", "-1.5"]),
+)
 def test_wrong_types(tmp_path, capsys, key, value):
     path = tmp_path / "exp.toml"
     path.write_text("")
-    code, output = run_cli(["partitions", str(path), "--out", str(tmp_path / "o"), "--set", f"{key}={value}"],
-                           capsys)
+    code, output = run_cli(["partitions", str(path), "--out", str(tmp_path / "o"), "--set", f"{key}={value}"], capsys)
     if code == 0:  # a value that is valid for that key (a string is a valid list of groups)
         return
     assert_clean_failure(code, output, f"'{key}'")
@@ -81,8 +101,22 @@ def test_unknown_keys_list_the_valid_ones(tmp_path, capsys, key):
     path = tmp_path / "exp.toml"
     path.write_text(f"[federation]\n{key} = 1\n")
     code, output = run_cli(["partitions", str(path), "--out", str(tmp_path / "o")], capsys)
-    if key in {"clients", "rounds", "fraction", "min_clients", "local_epochs", "batch_size", "optimizer", "lr",
-               "momentum", "weight_decay", "proximal_mu", "head_epochs", "timeout", "fault_probability"}:
+    if key in {
+        "clients",
+        "rounds",
+        "fraction",
+        "min_clients",
+        "local_epochs",
+        "batch_size",
+        "optimizer",
+        "lr",
+        "momentum",
+        "weight_decay",
+        "proximal_mu",
+        "head_epochs",
+        "timeout",
+        "fault_probability",
+    }:
         return
     assert_clean_failure(code, output, f"unknown config key 'federation.{key}'", "valid keys in [federation]")
 
@@ -109,8 +143,19 @@ def test_selector_matching_nothing(config, capsys, tmp_path):
 def test_dataset_missing_offline(config, capsys, tmp_path, monkeypatch):
     monkeypatch.delenv("FEDLAYER_DATA", raising=False)
     out = tmp_path / "o"
-    code, output = run_cli(["run", str(config), "--set", "data.dataset=cifar10", "--set",
-                            f"data.data_dir={tmp_path / 'nothing'}", "--out", str(out)], capsys)
+    code, output = run_cli(
+        [
+            "run",
+            str(config),
+            "--set",
+            "data.dataset=cifar10",
+            "--set",
+            f"data.data_dir={tmp_path / 'nothing'}",
+            "--out",
+            str(out),
+        ],
+        capsys,
+    )
     assert_clean_failure(code, output, "cifar10")
     assert not out.exists()
 
@@ -126,8 +171,9 @@ def checkpoints(tmp_path):
 
 def test_checkpoint_of_another_model(checkpoints, capsys, tmp_path):
     a, b = checkpoints
-    code, output = run_cli(["barrier", str(a), str(b), "--model", "cnn", "--dataset", "digits",
-                            "--out", str(tmp_path / "o")], capsys)
+    code, output = run_cli(
+        ["barrier", str(a), str(b), "--model", "cnn", "--dataset", "digits", "--out", str(tmp_path / "o")], capsys
+    )
     assert_clean_failure(code, output, "conv1")
 
 
@@ -138,8 +184,9 @@ def test_truncated_or_corrupt_safetensors(checkpoints, capsys, tmp_path, cut):
     bad = tmp_path / "bad.safetensors"
     data = a.read_bytes()
     bad.write_bytes(data[:cut] if cut < 200 else data[:cut] + b"\x00garbage")
-    code, output = run_cli(["barrier", str(bad), str(b), "--model", "mlp", "--dataset", "digits",
-                            "--out", str(tmp_path / "o")], capsys)
+    code, output = run_cli(
+        ["barrier", str(bad), str(b), "--model", "mlp", "--dataset", "digits", "--out", str(tmp_path / "o")], capsys
+    )
     assert_clean_failure(code, output, "bad.safetensors")
 
 

@@ -30,8 +30,14 @@ SMALL = [
 
 
 def test_bench_simulation_summary_uses_rounds_after_the_first_and_the_mean_baseline():
-    m = Measured(flower_startup=15.0, plain_startups=(5.0, 4.0), flower=[9.0, 6.0, 7.0, 6.5],
-                 analysis=[1.0, 1.5, 1.0, 1.5], plain_before=[8.0, 6.0, 5.0, 6.0], plain_after=[9.0, 5.0, 6.0, 6.0])
+    m = Measured(
+        flower_startup=15.0,
+        plain_startups=(5.0, 4.0),
+        flower=[9.0, 6.0, 7.0, 6.5],
+        analysis=[1.0, 1.5, 1.0, 1.5],
+        plain_before=[8.0, 6.0, 5.0, 6.0],
+        plain_after=[9.0, 5.0, 6.0, 6.0],
+    )
     assert m.plain == [8.5, 5.5, 5.5, 6.0]
     assert m.ratio == pytest.approx(6.5 / 5.5)
     assert m.analysis_share == pytest.approx(statistics.median([1.5 / 7.5, 1.0 / 8.0, 1.5 / 8.0]))

@@ -75,8 +75,10 @@ def test_same_averaged_layers_under_another_name_give_identical_results(compared
     pd.testing.assert_frame_equal(fedavg, every_layer)
     for seed in (0, 1):
         for name in ("metrics", "barriers"):
-            pd.testing.assert_frame_equal(pd.read_parquet(run_path(out, "fedavg", seed) / f"{name}.parquet"),
-                                          pd.read_parquet(run_path(out, "first:4", seed) / f"{name}.parquet"))
+            pd.testing.assert_frame_equal(
+                pd.read_parquet(run_path(out, "fedavg", seed) / f"{name}.parquet"),
+                pd.read_parquet(run_path(out, "first:4", seed) / f"{name}.parquet"),
+            )
 
 
 def test_seeds_and_strategies_differ_where_they_should(compared):

@@ -27,7 +27,9 @@ def test_defaults_are_valid_and_round_trip_through_toml(tmp_path):
 
 
 def test_sections_and_overrides(tmp_path):
-    path = write(tmp_path, """
+    path = write(
+        tmp_path,
+        """
 seed = 7
 [data]
 dataset = "fashion-mnist"
@@ -37,9 +39,11 @@ clients = 4
 [strategy]
 class = "flwr.serverapp.strategy:FedAdam"
 kwargs = { eta = 0.01 }
-""")
-    cfg = load_config(path, ["federation.rounds=9", "analysis.groups=layers,shallow", "strategy.average=body",
-                             "data.dataset=digits"])
+""",
+    )
+    cfg = load_config(
+        path, ["federation.rounds=9", "analysis.groups=layers,shallow", "strategy.average=body", "data.dataset=digits"]
+    )
     assert cfg.seed == 7 and cfg.data.alpha == 0.1 and cfg.federation.clients == 4
     assert cfg.federation.rounds == 9
     assert cfg.analysis.groups == ["layers", "shallow"]

@@ -44,8 +44,10 @@ def all_cores():
     torch.set_num_threads(threads)
 
 
-@pytest.mark.parametrize(("norm", "bn", "groups"), [("none", "interpolate", ["layers", "full"]),
-                                                    ("bn", "recompute", ["full", "first:2", "last:2"])])
+@pytest.mark.parametrize(
+    ("norm", "bn", "groups"),
+    [("none", "interpolate", ["layers", "full"]), ("bn", "recompute", ["full", "first:2", "last:2"])],
+)
 def test_engine_on_cuda_gives_the_cpu_curves(norm, bn, groups):
     model, (state_a, state_b) = _pair("resnet18", (3, 32, 32), norm)
     generator = torch.Generator().manual_seed(2)
@@ -73,8 +75,9 @@ def test_a_clients_training_and_evaluation_on_cuda_track_the_cpus():
     results = {}
     for device in ("cpu", "cuda"):
         model = copy.deepcopy(initial).to(device)
-        train = train_local(model, data.train_x, data.train_y, settings, generator=seed_everything(0, 1, 1),
-                            device=device)
+        train = train_local(
+            model, data.train_x, data.train_y, settings, generator=seed_everything(0, 1, 1), device=device
+        )
         test = evaluate(model, data.test_x, data.test_y, device=device)
         results[device] = (train, test, {k: v.cpu() for k, v in model.state_dict().items()})
     (cpu_train, cpu_test, _), (gpu_train, gpu_test, gpu_state) = results["cpu"], results["cuda"]

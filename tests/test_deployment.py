@@ -42,10 +42,17 @@ def _load(path: Path) -> x509.Certificate:
 
 def test_certs_command_writes_a_ca_a_server_certificate_and_supernode_keys(tmp_path, capsys):
     out = tmp_path / "certs"
-    assert main(["certs", str(out), "--host", "10.1.2.3", "--host", "myserver.example",
-                 "--supernode-keys", "2"]) == 0
-    expected = {"ca.crt", "ca.key", "server.pem", "server.key",
-                "supernode-0", "supernode-0.pub", "supernode-1", "supernode-1.pub"}
+    assert main(["certs", str(out), "--host", "10.1.2.3", "--host", "myserver.example", "--supernode-keys", "2"]) == 0
+    expected = {
+        "ca.crt",
+        "ca.key",
+        "server.pem",
+        "server.key",
+        "supernode-0",
+        "supernode-0.pub",
+        "supernode-1",
+        "supernode-1.pub",
+    }
     assert {p.name for p in out.iterdir()} == expected
     assert "server.pem" in capsys.readouterr().out
 
@@ -121,8 +128,14 @@ class Processes:
         home = self.home / (home or name)
         home.mkdir(parents=True, exist_ok=True)
         with open(self.logs / f"{name}.log", "wb") as log:
-            proc = subprocess.Popen(args, env={**self.env, "FLWR_HOME": str(home)}, stdin=subprocess.DEVNULL,
-                                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            proc = subprocess.Popen(
+                args,
+                env={**self.env, "FLWR_HOME": str(home)},
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         self.started[name] = proc
         return proc
 
@@ -174,8 +187,7 @@ class Processes:
     def stop(self, grace: float = 10.0) -> None:
         self._signal_all(signal.SIGTERM)
         deadline = time.monotonic() + grace
-        while time.monotonic() < deadline and (self._strays() or any(p.poll() is None
-                                                                         for p in self.started.values())):
+        while time.monotonic() < deadline and (self._strays() or any(p.poll() is None for p in self.started.values())):
             time.sleep(0.2)
         self._signal_all(signal.SIGKILL)
         for proc in self.started.values():
@@ -185,10 +197,17 @@ class Processes:
 
 @pytest.fixture
 def processes(tmp_path):
-    env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1",
-           "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1", "HF_HUB_OFFLINE": "1",
-           "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1", "FLWR_LOG_LEVEL": "INFO",
-           "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    env = {
+        **os.environ,
+        "FLWR_TELEMETRY_ENABLED": "0",
+        "FLWR_DISABLE_UPDATE_CHECK": "1",
+        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "OMP_NUM_THREADS": "1",
+        "FLWR_LOG_LEVEL": "INFO",
+        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+    }
     procs = Processes(tmp_path / "flwr-home", tmp_path / "logs", env)
     try:
         yield procs
@@ -201,11 +220,22 @@ def processes(tmp_path):
 def test_superlink_and_two_supernodes_over_tls_with_supernode_auth_run_the_app(tmp_path, processes):
     certs = make_certificates(tmp_path / "certs", supernode_keys=2)
     link_port, *node_ports = _free_ports(3)
-    processes.start("superlink", [
-        str(BIN / "flower-superlink"), "--port", str(link_port), "--ssl-ca-certfile", str(certs.ca_cert),
-        "--ssl-certfile", str(certs.server_cert), "--ssl-keyfile", str(certs.server_key),
-        "--enable-supernode-auth", "--disable-runtime-dependency-installation",
-    ])
+    processes.start(
+        "superlink",
+        [
+            str(BIN / "flower-superlink"),
+            "--port",
+            str(link_port),
+            "--ssl-ca-certfile",
+            str(certs.ca_cert),
+            "--ssl-certfile",
+            str(certs.server_cert),
+            "--ssl-keyfile",
+            str(certs.server_key),
+            "--enable-supernode-auth",
+            "--disable-runtime-dependency-installation",
+        ],
+    )
     cli_home = processes.home / "cli"
     cli_home.mkdir(parents=True)
     (cli_home / "config.toml").write_text(
@@ -215,28 +245,40 @@ def test_superlink_and_two_supernodes_over_tls_with_supernode_auth_run_the_app(t
     processes.wait_for_port("superlink", link_port, timeout=90)
 
     for k, (_, public) in enumerate(certs.supernode_keys):  # only registered keys may connect
-        processes.start(f"register-{k}", [str(BIN / "flwr"), "supernode", "register", str(public), "deploy"],
-                        home="cli")
+        processes.start(
+            f"register-{k}", [str(BIN / "flwr"), "supernode", "register", str(public), "deploy"], home="cli"
+        )
     for k in range(2):
         processes.wait(f"register-{k}", timeout=90, daemons=("superlink",))
     for k, ((private, _), port) in enumerate(zip(certs.supernode_keys, node_ports, strict=True)):
-        processes.start(f"supernode-{k}", [
-            str(BIN / "flower-supernode"), "--superlink", f"127.0.0.1:{link_port}",
-            "--root-certificates", str(certs.ca_cert), "--auth-supernode-private-key", str(private),
-            "--node-config", f"partition-id={k} num-partitions=2", "--port", str(port),
-        ])
+        processes.start(
+            f"supernode-{k}",
+            [
+                str(BIN / "flower-supernode"),
+                "--superlink",
+                f"127.0.0.1:{link_port}",
+                "--root-certificates",
+                str(certs.ca_cert),
+                "--auth-supernode-private-key",
+                str(private),
+                "--node-config",
+                f"partition-id={k} num-partitions=2",
+                "--port",
+                str(port),
+            ],
+        )
 
     app = tmp_path / "app"
-    shutil.copytree(ROOT, app, ignore=shutil.ignore_patterns(".venv", ".git", "runs", "__pycache__",
-                                                             ".*cache"))
+    shutil.copytree(ROOT, app, ignore=shutil.ignore_patterns(".venv", ".git", "runs", "__pycache__", ".*cache"))
     out = tmp_path / "run"
     run_config = (
         "data.dataset='digits' model.name='mlp' federation.clients=2 federation.rounds=2 "
         "strategy.name='fedper' analysis.every=1 analysis.pairs=0 analysis.samples=64 "
         f"data.max_train_samples=0 data.max_test_samples=0 output.dir='{out}'"
     )
-    processes.start("flwr-run", [str(BIN / "flwr"), "run", str(app), "deploy", "--stream",
-                                 "--run-config", run_config], home="cli")
+    processes.start(
+        "flwr-run", [str(BIN / "flwr"), "run", str(app), "deploy", "--stream", "--run-config", run_config], home="cli"
+    )
     processes.wait("flwr-run", timeout=RUN_TIMEOUT_S, daemons=("superlink", "supernode-0", "supernode-1"))
     try:
         _assert_two_round_run(out)

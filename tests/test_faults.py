@@ -18,9 +18,17 @@ from fedlayer.errors import FedlayerError
 from fedlayer.server_app import FederatedRun
 
 BASE = [
-    "data.dataset=digits", "data.partition=dirichlet", "data.alpha=1.0", "model.name=mlp",
-    "federation.clients=4", "federation.rounds=2", "federation.batch_size=32", "federation.lr=0.1",
-    "analysis.every=0", "analysis.samples=64", "analysis.alphas=3",
+    "data.dataset=digits",
+    "data.partition=dirichlet",
+    "data.alpha=1.0",
+    "model.name=mlp",
+    "federation.clients=4",
+    "federation.rounds=2",
+    "federation.batch_size=32",
+    "federation.lr=0.1",
+    "analysis.every=0",
+    "analysis.samples=64",
+    "analysis.alphas=3",
 ]
 
 
@@ -64,8 +72,7 @@ def test_injected_faults_are_recorded_and_the_run_goes_on(tmp_path):
     expected = {(r, pid) for r in (1, 2) for pid in range(4) if injected_fault(0, pid, r, p)}
     assert 0 < len(expected) < 8  # the seeded faults hit some clients, not all
     metrics = metrics_of(run_with(tmp_path, f"federation.fault_probability={p}"))
-    assert list(metrics.columns) == ["round", "client", "split", "loss", "accuracy", "num_examples", "status",
-                                     "error"]
+    assert list(metrics.columns) == ["round", "client", "split", "loss", "accuracy", "num_examples", "status", "error"]
     train = metrics[metrics["split"] == "train"]
     failed = train[train["status"] == "failed"]
     assert {(r, int(c)) for r, c in zip(failed["round"], failed["client"], strict=True)} == expected
@@ -133,12 +140,15 @@ def wrong_dtype(arrays):
     arrays["fc3.bias"] = arrays["fc3.bias"].astype(np.float64)
 
 
-@pytest.mark.parametrize(("change", "reason"), [
-    (nan_update, "non-finite values (NaN or inf) in fc1.weight"),
-    (wrong_shape, "shape mismatch fc2.bias (3,)"),
-    (extra_key, "unexpected keys extra.weight"),
-    (wrong_dtype, "dtype mismatch fc3.bias float64 (model: float32)"),
-])
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        (nan_update, "non-finite values (NaN or inf) in fc1.weight"),
+        (wrong_shape, "shape mismatch fc2.bias (3,)"),
+        (extra_key, "unexpected keys extra.weight"),
+        (wrong_dtype, "dtype mismatch fc3.bias float64 (model: float32)"),
+    ],
+)
 def test_a_bad_update_is_rejected_and_not_averaged(tmp_path, change, reason):
     def client(message, context, app):
         reply = app(message, context)
@@ -178,5 +188,6 @@ def test_a_client_slower_than_the_timeout_is_recorded_as_a_timeout(tmp_path):
     run = run_with(tmp_path, "federation.timeout=2", client=client)
     rows = metrics_of(run).query("status != 'ok'")
     assert list(zip(rows["round"], rows["client"], rows["split"], rows["status"], strict=True)) == [
-        (1, "3", "train", "timeout")]
+        (1, "3", "train", "timeout")
+    ]
     assert "no reply within the round timeout of 2 s" in rows["error"].iloc[0]

@@ -14,8 +14,16 @@ from fedlayer.cli import main
 from fedlayer.config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
-SMALL = ["data.dataset=digits", "model.name=mlp", "federation.clients=3", "federation.rounds=2",
-         "data.max_train_samples=0", "data.max_test_samples=0", "analysis.pairs=0", "analysis.samples=64"]
+SMALL = [
+    "data.dataset=digits",
+    "model.name=mlp",
+    "federation.clients=3",
+    "federation.rounds=2",
+    "data.max_train_samples=0",
+    "data.max_test_samples=0",
+    "analysis.pairs=0",
+    "analysis.samples=64",
+]
 
 pytestmark = pytest.mark.slow
 
@@ -46,19 +54,42 @@ def test_flwr_run_runs_the_same_app(tmp_path):
     home = tmp_path / "flwr-home"
     home.mkdir()
     out = tmp_path / "flwr-out"
-    env = {**os.environ, "FLWR_HOME": str(home), "FLWR_TELEMETRY_ENABLED": "0",
-           "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1", "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": "39491",
-           "FLWR_LOCAL_CONTROL_API_PORT": "39492", "PATH": f"{flwr.parent}{os.pathsep}{os.environ['PATH']}"}
+    env = {
+        **os.environ,
+        "FLWR_HOME": str(home),
+        "FLWR_TELEMETRY_ENABLED": "0",
+        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+        "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": "39491",
+        "FLWR_LOCAL_CONTROL_API_PORT": "39492",
+        "PATH": f"{flwr.parent}{os.pathsep}{os.environ['PATH']}",
+    }
     app = tmp_path / "app"
     shutil.copytree(ROOT, app, ignore=shutil.ignore_patterns(".venv", ".git", "runs", "__pycache__", ".*cache"))
-    run_config = " ".join(f"{k}={v!r}" if isinstance(v, str) else f"{k}={str(v).lower()}"
-                          for k, v in load_config(None, SMALL).to_flat().items()
-                          if k in {s.split("=")[0] for s in SMALL}) + f" output.dir={str(out)!r}"
+    run_config = (
+        " ".join(
+            f"{k}={v!r}" if isinstance(v, str) else f"{k}={str(v).lower()}"
+            for k, v in load_config(None, SMALL).to_flat().items()
+            if k in {s.split("=")[0] for s in SMALL}
+        )
+        + f" output.dir={str(out)!r}"
+    )
     try:
         done = subprocess.run(
-            [str(flwr), "run", str(app), "local", "--stream", "--federation-config",
-             "num-supernodes=3 client-resources-num-cpus=1", "--run-config", run_config],
-            env=env, capture_output=True, text=True, timeout=420,
+            [
+                str(flwr),
+                "run",
+                str(app),
+                "local",
+                "--stream",
+                "--federation-config",
+                "num-supernodes=3 client-resources-num-cpus=1",
+                "--run-config",
+                run_config,
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=420,
         )
     finally:
         for pid in _superlink_pids(home):

@@ -264,9 +264,7 @@ def test_random_ordering_is_a_seeded_permutation(resnet_layers):
 
 
 def test_unknown_ordering_lists_the_choices(resnet_layers):
-    with pytest.raises(
-        FedlayerError, match="unknown layer ordering 'middle'.*shallow, deep, random, minimal"
-    ):
+    with pytest.raises(FedlayerError, match="unknown layer ordering 'middle'.*shallow, deep, random, minimal"):
         order_layers(resnet_layers, "middle")
 
 
@@ -325,10 +323,7 @@ def test_layers_cli_prints_the_table(capsys):
 
 
 def test_layers_cli_shows_what_a_selector_picks(capsys):
-    assert (
-        main(["layers", "--model", "resnet18", "--norm", "bn", "--dataset", "digits", "--select", "norm"])
-        == 0
-    )
+    assert main(["layers", "--model", "resnet18", "--norm", "bn", "--dataset", "digits", "--select", "norm"]) == 0
     out = capsys.readouterr().out
     assert "selector 'norm' picks 20 of 41 layers" in out
     assert "layer2.0.downsample.1" in out and "layer2.0.downsample.0" not in out

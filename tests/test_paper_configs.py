@@ -27,8 +27,13 @@ EXPERIMENTS = ("paper_single_layer", "paper_cumulative", "paper_deep_linear", "p
 CPU = {name: SIMULATIONS / f"{name}.toml" for name in EXPERIMENTS}
 SCALE = {name: SIMULATIONS / "paper_scale" / f"{name}.toml" for name in EXPERIMENTS}
 SMOKE = [  # one round on a few samples of the config's own dataset
-    "federation.rounds=1", "federation.local_epochs=1", "data.max_train_samples=120", "data.max_test_samples=64",
-    "analysis.every=1", "analysis.samples=16", "analysis.alphas=3",
+    "federation.rounds=1",
+    "federation.local_epochs=1",
+    "data.max_train_samples=120",
+    "data.max_test_samples=64",
+    "analysis.every=1",
+    "analysis.samples=16",
+    "analysis.alphas=3",
 ]
 
 

@@ -141,9 +141,7 @@ def _partitions() -> Partitions:
         train, test = np.sort(part[:80]), np.sort(part[80:])
         counts = np.bincount(rng.integers(0, 3 + c, size=len(part)), minlength=10)
         clients.append(ClientPartition(c, train, test, counts, np.zeros(10, dtype=np.int64)))
-    return Partitions(
-        "dirichlet", {"alpha": 0.5, "test_fraction": 0.2}, 0, 10, 300, clients, dataset="digits"
-    )
+    return Partitions("dirichlet", {"alpha": 0.5, "test_fraction": 0.2}, 0, 10, 300, clients, dataset="digits")
 
 
 def make_run(
@@ -176,14 +174,9 @@ def make_run(
         write_parquet(curves, path / "curves.parquet")
         write_parquet(barriers, path / "barriers.parquet")
     if choices:
-        barrier = {
-            (r, name): 0.03 * r * (i + 1) for r in range(1, ROUNDS + 1) for i, name in enumerate(LAYERS)
-        }
+        barrier = {(r, name): 0.03 * r * (i + 1) for r in range(1, ROUNDS + 1) for i, name in enumerate(LAYERS)}
         table = pd.DataFrame(
-            [
-                {"round": r, "layer": name, "barrier": b, "averaged": b < 0.1}
-                for (r, name), b in barrier.items()
-            ]
+            [{"round": r, "layer": name, "barrier": b, "averaged": b < 0.1} for (r, name), b in barrier.items()]
         )
         write_parquet(table, path / "choices.parquet")
     return path
@@ -192,9 +185,7 @@ def make_run(
 def make_comparison(path):
     rows = []
     """fedavg and fedper (its head fc2 kept on the clients, so never measured) x seeds 0 and 1."""
-    for (strategy, shift, hidden), seed in itertools.product(
-        (("fedavg", 0.0, ()), ("fedper", 0.05, ("fc2",))), (0, 1)
-    ):
+    for (strategy, shift, hidden), seed in itertools.product((("fedavg", 0.0, ()), ("fedper", 0.05, ("fc2",))), (0, 1)):
         run = make_run(
             path / "runs" / strategy / f"seed-{seed}",
             seed=seed,
@@ -319,9 +310,7 @@ def test_strategy_grids_average_seeds_and_keep_only_measured_layers(compare_dir)
     (fedavg, n_avg), (fedper, n_per) = grids["fedavg"], grids["fedper"]
     assert (n_avg, n_per) == (2, 2)
     assert list(fedavg.index) == [*LAYERS, FULL_ROW] and list(fedper.index) == LAYERS[:3]
-    seeds = [
-        barrier_grid(pd.read_parquet(compare_dir / f"runs/fedper/seed-{s}/barriers.parquet")) for s in (0, 1)
-    ]
+    seeds = [barrier_grid(pd.read_parquet(compare_dir / f"runs/fedper/seed-{s}/barriers.parquet")) for s in (0, 1)]
     assert fedper.loc["conv2", 3] == pytest.approx((seeds[0].loc["conv2", 3] + seeds[1].loc["conv2", 3]) / 2)
 
 

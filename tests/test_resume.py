@@ -27,9 +27,16 @@ from fedlayer.errors import FedlayerError
 from fedlayer.server_app import FederatedRun
 
 BASE = [
-    "data.dataset=digits", "data.partition=dirichlet", "data.alpha=1.0", "model.name=mlp",
-    "federation.clients=4", "federation.rounds=4", "federation.batch_size=32", "federation.lr=0.1",
-    "analysis.samples=64", "analysis.alphas=3",
+    "data.dataset=digits",
+    "data.partition=dirichlet",
+    "data.alpha=1.0",
+    "model.name=mlp",
+    "federation.clients=4",
+    "federation.rounds=4",
+    "federation.batch_size=32",
+    "federation.lr=0.1",
+    "analysis.samples=64",
+    "analysis.alphas=3",
 ]
 TABLES = ("metrics", "barriers", "curves", "choices")
 
@@ -81,11 +88,18 @@ def state_round(path: Path) -> int:
     return json.loads((path / "state.json").read_text())["round"]
 
 
-@pytest.mark.parametrize(("overrides", "crash", "at"), [
-    (["strategy.name=fedper", "federation.fraction=0.75", "federation.fault_probability=0.3"],
-     crash_after_commit, 2),
-    (["strategy.name=barrier-aware", "strategy.threshold=0.05", "analysis.every=2"], crash_before_commit, 3),
-], ids=["fedper-sampled-faulty", "barrier-aware"])
+@pytest.mark.parametrize(
+    ("overrides", "crash", "at"),
+    [
+        (
+            ["strategy.name=fedper", "federation.fraction=0.75", "federation.fault_probability=0.3"],
+            crash_after_commit,
+            2,
+        ),
+        (["strategy.name=barrier-aware", "strategy.threshold=0.05", "analysis.every=2"], crash_before_commit, 3),
+    ],
+    ids=["fedper-sampled-faulty", "barrier-aware"],
+)
 def test_a_resumed_run_ends_with_the_tables_of_an_uninterrupted_one(tmp_path, overrides, crash, at):
     cfg = load_config(None, [*BASE, *overrides])
     whole = FederatedRun.prepare(cfg, tmp_path / "whole")
@@ -104,8 +118,9 @@ def test_a_resumed_run_ends_with_the_tables_of_an_uninterrupted_one(tmp_path, ov
     assert state_round(tmp_path / "broken") == 4
     assert [p.name for p in (tmp_path / "broken" / "checkpoints").glob("round-*")] == ["round-4"]
     files = sorted(p.relative_to(tmp_path / "whole") for p in (tmp_path / "whole").glob("checkpoints/**/*.safetensors"))
-    assert files == sorted(p.relative_to(tmp_path / "broken")
-                           for p in (tmp_path / "broken").glob("checkpoints/**/*.safetensors"))
+    assert files == sorted(
+        p.relative_to(tmp_path / "broken") for p in (tmp_path / "broken").glob("checkpoints/**/*.safetensors")
+    )
     assert Path("checkpoints/round-4/global.safetensors") in files
     for name in files:
         a, b = load_checkpoint(tmp_path / "whole" / name), load_checkpoint(tmp_path / "broken" / name)
@@ -113,8 +128,9 @@ def test_a_resumed_run_ends_with_the_tables_of_an_uninterrupted_one(tmp_path, ov
 
 
 def test_round_folder_holds_each_clients_personal_layers_by_partition(tmp_path):
-    run = FederatedRun.prepare(load_config(None, [*BASE, "strategy.name=fedper", "federation.rounds=1",
-                                                  "analysis.every=0"]), tmp_path / "run")
+    run = FederatedRun.prepare(
+        load_config(None, [*BASE, "strategy.name=fedper", "federation.rounds=1", "analysis.every=0"]), tmp_path / "run"
+    )
     execute(run, node_seed=None)
     state = json.loads((tmp_path / "run" / "state.json").read_text())
     assert state["round"] == 1 and state["rounds"] == 1 and state["personal"] == [0, 1, 2, 3]
@@ -157,17 +173,19 @@ def test_resume_refuses_a_changed_experiment_but_not_a_longer_timeout(tmp_path):
 
 
 def test_cli_resume_of_a_finished_run_says_so(tmp_path, capsys):
-    run = FederatedRun.prepare(load_config(None, [*BASE, "federation.rounds=1", "analysis.every=0"]),
-                               tmp_path / "run")
+    run = FederatedRun.prepare(load_config(None, [*BASE, "federation.rounds=1", "analysis.every=0"]), tmp_path / "run")
     execute(run, node_seed=None)
     assert cli(["run", "--resume", str(tmp_path / "run")]) == 0
     assert "is finished: all 1 rounds are done" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (["--set", "federation.rounds=9"], "--set cannot be given with --resume"),
-    (["some.toml"], "CONFIG cannot be given with --resume"),
-])
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--set", "federation.rounds=9"], "--set cannot be given with --resume"),
+        (["some.toml"], "CONFIG cannot be given with --resume"),
+    ],
+)
 def test_cli_resume_takes_no_other_config(tmp_path, capsys, args, message):
     assert cli(["run", "--resume", str(tmp_path), *args]) == 2
     assert message in capsys.readouterr().err
@@ -191,8 +209,13 @@ def write_config(tmp_path: Path, name: str, *overrides: str) -> Path:
 
 def fedlayer(*args: str) -> subprocess.Popen:
     """`fedlayer ...` in its own process group (Ray's processes with it), so that all of it can be killed."""
-    return subprocess.Popen([sys.executable, "-m", "fedlayer.cli", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "fedlayer.cli", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
 
 
 def finish(process: subprocess.Popen, timeout: float = 200) -> None:

@@ -16,9 +16,16 @@ from fedlayer.errors import FedlayerError
 from fedlayer.server_app import FederatedRun
 
 BASE = [
-    "data.dataset=digits", "data.partition=dirichlet", "data.alpha=1.0", "model.name=mlp",
-    "federation.clients=4", "federation.rounds=2", "federation.batch_size=32", "federation.lr=0.1",
-    "analysis.samples=64", "analysis.alphas=3",
+    "data.dataset=digits",
+    "data.partition=dirichlet",
+    "data.alpha=1.0",
+    "model.name=mlp",
+    "federation.clients=4",
+    "federation.rounds=2",
+    "federation.batch_size=32",
+    "federation.lr=0.1",
+    "analysis.samples=64",
+    "analysis.alphas=3",
 ]
 
 
@@ -33,8 +40,15 @@ def run_in_process(tmp_path: Path, *overrides: str, name: str = "run", node_seed
 def test_run_directory_holds_config_partitions_tables_and_checkpoints(tmp_path):
     run, _ = run_in_process(tmp_path, "strategy.name=fedper")
     path = run.run_dir.path
-    for name in ("config.toml", "partitions.json", "metrics.parquet", "barriers.parquet", "curves.parquet",
-                 "checkpoints/global.safetensors", "checkpoints/client-0-personal.safetensors"):
+    for name in (
+        "config.toml",
+        "partitions.json",
+        "metrics.parquet",
+        "barriers.parquet",
+        "curves.parquet",
+        "checkpoints/global.safetensors",
+        "checkpoints/client-0-personal.safetensors",
+    ):
         assert (path / name).exists(), name
     assert load_config(path / "config.toml") == run.cfg
     metrics = pd.read_parquet(path / "metrics.parquet")
@@ -43,8 +57,19 @@ def test_run_directory_holds_config_partitions_tables_and_checkpoints(tmp_path):
     assert sorted(metrics.loc[metrics["client"] == "global", "round"]) == [0, 1, 2]
     assert set(metrics.loc[metrics["split"] == "train", "client"]) == {"0", "1", "2", "3"}
     barriers = pd.read_parquet(path / "barriers.parquet")
-    for column in ("round", "client_a", "client_b", "group", "kind", "base", "bn", "loss_barrier_mid",
-                   "loss_barrier_max", "error_barrier_mid", "error_barrier_max"):
+    for column in (
+        "round",
+        "client_a",
+        "client_b",
+        "group",
+        "kind",
+        "base",
+        "bn",
+        "loss_barrier_mid",
+        "loss_barrier_max",
+        "error_barrier_mid",
+        "error_barrier_max",
+    ):
         assert column in barriers.columns, column
     assert set(barriers["round"]) == {1, 2}
     assert len(barriers.groupby(["client_a", "client_b"])) == 6  # all pairs of 4 clients
@@ -57,8 +82,15 @@ def test_observer_tables_agree_with_the_engine_on_the_same_models(tmp_path):
     stored = pd.read_parquet(run.run_dir.path / "barriers.parquet")
     states = {k: {n: t.clone() for n, t in v.items()} for k, v in run.recorder.client_states.items()}
     a = run.cfg.analysis
-    _, direct = pairwise_curves(run.model, states, run.recorder.analysis_set, pairs=a.pairs,
-                                seed=run.cfg.seed * 100_003 + 1, groups=list(a.groups), alphas=a.alphas)
+    _, direct = pairwise_curves(
+        run.model,
+        states,
+        run.recorder.analysis_set,
+        pairs=a.pairs,
+        seed=run.cfg.seed * 100_003 + 1,
+        groups=list(a.groups),
+        alphas=a.alphas,
+    )
     stored = stored.drop(columns="round").reset_index(drop=True)
     pd.testing.assert_frame_equal(stored, direct.reset_index(drop=True), check_exact=False, atol=1e-9)
 
@@ -67,8 +99,11 @@ def test_two_runs_of_one_config_give_identical_tables(tmp_path):
     first, _ = run_in_process(tmp_path, "federation.fraction=0.5", name="a")
     second, _ = run_in_process(tmp_path, "federation.fraction=0.5", name="b")
     for table in ("metrics", "barriers", "curves"):
-        pd.testing.assert_frame_equal(pd.read_parquet(first.run_dir.table_path(table)),
-                                      pd.read_parquet(second.run_dir.table_path(table)), check_exact=True)
+        pd.testing.assert_frame_equal(
+            pd.read_parquet(first.run_dir.table_path(table)),
+            pd.read_parquet(second.run_dir.table_path(table)),
+            check_exact=True,
+        )
 
 
 def test_fedper_keeps_heads_personal_and_bodies_equal(tmp_path):
@@ -77,8 +112,9 @@ def test_fedper_keeps_heads_personal_and_bodies_equal(tmp_path):
     clients = sorted(states)
     for key in ("fc1.weight", "fc2.weight"):
         # after aggregation the bodies agree: what round-2 clients received was the same body
-        received = [m.content["arrays"].to_torch_state_dict()[key] for m in grid.delivered
-                    if m.metadata.message_type == "train"][-4:]
+        received = [
+            m.content["arrays"].to_torch_state_dict()[key] for m in grid.delivered if m.metadata.message_type == "train"
+        ][-4:]
         assert all(torch.equal(received[0], r) for r in received[1:])
     heads = [states[c]["fc3.weight"] for c in clients]
     assert not torch.equal(heads[0], heads[1])
@@ -125,9 +161,25 @@ def test_barrier_cli_analyses_the_checkpoints_of_two_never_averaged_clients(tmp_
     run, _ = run_in_process(tmp_path, "strategy.name=local", "analysis.every=0")
     folder = run.run_dir.checkpoints
     out = tmp_path / "pair"
-    code = main(["barrier", str(folder / "client-0-personal.safetensors"),
-                 str(folder / "client-1-personal.safetensors"), "--model", "mlp", "--dataset", "digits",
-                 "--groups", "layers,full,shallow", "--alphas", "5", "--samples", "128", "--out", str(out)])
+    code = main(
+        [
+            "barrier",
+            str(folder / "client-0-personal.safetensors"),
+            str(folder / "client-1-personal.safetensors"),
+            "--model",
+            "mlp",
+            "--dataset",
+            "digits",
+            "--groups",
+            "layers,full,shallow",
+            "--alphas",
+            "5",
+            "--samples",
+            "128",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     barriers = pd.read_parquet(out / "barriers.parquet")
     assert {"layer", "full", "shallow"} <= set(barriers["kind"])

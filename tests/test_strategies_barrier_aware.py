@@ -52,16 +52,22 @@ def test_averages_exactly_the_layers_below_threshold(cls):
     assert list(frame.columns) == ["round", "layer", "barrier", "averaged"]
     rows = frame[frame["round"] <= 2].to_dict("records")
     assert [(r["round"], r["layer"], r["averaged"]) for r in rows] == [
-        (1, "0", True), (1, "1", False), (1, "3", True), (2, "0", False), (2, "1", True), (2, "3", False)]
+        (1, "0", True),
+        (1, "1", False),
+        (1, "3", True),
+        (2, "0", False),
+        (2, "1", True),
+        (2, "3", False),
+    ]
     assert math.isnan(rows[-1]["barrier"]) and rows[0]["barrier"] == 0.05
 
 
 def test_candidates_limit_what_can_be_averaged():
     client = ProtocolClient(tiny_net, *digits())
-    strategy = BarrierAware(FedAvg(**APP_KWARGS),
-                            lambda r, states: {"0": 0.0, "1": 0.0, "3": 0.0}, average="body")
-    strategy.start(grid=InProcessGrid(client.app, NODES), initial_arrays=ArrayRecord(tiny_net().state_dict()),
-                   num_rounds=1)
+    strategy = BarrierAware(FedAvg(**APP_KWARGS), lambda r, states: {"0": 0.0, "1": 0.0, "3": 0.0}, average="body")
+    strategy.start(
+        grid=InProcessGrid(client.app, NODES), initial_arrays=ArrayRecord(tiny_net().state_dict()), num_rounds=1
+    )
     assert {row["layer"] for row in strategy.history} == {"0", "1"}
     assert strategy.average_keys == LAYER_KEYS["0"] + LAYER_KEYS["1"]
 

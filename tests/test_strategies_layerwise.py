@@ -15,8 +15,7 @@ from fedlayer.layers import model_layers
 from strategies import LayerSelective, select_average
 from strategies.sampling import split_replies
 
-BODY = ["0.weight", "0.bias", "1.weight", "1.bias", "1.running_mean", "1.running_var",
-        "1.num_batches_tracked"]
+BODY = ["0.weight", "0.bias", "1.weight", "1.bias", "1.running_mean", "1.running_var", "1.num_batches_tracked"]
 HEAD = ["3.weight", "3.bias"]
 NODES = 3
 
@@ -47,8 +46,9 @@ def weighted_mean(client: ProtocolClient, key: str, server_round: int) -> np.nda
     return total / sum(sizes)
 
 
-def assert_shared_and_personal(client: ProtocolClient, averaged: list[str], personal: list[str],
-                               server_round: int = 1) -> None:
+def assert_shared_and_personal(
+    client: ProtocolClient, averaged: list[str], personal: list[str], server_round: int = 1
+) -> None:
     """What clients load in the next round: averaged keys equal for all, personal keys their own."""
     nxt = server_round + 1
     for key in averaged:
@@ -61,8 +61,11 @@ def assert_shared_and_personal(client: ProtocolClient, averaged: list[str], pers
 
 
 def sent_keys(grid: InProcessGrid, message_type: str, server_round: int) -> list[set[str]]:
-    return [set(m.content["arrays"].keys()) for m in grid.delivered
-            if (m.metadata.message_type, m.content["config"]["server-round"]) == (message_type, server_round)]
+    return [
+        set(m.content["arrays"].keys())
+        for m in grid.delivered
+        if (m.metadata.message_type, m.content["config"]["server-round"]) == (message_type, server_round)
+    ]
 
 
 @pytest.mark.parametrize("cls", [FedAvg, FedAdam])
@@ -75,8 +78,9 @@ def test_body_is_averaged_and_head_stays_personal(cls, personal):
     for key in ("0.weight", "1.running_mean"):  # the body really is averaged
         assert not np.array_equal(client.loaded[(0, 2)][key], client.trained[(0, 1)][key])
     if cls is FedAvg:
-        np.testing.assert_allclose(client.loaded[(0, 2)]["0.weight"], weighted_mean(client, "0.weight", 1),
-                                   rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(
+            client.loaded[(0, 2)]["0.weight"], weighted_mean(client, "0.weight", 1), rtol=1e-5, atol=1e-6
+        )
     for config in client.configs.values():
         assert config["personal-mode"] == personal
         assert config["average-keys"].split(",") == BODY
@@ -120,8 +124,12 @@ def quickstart_client_app() -> ClientApp:
         loss = torch.nn.functional.cross_entropy(model(xs), ys)
         loss.backward()
         optimizer.step()
-        content = RecordDict({"arrays": ArrayRecord(model.state_dict()),
-                              "metrics": MetricRecord({"train_loss": loss.item(), "num-examples": len(xs)})})
+        content = RecordDict(
+            {
+                "arrays": ArrayRecord(model.state_dict()),
+                "metrics": MetricRecord({"train_loss": loss.item(), "num-examples": len(xs)}),
+            }
+        )
         return Message(content=content, reply_to=msg)
 
     @app.evaluate()
@@ -131,8 +139,7 @@ def quickstart_client_app() -> ClientApp:
         model.eval()
         with torch.no_grad():
             loss = torch.nn.functional.cross_entropy(model(x), y).item()
-        return Message(RecordDict({"metrics": MetricRecord({"eval_loss": loss, "num-examples": len(x)})}),
-                       reply_to=msg)
+        return Message(RecordDict({"metrics": MetricRecord({"eval_loss": loss, "num-examples": len(x)})}), reply_to=msg)
 
     return app
 
@@ -140,10 +147,16 @@ def quickstart_client_app() -> ClientApp:
 def test_quickstart_client_unchanged_gets_layerwise_averaging():
     grid, _ = run(LayerSelective(flower(), "head"), quickstart_client_app())
     round_of = {m.metadata.message_id: m.content["config"]["server-round"] for m in grid.delivered}
-    trained = {r.metadata.src_node_id: r.content["arrays"] for r in grid.replies
-               if r.metadata.message_type == "train" and round_of[r.metadata.reply_to_message_id] == 1}
-    sent = {m.metadata.dst_node_id: m.content["arrays"] for m in grid.delivered
-            if m.metadata.message_type == "train" and m.content["config"]["server-round"] == 2}
+    trained = {
+        r.metadata.src_node_id: r.content["arrays"]
+        for r in grid.replies
+        if r.metadata.message_type == "train" and round_of[r.metadata.reply_to_message_id] == 1
+    }
+    sent = {
+        m.metadata.dst_node_id: m.content["arrays"]
+        for m in grid.delivered
+        if m.metadata.message_type == "train" and m.content["config"]["server-round"] == 2
+    }
     assert set(sent) == set(trained) == set(grid.contexts)
     nodes = sorted(sent)
     mean = sum(trained[n]["3.weight"].numpy().astype(np.float64) for n in nodes) / NODES  # equal sizes (64)
@@ -159,8 +172,7 @@ def test_all_averages_like_fedavg():
     _, layered = run(LayerSelective(flower(), "all"), client.app)
     assert list(layered.arrays.keys()) == list(plain.arrays.keys())
     for key in plain.arrays.keys():
-        np.testing.assert_allclose(layered.arrays[key].numpy(), plain.arrays[key].numpy(),
-                                   rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(layered.arrays[key].numpy(), plain.arrays[key].numpy(), rtol=1e-6, atol=1e-7)
     assert plain.arrays["1.num_batches_tracked"].dtype == "float64"  # Flower's averaging
     assert layered.arrays["1.num_batches_tracked"].dtype == "int64"  # kept
 
@@ -188,8 +200,7 @@ def test_none_averages_nothing_but_aggregates_metrics(personal):
 def test_reply_order_does_not_change_the_result():
     results = []
     for seed in (1, 2):
-        _, result = run(LayerSelective(flower(), "body"), protocol_client().app,
-                        node_seed=seed, shuffle_seed=seed)
+        _, result = run(LayerSelective(flower(), "body"), protocol_client().app, node_seed=seed, shuffle_seed=seed)
         results.append(result.arrays)
     for key in results[0].keys():
         np.testing.assert_array_equal(results[0][key].numpy(), results[1][key].numpy())
@@ -225,8 +236,9 @@ def test_server_mode_needs_full_replies():
         return reply
 
     with pytest.raises(FedlayerError, match="full model"):
-        LayerSelective(flower(), "body").start(grid=InProcessGrid(partial, NODES), initial_arrays=initial(),
-                                               num_rounds=1)
+        LayerSelective(flower(), "body").start(
+            grid=InProcessGrid(partial, NODES), initial_arrays=initial(), num_rounds=1
+        )
 
 
 def test_selector_is_checked_before_training():

@@ -10,7 +10,7 @@ from flwr.serverapp.strategy import FedAdam, FedAvg
 from fedlayer.errors import FedlayerError
 from strategies import build_strategy, instantiate_strategy, load_strategy_class
 
-USER_STRATEGY = textwrap.dedent('''
+USER_STRATEGY = textwrap.dedent("""
     from flwr.serverapp.strategy import FedAvg, Strategy
 
     class MyStrategy(FedAvg):
@@ -28,7 +28,7 @@ USER_STRATEGY = textwrap.dedent('''
 
     class NotAStrategy:
         pass
-''')
+""")
 
 
 @pytest.fixture
@@ -44,8 +44,9 @@ def test_module_and_file_paths_load_the_users_class(user_module):
     by_file = load_strategy_class(f"{user_module}:MyStrategy")
     assert by_module.__name__ == by_file.__name__ == "MyStrategy"
     assert issubclass(by_file, FedAvg)
-    strategy = build_strategy("fedper", class_path=f"{user_module}:MyStrategy", kwargs={"scale": 2.0},
-                              min_train_nodes=3)
+    strategy = build_strategy(
+        "fedper", class_path=f"{user_module}:MyStrategy", kwargs={"scale": 2.0}, min_train_nodes=3
+    )
     assert (strategy.strategy.scale, strategy.strategy.min_train_nodes) == (2.0, 3)
 
 
@@ -54,17 +55,22 @@ def test_stock_names_and_flower_paths():
     assert load_strategy_class("flwr.serverapp.strategy:FedAdam") is FedAdam
 
 
-@pytest.mark.parametrize(("class_path", "message"), [
-    ("no_such_module_xyz:Thing", "cannot import strategy module 'no_such_module_xyz'"),
-    ("my_strategies:Missing", "unknown class in my_strategies 'Missing'; valid choices: FedAvg, Incomplete, "
-                              "MyStrategy, Strict"),
-    ("my_strategies:NotAStrategy", r"not a flwr.serverapp.strategy.Strategy subclass.*MyStrategy"),
-    ("my_strategies:Incomplete", "abstract"),
-    ("flwr.server.strategy:FedAvg", "not a flwr.serverapp.strategy.Strategy subclass"),
-    ("FedNope", r"unknown strategy class 'FedNope'; valid choices: .*FedAvg"),
-    ("missing_dir/nothing.py:X", "strategy file not found"),
-    ("my_strategies:", "bad strategy class path"),
-])
+@pytest.mark.parametrize(
+    ("class_path", "message"),
+    [
+        ("no_such_module_xyz:Thing", "cannot import strategy module 'no_such_module_xyz'"),
+        (
+            "my_strategies:Missing",
+            "unknown class in my_strategies 'Missing'; valid choices: FedAvg, Incomplete, MyStrategy, Strict",
+        ),
+        ("my_strategies:NotAStrategy", r"not a flwr.serverapp.strategy.Strategy subclass.*MyStrategy"),
+        ("my_strategies:Incomplete", "abstract"),
+        ("flwr.server.strategy:FedAvg", "not a flwr.serverapp.strategy.Strategy subclass"),
+        ("FedNope", r"unknown strategy class 'FedNope'; valid choices: .*FedAvg"),
+        ("missing_dir/nothing.py:X", "strategy file not found"),
+        ("my_strategies:", "bad strategy class path"),
+    ],
+)
 def test_bad_class_paths(user_module, class_path, message):
     with pytest.raises(FedlayerError, match=message):
         load_strategy_class(class_path)
@@ -88,6 +94,5 @@ def test_bad_kwargs_name_the_accepted_parameters(user_module):
 
 
 def test_app_defaults_go_only_where_accepted(user_module):
-    strict = instantiate_strategy(load_strategy_class("my_strategies:Strict"), {"scale": 3.0},
-                                  {"min_train_nodes": 5})
+    strict = instantiate_strategy(load_strategy_class("my_strategies:Strict"), {"scale": 3.0}, {"min_train_nodes": 5})
     assert (strict.scale, strict.min_train_nodes) == (3.0, 2)  # the class does not take it: FedAvg's default

@@ -16,6 +16,7 @@ APP_KWARGS = {"min_available_nodes": NODES, "min_train_nodes": NODES, "min_evalu
 def test_observer_sees_sorted_replies_and_the_rounds_global_model():
     trains, evaluations = [], []
     client = ProtocolClient(tiny_net, *digits())
+
     def on_train(server_round, replies, arrays):
         trains.append((server_round, [partition_of(m) for m in replies], arrays))
 
@@ -48,7 +49,6 @@ def test_observer_leaves_errored_replies_to_the_wrapped_strategy():
         return client.app(message, context)
 
     strategy = Observed(Recording(**APP_KWARGS), on_train=lambda rnd, replies, arrays: seen.append(replies))
-    strategy.start(grid=InProcessGrid(flaky, NODES), initial_arrays=ArrayRecord(tiny_net().state_dict()),
-                   num_rounds=1)
+    strategy.start(grid=InProcessGrid(flaky, NODES), initial_arrays=ArrayRecord(tiny_net().state_dict()), num_rounds=1)
     assert [partition_of(m) for m in seen[0]] == [1, 2]
     assert aggregated == [[False, False, True]]

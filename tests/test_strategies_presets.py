@@ -83,8 +83,9 @@ def test_average_overrides_the_presets_selector_and_keeps_its_train_mode():
 
 
 def test_kwargs_reach_the_flower_strategy():
-    strategy = build_strategy("fedper", class_path="flwr.serverapp.strategy:FedAdam", kwargs={"eta": 0.5},
-                              fraction_evaluate=0.5)
+    strategy = build_strategy(
+        "fedper", class_path="flwr.serverapp.strategy:FedAdam", kwargs={"eta": 0.5}, fraction_evaluate=0.5
+    )
     assert isinstance(strategy.strategy, FedAdam)
     assert (strategy.strategy.eta, strategy.strategy.fraction_evaluate) == (0.5, 0.5)
 

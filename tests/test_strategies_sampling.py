@@ -32,8 +32,9 @@ def test_strategy_trains_the_seeded_sample_each_round():
     grid = InProcessGrid(client.app, 6)
     sampler = seeded(grid, seed=3, fraction=0.5, fraction_evaluate=1.0)
     flower = FedAvg(min_available_nodes=1, min_train_nodes=1, min_evaluate_nodes=1)
-    LayerSelective(flower, "body").start(grid=sampler, initial_arrays=ArrayRecord(tiny_net().state_dict()),
-                                         num_rounds=3)
+    LayerSelective(flower, "body").start(
+        grid=sampler, initial_arrays=ArrayRecord(tiny_net().state_dict()), num_rounds=3
+    )
     for server_round in (1, 2, 3):
         assert sorted(p for p, r in client.trained if r == server_round) == sampler.sample(server_round)
         assert sorted(p for p, r in client.evaluated if r == server_round) == list(range(6))

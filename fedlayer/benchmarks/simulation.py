@@ -55,12 +55,19 @@ def _client_round(job: tuple[dict[str, torch.Tensor], int, int]):
     model = new_model(cfg)
     model.load_state_dict(state)
     fed = cfg.federation
-    settings = TrainSettings(epochs=fed.local_epochs, batch_size=fed.batch_size, optimizer=fed.optimizer,
-                             lr=fed.lr, momentum=fed.momentum, weight_decay=fed.weight_decay)
+    settings = TrainSettings(
+        epochs=fed.local_epochs,
+        batch_size=fed.batch_size,
+        optimizer=fed.optimizer,
+        lr=fed.lr,
+        momentum=fed.momentum,
+        weight_decay=fed.weight_decay,
+    )
     data = client_data(cfg, pid)
     generator = seed_everything(cfg.seed, pid, server_round)
-    trained = train_local(model, data.train_x, data.train_y, settings, head_params=head_parameter_names(model),
-                          generator=generator)
+    trained = train_local(
+        model, data.train_x, data.train_y, settings, head_params=head_parameter_names(model), generator=generator
+    )
     evaluate(model, data.test_x, data.test_y)
     return model.state_dict(), trained.num_examples
 
@@ -82,8 +89,9 @@ def _plain_pytorch(cfg: Config, rounds: int, workers: int) -> tuple[float, list[
             jobs = [(state, pid, server_round) for pid in range(cfg.federation.clients)]
             results = pool.map(_client_round, jobs, chunksize=1)
             total = sum(n for _, n in results)
-            model.load_state_dict({k: sum(s[k] * (n / total) for s, n in results).to(v.dtype)
-                                   for k, v in state.items()})
+            model.load_state_dict(
+                {k: sum(s[k] * (n / total) for s, n in results).to(v.dtype) for k, v in state.items()}
+            )
             evaluate(model, test_x, test_y)
             times.append(time.perf_counter() - t0)
     return startup, times
@@ -150,28 +158,44 @@ def measure(cfg: Config, rounds: int, workers: int) -> Measured:
 
 def run(args) -> int:
     console = make_console()
-    overrides = [f"federation.rounds={args.rounds}", "federation.fraction=1.0", "output.checkpoints=false",
-                 *args.overrides]
+    overrides = [
+        f"federation.rounds={args.rounds}",
+        "federation.fraction=1.0",
+        "output.checkpoints=false",
+        *args.overrides,
+    ]
     cfg = load_config(args.config, overrides)
     workers = max(1, (os.cpu_count() or 1) // cfg.simulation.num_cpus)
-    console.print(f"[bold]bench simulation[/]: {cfg.federation.clients} clients of {cfg.data.dataset}/"
-                  f"{cfg.model.name}, {args.rounds} rounds, {workers} parallel clients on each side")
+    console.print(
+        f"[bold]bench simulation[/]: {cfg.federation.clients} clients of {cfg.data.dataset}/"
+        f"{cfg.model.name}, {args.rounds} rounds, {workers} parallel clients on each side"
+    )
     m = measure(cfg, args.rounds, workers)
 
     table = Table(title="seconds per round (Flower's analysis timed apart)")
     for column in ("round", "Flower (fedlayer)", "analysis", "plain before", "plain after", "ratio"):
         table.add_column(column, justify="right")
     plain_startup = sum(m.plain_startups) / 2
-    table.add_row("start-up", f"{m.flower_startup:.1f}", "", *(f"{t:.1f}" for t in m.plain_startups),
-                  f"{m.flower_startup / plain_startup:.2f}x")
-    for i, (f, a, b, p, mean) in enumerate(zip(m.flower, m.analysis, m.plain_before, m.plain_after, m.plain,
-                                               strict=True), start=1):
+    table.add_row(
+        "start-up",
+        f"{m.flower_startup:.1f}",
+        "",
+        *(f"{t:.1f}" for t in m.plain_startups),
+        f"{m.flower_startup / plain_startup:.2f}x",
+    )
+    for i, (f, a, b, p, mean) in enumerate(
+        zip(m.flower, m.analysis, m.plain_before, m.plain_after, m.plain, strict=True), start=1
+    ):
         table.add_row(str(i), f"{f:.2f}", f"{a:.2f}", f"{b:.2f}", f"{p:.2f}", f"{f / mean:.2f}x")
     console.print(table)
-    console.print(f"steady-state round (median of rounds 2..{args.rounds}): Flower {m.steady(m.flower):.2f}s, "
-                  f"plain PyTorch {m.steady(m.plain):.2f}s (mean of before and after), ratio {m.ratio:.2f}x "
-                  f"(target <= {TARGET_RATIO}x)")
-    console.print(f"per-round barrier analysis ({cfg.analysis.pairs or 'all'} pairs, {cfg.analysis.samples} samples, "
-                  f"groups {','.join(cfg.analysis.groups)}): {100 * m.analysis_share:.1f}% of a round "
-                  f"(target <= {100 * TARGET_ANALYSIS_SHARE:.0f}%)")
+    console.print(
+        f"steady-state round (median of rounds 2..{args.rounds}): Flower {m.steady(m.flower):.2f}s, "
+        f"plain PyTorch {m.steady(m.plain):.2f}s (mean of before and after), ratio {m.ratio:.2f}x "
+        f"(target <= {TARGET_RATIO}x)"
+    )
+    console.print(
+        f"per-round barrier analysis ({cfg.analysis.pairs or 'all'} pairs, {cfg.analysis.samples} samples, "
+        f"groups {','.join(cfg.analysis.groups)}): {100 * m.analysis_share:.1f}% of a round "
+        f"(target <= {100 * TARGET_ANALYSIS_SHARE:.0f}%)"
+    )
     return 0

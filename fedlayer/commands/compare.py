@@ -6,12 +6,16 @@ from fedlayer.commands.run import add_config_arguments
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("compare", help="compare strategies under several seeds",
-                       description="Run every strategy under every seed (same partitions, same initial model), "
-                                   "write comparison.parquet/.csv, print a summary and draw the plots.")
+    p = sub.add_parser(
+        "compare",
+        help="compare strategies under several seeds",
+        description="Run every strategy under every seed (same partitions, same initial model), "
+        "write comparison.parquet/.csv, print a summary and draw the plots.",
+    )
     add_config_arguments(p)
-    p.add_argument("--strategies", required=True,
-                   help="comma-separated presets or selectors, e.g. fedavg,fedper,lg-fedavg,fedbn")
+    p.add_argument(
+        "--strategies", required=True, help="comma-separated presets or selectors, e.g. fedavg,fedper,lg-fedavg,fedbn"
+    )
     p.add_argument("--seeds", type=int, default=1, help="number of seeds: 0..N-1 added to the config's seed")
     p.set_defaults(func=run)
 

@@ -14,17 +14,13 @@ dataset's input shape and class count. With --select, show which layers a select
 def add_parser(sub) -> None:
     # No choices= here: they would import torch for every `fedlayer --help`; a bad name is a
     # FedlayerError that lists the valid choices.
-    p = sub.add_parser(
-        "layers", help="list a model's layers and try layer selectors", description=DESCRIPTION
-    )
+    p = sub.add_parser("layers", help="list a model's layers and try layer selectors", description=DESCRIPTION)
     p.add_argument("--model", required=True, help="model name, e.g. cnn or resnet18")
     p.add_argument("--norm", default="none", help="normalisation layers: none, bn or gn (default: none)")
     p.add_argument("--dataset", default="cifar10", help="dataset whose input shape and classes to use")
     p.add_argument("--select", metavar="SELECTOR", help="show only the layers this selector picks")
     p.add_argument("--orderings", action="store_true", help="also print the cumulative orderings")
-    p.add_argument(
-        "--seed", type=int, default=0, help="seed of the random ordering and random:k (default: 0)"
-    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the random ordering and random:k (default: 0)")
     p.set_defaults(func=run)
 
 

@@ -12,9 +12,7 @@ into their plots/ folders, and print the paths of the files written.
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser(
-        "plot", help="redraw the figures of a run or comparison directory", description=DESCRIPTION
-    )
+    p = sub.add_parser("plot", help="redraw the figures of a run or comparison directory", description=DESCRIPTION)
     p.add_argument("dir", metavar="DIR", help="a run directory or a comparison directory")
     p.set_defaults(func=run)
 

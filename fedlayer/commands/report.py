@@ -12,9 +12,7 @@ run). The figures are redrawn first; image links are relative to the report.
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser(
-        "report", help="write a Markdown report of a run or comparison", description=DESCRIPTION
-    )
+    p = sub.add_parser("report", help="write a Markdown report of a run or comparison", description=DESCRIPTION)
     p.add_argument("dir", metavar="DIR", help="a run directory or a comparison directory")
     p.add_argument("--out", metavar="FILE", help="where to write the report (default: DIR/report.md)")
     p.set_defaults(func=run)

@@ -12,17 +12,30 @@ from fedlayer.errors import FedlayerError
 def add_config_arguments(parser, *, required: bool = True) -> None:
     """CONFIG, --set and --out: shared by every command that takes an experiment config."""
     parser.add_argument("config", nargs=None if required else "?", help="experiment config (TOML)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                        help="override a config value, e.g. --set federation.rounds=10 (repeatable)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override a config value, e.g. --set federation.rounds=10 (repeatable)",
+    )
     parser.add_argument("--out", default=None, help="output directory (default: the config's output.dir)")
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("run", help="run a federated simulation from a config",
-                       description="Run a federated simulation on Flower's simulation engine (Ray).")
+    p = sub.add_parser(
+        "run",
+        help="run a federated simulation from a config",
+        description="Run a federated simulation on Flower's simulation engine (Ray).",
+    )
     add_config_arguments(p, required=False)
-    p.add_argument("--resume", metavar="RUN_DIR", default=None,
-                   help="continue the run in RUN_DIR from its last completed round (its own config.toml)")
+    p.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        default=None,
+        help="continue the run in RUN_DIR from its last completed round (its own config.toml)",
+    )
     p.set_defaults(func=run)
 
 
@@ -31,11 +44,14 @@ def run(args) -> int:
     from fedlayer.simulation import resume_simulation, run_simulation
 
     if args.resume is not None:
-        given = [what for what, value in (("CONFIG", args.config), ("--set", args.overrides), ("--out", args.out))
-                 if value]
+        given = [
+            what for what, value in (("CONFIG", args.config), ("--set", args.overrides), ("--out", args.out)) if value
+        ]
         if given:
-            raise FedlayerError(f"--resume continues {args.resume} with the config saved in it; "
-                                f"{', '.join(given)} cannot be given with --resume")
+            raise FedlayerError(
+                f"--resume continues {args.resume} with the config saved in it; "
+                f"{', '.join(given)} cannot be given with --resume"
+            )
         resume_simulation(args.resume, verbose=args.verbose)
         return 0
     if args.config is None:

@@ -63,9 +63,7 @@ def read_comparison(compare_dir: str | Path) -> pd.DataFrame:
     missing = [c for c in REQUIRED_COLUMNS if c not in table.columns]
     if missing or table.empty:
         problem = f"lacks the columns {', '.join(missing)}" if missing else "has no rows"
-        raise FedlayerError(
-            f"{Path(compare_dir) / COMPARISON} {problem}; expected {', '.join(REQUIRED_COLUMNS)}"
-        )
+        raise FedlayerError(f"{Path(compare_dir) / COMPARISON} {problem}; expected {', '.join(REQUIRED_COLUMNS)}")
     return table
 
 
@@ -126,10 +124,7 @@ def summary_cells(table: pd.DataFrame) -> tuple[list[str], list[list[str]], set[
     (highest accuracy, lowest barrier; ties all count): the one formatting shared by the terminal and
     Markdown."""
     headers = ["strategy", "seeds", "round", *(m.label for m in SUMMARY_METRICS)]
-    rows = [
-        [str(s), str(n), str(r)]
-        for s, n, r in zip(table["strategy"], table["seeds"], table["round"], strict=True)
-    ]
+    rows = [[str(s), str(n), str(r)] for s, n, r in zip(table["strategy"], table["seeds"], table["round"], strict=True)]
     best = set()
     for j, metric in enumerate(SUMMARY_METRICS, start=3):
         means, stds = table[f"{metric.name}_mean"], table[f"{metric.name}_std"]
@@ -177,10 +172,7 @@ def accuracy_figure(comparison: pd.DataFrame, context: str = "") -> plt.Figure:
         ("personal_accuracy_mean", "personalised models on their local test sets (mean over clients)"),
     )
     for ax, (column, title) in zip(axes, panels, strict=True):
-        stats = (
-            comparison.groupby(["strategy", "round"])[column].agg(["mean", "std"]).dropna(subset=["mean"])
-            * 100
-        )
+        stats = comparison.groupby(["strategy", "round"])[column].agg(["mean", "std"]).dropna(subset=["mean"]) * 100
         for name in names:
             if name not in stats.index.get_level_values(0):
                 continue
@@ -237,9 +229,7 @@ def barrier_heatmaps_figure(compare_dir: Path, comparison: pd.DataFrame, context
     rows = max(len(g) for g, _ in grids.values())
     rounds = max(g.shape[1] for g, _ in grids.values())
     fig = plt.figure(figsize=heatmap_size(rows, rounds, len(grids)), layout="constrained")
-    aligned = barrier_panels(
-        fig, {f"{name} ({n} seed{'' if n == 1 else 's'})": g for name, (g, n) in grids.items()}
-    )
+    aligned = barrier_panels(fig, {f"{name} ({n} seed{'' if n == 1 else 's'})": g for name, (g, n) in grids.items()})
     missing = any(g.isna().to_numpy().any() for g in aligned.values())
     note = "; grey: not measured (layer kept on the clients)" if missing else ""
     titles(

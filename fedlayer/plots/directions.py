@@ -42,16 +42,24 @@ def directions_figure(curves: pd.DataFrame, context: str = "") -> plt.Figure | N
 
     positions = np.arange(len(layers))
     fig, axes = plt.subplots(
-        len(alphas), 1, figsize=(max(7.0, 0.42 * len(layers) + 2.5), 2.9 * len(alphas) + 1.2),
-        sharex=True, squeeze=False, layout="constrained",
+        len(alphas),
+        1,
+        figsize=(max(7.0, 0.42 * len(layers) + 2.5), 2.9 * len(alphas) + 1.2),
+        sharex=True,
+        squeeze=False,
+        layout="constrained",
     )
     for ax, alpha in zip(axes[:, 0], alphas, strict=True):
         towards = [moved.get((layer, alpha), np.nan) for layer in layers]
         stats = spread.reindex([(layer, alpha) for layer in layers])
         ax.bar(positions - 0.2, towards, 0.4, color=AVERAGING_COLOR, label="towards the other model")
         ax.bar(
-            positions + 0.2, stats["mean"], 0.4, color=RANDOM_COLOR,
-            yerr=[stats["mean"] - stats["min"], stats["max"] - stats["mean"]], capsize=2,
+            positions + 0.2,
+            stats["mean"],
+            0.4,
+            color=RANDOM_COLOR,
+            yerr=[stats["mean"] - stats["min"], stats["max"] - stats["mean"]],
+            capsize=2,
             label=f"random directions of the same norm (mean, range over {random['direction'].nunique()})",
         )
         ax.axhline(base_loss, color="black", linestyle=":", linewidth=1.2, label=f"model {own} (L_{own})")
@@ -61,8 +69,9 @@ def directions_figure(curves: pd.DataFrame, context: str = "") -> plt.Figure | N
     axes[0, 0].legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1))
     axes[-1, 0].set_xticks(positions, layers, rotation=60, ha="right", fontsize=8)
     round_note = f", round {int(last)}" if last is not None else ""
-    titles(fig, f"Model {own} with one layer moved: towards model {other} against random directions{round_note}",
-           context)
+    titles(
+        fig, f"Model {own} with one layer moved: towards model {other} against random directions{round_note}", context
+    )
     return fig
 
 

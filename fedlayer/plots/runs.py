@@ -125,9 +125,7 @@ def barrier_grid(barriers: pd.DataFrame, metric: str = "loss_barrier_mid") -> pd
     if rows.empty:
         return pd.DataFrame()
     label = rows["group"].where(rows["kind"] == "layer", FULL_ROW)
-    grid = rows.assign(row=label).pivot_table(
-        index="row", columns="round", values=metric, aggfunc="mean", dropna=False
-    )
+    grid = rows.assign(row=label).pivot_table(index="row", columns="round", values=metric, aggfunc="mean", dropna=False)
     order = layer_order(rows) + ([FULL_ROW] if (rows["kind"] == "full").any() else [])
     return grid.reindex(index=order)
 
@@ -355,17 +353,13 @@ def choices_figure(choices: pd.DataFrame, config: dict, context: str = "") -> pl
     """Barrier-aware averaging: for each layer and round, averaged or kept personal (with its barrier)."""
     order = list(dict.fromkeys(choices["layer"]))
     table = choices.assign(averaged=choices["averaged"].astype(float))
-    averaged = table.pivot_table(index="layer", columns="round", values="averaged", aggfunc="max").reindex(
-        order
+    averaged = table.pivot_table(index="layer", columns="round", values="averaged", aggfunc="max").reindex(order)
+    barrier = table.pivot_table(index="layer", columns="round", values="barrier", aggfunc="mean", dropna=False).reindex(
+        index=order, columns=averaged.columns
     )
-    barrier = table.pivot_table(
-        index="layer", columns="round", values="barrier", aggfunc="mean", dropna=False
-    ).reindex(index=order, columns=averaged.columns)
     fig, ax = plt.subplots(figsize=heatmap_size(len(order), averaged.shape[1]), layout="constrained")
     colours = ListedColormap(["#d9d9d9", "#1b9e77"])
-    ax.imshow(
-        averaged.to_numpy(dtype=float), cmap=colours, vmin=0, vmax=1, aspect="auto", interpolation="nearest"
-    )
+    ax.imshow(averaged.to_numpy(dtype=float), cmap=colours, vmin=0, vmax=1, aspect="auto", interpolation="nearest")
     if averaged.size <= MAX_ANNOTATED_CELLS and averaged.shape[1] <= MAX_ANNOTATED_ROUNDS:
         for (y, x), value in np.ndenumerate(barrier.to_numpy(dtype=float)):
             if np.isfinite(value):
@@ -400,9 +394,7 @@ def groups_figure(barriers: pd.DataFrame, context: str = "") -> plt.Figure | Non
     rows = rows[rows["round"] == last]
     cumulative, windows = rows[rows["kind"] != "window"], rows[rows["kind"] == "window"]
     panels = [p for p in (cumulative, windows) if not p.empty]
-    fig, axes = plt.subplots(
-        1, len(panels), figsize=(6.0 * len(panels), 4.2), layout="constrained", squeeze=False
-    )
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.0 * len(panels), 4.2), layout="constrained", squeeze=False)
     axes = list(axes[0])
     if not cumulative.empty:
         ax = axes.pop(0)
