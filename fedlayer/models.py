@@ -11,28 +11,28 @@ import math
 import operator
 from collections import OrderedDict
 from collections.abc import Callable
+from typing import SupportsIndex
 
 from torch import nn
 
-from fedlayer.errors import FedlayerError, choices_message
+from fedlayer.data.datasets import DATASET_SPECS
+from fedlayer.errors import DataError, ModelError, choices_message
 
 NORMS = ("none", "bn", "gn")
+"""Normalisation layers a model may have: none, BatchNorm or GroupNorm (per model: `MODEL_NORMS`)."""
 GROUP_NORM_GROUPS = 32  # GroupNorm uses gcd(32, channels) groups, i.e. 32 for every ResNet width
-
-# Input shape (C, H, W) and class count per dataset, so shapes are known without loading data.
-DATASET_SPECS: dict[str, tuple[tuple[int, int, int], int]] = {
-    "digits": ((1, 8, 8), 10),
-    "fashion-mnist": ((1, 28, 28), 10),
-    "mnist": ((1, 28, 28), 10),
-    "cifar10": ((3, 32, 32), 10),
-    "cifar100": ((3, 32, 32), 100),
-}
 
 
 def dataset_spec(dataset: str) -> tuple[tuple[int, int, int], int]:
-    """(input_shape, num_classes) of a registered dataset."""
+    """(input_shape, num_classes) a model for a registered dataset needs, without loading the data.
+
+    Raises
+    ------
+    DataError
+        If `dataset` is not one of `fedlayer.data.DATASETS`.
+    """
     if dataset not in DATASET_SPECS:
-        raise FedlayerError(choices_message("dataset", dataset, DATASET_SPECS))
+        raise DataError(choices_message("dataset", dataset, DATASET_SPECS))
     return DATASET_SPECS[dataset]
 
 
@@ -146,7 +146,7 @@ def _deep_linear(input_shape: tuple[int, int, int], num_classes: int, depth: int
     The paper's deep linear network: the loss is convex along any single-layer cut.
     """
     if depth < 1 or width < 1:
-        raise FedlayerError(f"deep-linear needs depth >= 1 and width >= 1, got depth={depth}, width={width}")
+        raise ModelError(f"deep-linear needs depth >= 1 and width >= 1, got depth={depth}, width={width}")
     sizes = [math.prod(input_shape)] + [width] * (depth - 1) + [num_classes]
     stack = [(f"fc{i + 1}", nn.Linear(sizes[i], sizes[i + 1])) for i in range(depth)]
     return nn.Sequential(OrderedDict([("flatten", nn.Flatten()), *stack]))
@@ -174,6 +174,7 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "vgg11": SmallVGG,
     "deep-linear": _deep_linear,
 }
+"""The model registry: builder by name, each called as builder(input_shape, num_classes, **options)."""
 MODEL_NORMS: dict[str, tuple[str, ...]] = {
     "mlp": ("none",),
     "cnn": NORMS,
@@ -181,36 +182,66 @@ MODEL_NORMS: dict[str, tuple[str, ...]] = {
     "vgg11": ("none",),
     "deep-linear": ("none",),
 }
+"""The `NORMS` each model supports, by model name (the same keys as `MODELS`)."""
 
 
 def _checked_int(what: str, value: object, minimum: int) -> int:
-    """An integer (numpy and torch integers too) of at least `minimum`, else a FedlayerError."""
+    """An integer (numpy and torch integers too) of at least `minimum`, else a ModelError."""
     try:
-        number = operator.index(value)
+        number = operator.index(value) if isinstance(value, SupportsIndex) else minimum - 1
     except TypeError:
         number = minimum - 1
     if number < minimum:
-        raise FedlayerError(f"{what} must be an integer >= {minimum}, got {value!r}")
+        raise ModelError(f"{what} must be an integer >= {minimum}, got {value!r}")
     return number
 
 
 def _checked_shape(input_shape) -> tuple[int, int, int]:
     shape = tuple(_checked_int("input_shape entry", d, 1) for d in input_shape)
     if len(shape) != 3:
-        raise FedlayerError(f"input_shape must be (channels, height, width), got {tuple(input_shape)!r}")
+        raise ModelError(f"input_shape must be (channels, height, width), got {tuple(input_shape)!r}")
     return shape
 
 
 def build_model(
     name: str, input_shape: tuple[int, ...], num_classes: int, *, norm: str = "none", **options
 ) -> nn.Module:
-    """A fresh model; `options` are the builder's extra keywords (mlp: width; vgg11: dropout;
-    deep-linear: depth, width). Seed torch first for a reproducible initialisation.
+    """A fresh, randomly initialised model from the registry, sized for the given inputs and classes.
+
+    The architectures of "Layer-wise Linear Mode Connectivity" (Adilova et al., ICLR 2024,
+    arXiv:2307.06966), sized for small images: "mlp" (fc1, fc2, fc3); "cnn", the FedAvg CNN of
+    McMahan et al. 2017 (arXiv:1602.05629); "resnet18" (He et al. 2016, arXiv:1512.03385) with a
+    3x3 stem and no max-pool; "vgg11" (Simonyan and Zisserman 2014, arXiv:1409.1556); and
+    "deep-linear", a stack of Linear layers with no non-linearity. Initial weights come from torch's
+    global generator only: seed torch first for a reproducible initialisation.
+
+    Parameters
+    ----------
+    name : str
+        One of `MODELS`.
+    input_shape : tuple[int, ...]
+        (channels, height, width) of one input.
+    num_classes : int
+        Classes of the classifier, at least 2.
+    norm : str, default "none"
+        One of `MODEL_NORMS[name]`: "none", "bn" (BatchNorm) or "gn" (GroupNorm).
+    **options
+        The builder's extra keywords: mlp: width; vgg11: dropout; deep-linear: depth, width.
+
+    Returns
+    -------
+    nn.Module
+        The model, on the CPU, in training mode.
+
+    Raises
+    ------
+    ModelError
+        If the name, norm or an option is unknown for this model, or the shape or class count is bad.
     """
     if name not in MODELS:
-        raise FedlayerError(choices_message("model", name, MODELS))
+        raise ModelError(choices_message("model", name, MODELS))
     if norm not in MODEL_NORMS[name]:
-        raise FedlayerError(
+        raise ModelError(
             f"model {name!r} does not support norm {norm!r}; valid choices: " + ", ".join(MODEL_NORMS[name])
         )
     shape, num_classes = _checked_shape(input_shape), _checked_int("num_classes", num_classes, 2)
@@ -218,7 +249,7 @@ def build_model(
     allowed = [p for p in inspect.signature(builder).parameters if p not in ("input_shape", "num_classes", "norm")]
     unknown = sorted(set(options) - set(allowed))
     if unknown:
-        raise FedlayerError(
+        raise ModelError(
             f"unknown option(s) {', '.join(unknown)} for model {name!r}; valid choices: "
             + (", ".join(allowed) or "(none)")
         )

@@ -1,7 +1,8 @@
 """Local training and evaluation in plain PyTorch: what a client does, with no Flower in sight.
 
 The ClientApp and the plain-PyTorch baseline of `fedlayer bench simulation` both call these
-functions, so the benchmark compares the framework overhead and nothing else.
+functions, so the benchmark compares the framework overhead and nothing else. `Metrics` is also
+what the barrier engine (`fedlayer.analysis`) measures at every point, so both report one type.
 """
 
 from __future__ import annotations
@@ -12,7 +13,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-TRAIN_MODES = ("standard", "fedrep", "fedbabu")
+from fedlayer.errors import ConfigError, choices_message
+from fedlayer.protocol import TRAIN_MODES
+
+OPTIMIZERS = ("sgd", "adam")
 
 
 def default_device() -> torch.device:
@@ -22,6 +26,8 @@ def default_device() -> torch.device:
 
 @dataclass(frozen=True)
 class TrainSettings:
+    """How a client trains locally; `mode` is one of `fedlayer.protocol.TRAIN_MODES`, `optimizer` of `OPTIMIZERS`."""
+
     epochs: int = 1
     batch_size: int = 32
     optimizer: str = "sgd"
@@ -35,9 +41,37 @@ class TrainSettings:
 
 @dataclass(frozen=True)
 class Metrics:
+    """A model's mean loss and accuracy over `seen` predictions, shared by training and the barrier engine.
+
+    Accuracy and error are derived from the counts, so the error rate is exactly
+    100 - 100 * correct / seen, never a rounded 100 * (1 - accuracy).
+
+    Attributes
+    ----------
+    loss : float
+        Sample-weighted mean cross-entropy over the `seen` predictions.
+    correct : int
+        Predictions whose arg-max is the label.
+    seen : int
+        Predictions the means run over: every epoch's in training, one per sample in evaluation.
+    num_examples : int
+        Distinct samples: the weight of this client in federated averaging.
+    """
+
     loss: float
-    accuracy: float
+    correct: int
+    seen: int
     num_examples: int
+
+    @property
+    def accuracy(self) -> float:
+        """Fraction of correct predictions, in [0, 1]."""
+        return self.correct / self.seen
+
+    @property
+    def error(self) -> float:
+        """Error rate in percentage points (100 - accuracy in %), the unit of the error barriers."""
+        return 100.0 - 100.0 * self.correct / self.seen
 
 
 def seed_everything(*parts: int) -> torch.Generator:
@@ -112,16 +146,47 @@ def train_local(
 ) -> Metrics:
     """Train `model` in place on (x, y) as `settings.mode` says; return the mean training metrics.
 
-    `head_params` names the classifier-head parameters, needed by FedRep (head epochs with the body
-    frozen, then body epochs) and FedBABU (head frozen throughout federation).
+    Modes: "standard" trains every parameter (FedAvg, McMahan et al. 2017, arXiv:1602.05629);
+    "fedrep" trains the head with the body frozen, then the body (Collins et al. 2021,
+    arXiv:2102.07078); "fedbabu" keeps the head frozen throughout federation (Oh et al. 2022,
+    arXiv:2106.06042). `settings.proximal_mu` > 0 adds FedProx's proximal term (Li et al. 2020,
+    arXiv:1812.06127).
+
+    Parameters
+    ----------
+    model : nn.Module
+        The model to train, already on `device`; changed in place.
+    x, y : torch.Tensor
+        The local training inputs and integer labels.
+    settings : TrainSettings
+        Epochs, batch size, optimizer and training mode.
+    head_params : Collection[str], default ()
+        Names of the classifier-head parameters, needed by "fedrep" and "fedbabu".
+    generator : torch.Generator or None, default None
+        Drives the batch order (see `seed_everything`); None uses torch's global generator.
+    device : torch.device or str, default "cpu"
+        Where each batch is moved.
+
+    Returns
+    -------
+    Metrics
+        Mean loss and accuracy over every prediction made while training; `num_examples` is len(x).
+
+    Raises
+    ------
+    ConfigError
+        If `settings.mode` or `settings.optimizer` is unknown.
     """
     if settings.mode not in TRAIN_MODES:
-        raise ValueError(f"unknown training mode {settings.mode!r}; valid: {', '.join(TRAIN_MODES)}")
+        raise ConfigError(choices_message("training mode", settings.mode, TRAIN_MODES))
+    if settings.optimizer not in OPTIMIZERS:
+        raise ConfigError(choices_message("optimizer", settings.optimizer, OPTIMIZERS))
     anchor = None
     if settings.proximal_mu > 0:
         anchor = {n: p.detach().clone() for n, p in model.named_parameters()}
     all_params = {n for n, _ in model.named_parameters()}
     body = all_params - set(head_params)
+    phases: list[tuple[set[str] | None, int]]
     if settings.mode == "fedrep":
         phases = [(set(head_params), settings.head_epochs), (body, settings.epochs)]
     elif settings.mode == "fedbabu":
@@ -133,14 +198,31 @@ def train_local(
         loss, ok, n = _run_epochs(model, x, y, settings, epochs, trainable, generator, device, anchor)
         total_loss, correct, seen = total_loss + loss, correct + ok, seen + n
     seen = max(seen, 1)
-    return Metrics(loss=total_loss / seen, accuracy=correct / seen, num_examples=len(x))
+    return Metrics(loss=total_loss / seen, correct=correct, seen=seen, num_examples=len(x))
 
 
 @torch.inference_mode()
 def evaluate(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, batch_size: int = 512, device: torch.device | str = "cpu"
 ) -> Metrics:
-    """Sample-weighted mean cross-entropy and accuracy of `model` on (x, y)."""
+    """Sample-weighted mean cross-entropy and accuracy of `model` on (x, y), in eval mode.
+
+    Parameters
+    ----------
+    model : nn.Module
+        The model to evaluate, already on `device`.
+    x, y : torch.Tensor
+        Inputs and integer labels.
+    batch_size : int, default 512
+        Samples per forward pass.
+    device : torch.device or str, default "cpu"
+        Where each batch is moved.
+
+    Returns
+    -------
+    Metrics
+        Loss and accuracy over the len(x) samples (both 0 for an empty set).
+    """
     model.eval()
     total_loss, correct = 0.0, 0
     for start in range(0, len(x), batch_size):
@@ -150,4 +232,4 @@ def evaluate(
         total_loss += nn.functional.cross_entropy(logits, yb, reduction="sum").item()
         correct += (logits.argmax(1) == yb).sum().item()
     n = max(len(x), 1)
-    return Metrics(loss=total_loss / n, accuracy=correct / n, num_examples=len(x))
+    return Metrics(loss=total_loss / n, correct=correct, seen=n, num_examples=len(x))

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from fedlayer.errors import FedlayerError
+from fedlayer.errors import ConfigError
 
 METRICS = ("loss", "error")
 ENDPOINT_COLUMNS = ["loss_a", "loss_b", "error_a", "error_b"]
@@ -25,11 +25,34 @@ BARRIER_COLUMNS = [
 
 
 def barriers(curves: pd.DataFrame) -> pd.DataFrame:
-    """One row per curve: its id columns (every column but alpha, loss, error and the endpoints)
-    followed by BARRIER_COLUMNS, in the order the curves first appear."""
+    """Midpoint and max loss and error barriers of every curve in a curves table.
+
+    Implements the barriers of "Layer-wise Linear Mode Connectivity" (Adilova et al., ICLR 2024,
+    arXiv:2307.06966): the midpoint barrier c(1/2) - (L_A + L_B) / 2 against the two full models,
+    and the max barrier over the alpha grid above the curve's own chord, which for the full group is
+    the linear-mode-connectivity barrier (Frankle et al. 2020, arXiv:1912.05671). Error barriers are
+    in percentage points.
+
+    Parameters
+    ----------
+    curves : pandas.DataFrame
+        A curves table (`interpolation_curves`, `pairwise_curves`), possibly concatenated with more
+        id columns such as round; every curve needs points at alpha 0, 0.5 and 1.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per curve, in the order the curves first appear: its id columns (every column but
+        alpha, loss, error and the endpoints) followed by `BARRIER_COLUMNS`.
+
+    Raises
+    ------
+    ConfigError
+        If the table lacks a column, holds two rows for one curve and alpha, or a curve lacks alpha 0, 0.5 or 1.
+    """
     missing = sorted({"alpha", *METRICS, *ENDPOINT_COLUMNS} - set(curves.columns))
     if missing:
-        raise FedlayerError(f"not a curves table: missing columns {', '.join(missing)}")
+        raise ConfigError(f"not a curves table: missing columns {', '.join(missing)}")
     keys = [c for c in curves.columns if c not in _POINT_COLUMNS]
     if curves.empty:
         return pd.DataFrame(columns=keys + BARRIER_COLUMNS)
@@ -38,7 +61,7 @@ def barriers(curves: pd.DataFrame) -> pd.DataFrame:
     count = ids.max() + 1
     alpha = curves["alpha"].to_numpy(dtype=float)
     if pd.DataFrame({"id": ids, "alpha": alpha}).duplicated().any():
-        raise FedlayerError("curves table has two rows for the same curve and alpha")
+        raise ConfigError("curves table has two rows for the same curve and alpha")
     first = pd.Series(range(len(ids))).groupby(ids).first().to_numpy()
     result = curves.iloc[first][keys].reset_index(drop=True)
     for metric in METRICS:
@@ -66,7 +89,7 @@ def _at(ids, alpha, values, count, where: float, curves, keys) -> np.ndarray:
     if not present.all():
         row = curves.iloc[int(np.flatnonzero(~present[ids])[0])]
         curve = ", ".join(f"{k}={row[k]}" for k in keys)
-        raise FedlayerError(
+        raise ConfigError(
             f"curve ({curve}) has no point at alpha={where}; barriers need alphas 0, 0.5 and 1 on the grid"
         )
     return found

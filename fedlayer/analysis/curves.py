@@ -30,7 +30,7 @@ from torch import nn
 
 from fedlayer.analysis.directions import random_direction
 from fedlayer.analysis.evaluate import (
-    Metrics,
+    EvalInput,
     PlainEvaluator,
     Segment,
     WorkingModel,
@@ -42,12 +42,14 @@ from fedlayer.analysis.graph import GraphEvaluator, Untraceable
 from fedlayer.analysis.groups import Group, resolve_groups
 from fedlayer.analysis.interpolate import BASES, alpha_grid
 from fedlayer.checkpoints import check_state_fits
-from fedlayer.errors import FedlayerError, choices_message
+from fedlayer.errors import ConfigError, choices_message
 from fedlayer.layers import Layer, model_layers
+from fedlayer.training import Metrics
 
 log = logging.getLogger(__name__)
 
 BN_POLICIES = ("interpolate", "recompute")
+"""How BatchNorm running statistics are treated along a path (see `interpolation_curves`)."""
 CURVE_COLUMNS = [
     "group", "kind", "layers", "n_layers", "base", "bn", "direction", "alpha",
     "loss", "error", "loss_a", "loss_b", "error_a", "error_b",
@@ -60,25 +62,74 @@ def interpolation_curves(
     model: nn.Module,
     state_a: Mapping[str, torch.Tensor],
     state_b: Mapping[str, torch.Tensor],
-    data,
+    data: EvalInput,
     *,
     groups: str | Sequence[str] = "layers",
     alphas: int | Sequence[float] = 11,
-    bases: Sequence[str] = BASES,
+    bases: str | Sequence[str] = BASES,
     bn: str = "interpolate",
-    bn_data=None,
+    bn_data: torch.Tensor | EvalInput | None = None,
     random_directions: int = 0,
     seed: int = 0,
     device: str | torch.device | None = None,
     batch_size: int = 256,
 ) -> pd.DataFrame:
-    """Loss and error along the paths of `groups` between models A and B (see the module doc).
+    """Loss and error along the interpolation path of each group of layers between models A and B.
 
-    `model` is any nn.Module with A's architecture (it is copied, never changed); `data` is a
-    DataLoader or an (inputs, labels) pair. bn="recompute" re-estimates BatchNorm running stats
-    on `bn_data` (training inputs) at every point, endpoints included; a model without BatchNorm
-    statistics gives the same numbers under both policies and does not need `bn_data`.
-    `random_directions=N` adds N seeded random-direction curves per layer that appears in a group.
+    Implements the layer-wise (group) interpolation of "Layer-wise Linear Mode Connectivity"
+    (Adilova et al., ICLR 2024, arXiv:2307.06966): on base A, theta_A^S(alpha) is model A with the
+    layers S set to (1 - alpha) theta_A,S + alpha theta_B,S (base B likewise). S = all layers is the
+    full linear interpolation of linear mode connectivity (Frankle et al. 2020, arXiv:1912.05671).
+    `barriers` turns the returned table into midpoint and max barriers.
+
+    Parameters
+    ----------
+    model : nn.Module
+        Any module with A's and B's architecture; it is copied, never changed.
+    state_a, state_b : Mapping[str, torch.Tensor]
+        The two models' state dicts (every key of `model.state_dict()`, same shapes).
+    data : EvalInput
+        The evaluation set: an (inputs, labels) pair of tensors, or a DataLoader yielding
+        (inputs, labels, ...) batches; read once.
+    groups : str or Sequence[str], default "layers"
+        Group specs (see `resolve_groups`): "layers", "full", an ordering, "window:W" or a layer selector.
+    alphas : int or Sequence[float], default 11
+        A count of evenly spaced points or the values in [0, 1]; 0, 0.5 and 1 are always added.
+    bases : str or Sequence[str], default ("a", "b")
+        Which models keep the layers outside the group.
+    bn : str, default "interpolate"
+        One of `BN_POLICIES`. "interpolate" moves running statistics with their layer;
+        "recompute" resets and re-estimates them on `bn_data` at every point, endpoints included
+        (REPAIR, Jordan et al. 2022, arXiv:2211.08403). A model without BatchNorm statistics gives
+        the same numbers under both policies and does not need `bn_data`.
+    bn_data : torch.Tensor, EvalInput or None, default None
+        Training inputs for bn="recompute" (a tensor, a pair or a DataLoader).
+    random_directions : int, default 0
+        N seeded random-direction curves per layer in a group, each a Gaussian direction scaled to
+        that layer's A-B distance (see `random_direction`).
+    seed : int, default 0
+        Seeds the "random" ordering and the random directions.
+    device : str, torch.device or None, default None
+        Where to evaluate; None uses the device of `model`'s first tensor.
+    batch_size : int, default 256
+        Samples per forward pass.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per group, base, direction and alpha, with the columns `CURVE_COLUMNS` (see the module doc).
+
+    Raises
+    ------
+    ConfigError
+        If a group spec, alpha grid, base, BN policy, count or batch size is bad, or bn="recompute"
+        lacks `bn_data` for a model with BatchNorm statistics.
+    CheckpointError
+        If `state_a` or `state_b` does not fit `model`.
+    DataError
+        If `data` is not one integer label per input.
+    ModelError
+        If the model does not return (batch, classes) logits.
     """
     engine = CurveEngine(model, data, bn=bn, bn_data=bn_data, device=device, batch_size=batch_size)
     return engine.curves(
@@ -100,29 +151,61 @@ class _Curve:
 
 
 class CurveEngine:
-    """One working copy of the model and one prepared evaluation set, reused for many model pairs."""
+    """Interpolation curves for many model pairs from one working copy of the model and one evaluation set.
+
+    The engine behind `interpolation_curves`, `pairwise_curves` and the per-round analysis (same
+    definitions, arXiv:2307.06966). The model is copied once; each point rewrites only the tensors
+    its path moves, in place. When the model traces with torch.fx and bn="interpolate", only the part
+    of the network downstream of the moved tensors is re-run (`evaluator_name` "graph"), with the
+    same numbers as full passes.
+
+    Parameters
+    ----------
+    model : nn.Module
+        The architecture of every pair to come; copied, never changed.
+    data : EvalInput
+        The evaluation set: an (inputs, labels) pair of tensors or a DataLoader; read and moved once.
+    bn : str, default "interpolate"
+        One of `BN_POLICIES` (see `interpolation_curves`).
+    bn_data : torch.Tensor, EvalInput or None, default None
+        Training inputs for bn="recompute".
+    device : str, torch.device or None, default None
+        Where to evaluate; None uses the device of `model`'s first tensor.
+    batch_size : int, default 256
+        Samples per forward pass.
+
+    Raises
+    ------
+    ConfigError
+        If `bn` or `batch_size` is bad, or bn="recompute" lacks `bn_data` for a model with BatchNorm statistics.
+    DataError
+        If `data` or `bn_data` is not one integer label per input.
+    ModelError
+        If the model does not return (batch, classes) logits.
+    """
 
     def __init__(
         self,
         model: nn.Module,
-        data,
+        data: EvalInput,
         *,
         bn: str = "interpolate",
-        bn_data=None,
+        bn_data: torch.Tensor | EvalInput | None = None,
         device: str | torch.device | None = None,
         batch_size: int = 256,
     ):
         if bn not in BN_POLICIES:
-            raise FedlayerError(choices_message("BatchNorm policy", bn, BN_POLICIES))
+            raise ConfigError(choices_message("BatchNorm policy", bn, BN_POLICIES))
         if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
-            raise FedlayerError(f"batch_size must be a positive integer, got {batch_size!r}")
-        self.bn = bn
-        self.work = WorkingModel(model, _device(model, device))
+            raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
+        self.bn: str = bn
+        self.work: WorkingModel = WorkingModel(model, _device(model, device))
         self.layers: list[Layer] = model_layers(self.work.model)
         data = as_eval_data(data).to(self.work.device)  # moved once, not per point
+        self.evaluator: GraphEvaluator | PlainEvaluator
         if bn == "recompute" and self.work.bn_modules:
             if bn_data is None:
-                raise FedlayerError("bn='recompute' needs bn_data (training inputs) to re-estimate BatchNorm stats")
+                raise ConfigError("bn='recompute' needs bn_data (training inputs) to re-estimate BatchNorm stats")
             self.evaluator = PlainEvaluator(self.work, data, batch_size, as_inputs(bn_data).to(self.work.device))
         else:
             self.evaluator = _fast_evaluator(self.work, data, batch_size)
@@ -134,11 +217,31 @@ class CurveEngine:
         *,
         groups: str | Sequence[str] = "layers",
         alphas: int | Sequence[float] = 11,
-        bases: Sequence[str] = BASES,
+        bases: str | Sequence[str] = BASES,
         random_directions: int = 0,
         seed: int = 0,
     ) -> pd.DataFrame:
-        """The curves table for one pair of models (see the module doc)."""
+        """The curves table for one pair of models, as `interpolation_curves` returns it.
+
+        Parameters
+        ----------
+        state_a, state_b : Mapping[str, torch.Tensor]
+            The two models' state dicts.
+        groups, alphas, bases, random_directions, seed
+            As for `interpolation_curves`.
+
+        Returns
+        -------
+        pandas.DataFrame
+            One row per group, base, direction and alpha, with the columns `CURVE_COLUMNS`.
+
+        Raises
+        ------
+        ConfigError
+            If a group spec, alpha grid, base or count is bad.
+        CheckpointError
+            If `state_a` or `state_b` does not fit the model.
+        """
         bases = _checked_bases(bases)
         grid = alpha_grid(alphas)
         check_non_negative("random_directions", random_directions)
@@ -164,7 +267,7 @@ class CurveEngine:
         # The full path is the same from either base: evaluated once, its values serve both.
         full = {a: m for base in bases for c, values in evaluated[base] if c.kind == "full" for a, m in values.items()}
         full.update({0.0: endpoints["a"], 1.0: endpoints["b"]})
-        rows = []
+        rows: list[tuple[object, ...]] = []
         for base in bases:
             for curve, values in evaluated[base]:
                 known = full if curve.kind == "full" else {**values, BASE_ALPHA[base]: endpoints[base]}
@@ -228,12 +331,13 @@ class CurveEngine:
         return self.evaluator.name
 
 
-def check_non_negative(what: str, value) -> None:
+def check_non_negative(what: str, value: object) -> None:
+    """A ConfigError unless `value` is a non-negative integer (a bool is not one)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
-        raise FedlayerError(f"{what} must be a non-negative integer, got {value!r}")
+        raise ConfigError(f"{what} must be a non-negative integer, got {value!r}")
 
 
-def _fast_evaluator(work: WorkingModel, data, batch_size: int):
+def _fast_evaluator(work: WorkingModel, data, batch_size: int) -> GraphEvaluator | PlainEvaluator:
     try:
         with torch.inference_mode(), full_precision():
             return GraphEvaluator(work, data, batch_size)
@@ -249,9 +353,9 @@ def _device(model: nn.Module, device) -> torch.device:
     return first.device if first is not None else torch.device("cpu")
 
 
-def _checked_bases(bases: Sequence[str]) -> tuple[str, ...]:
+def _checked_bases(bases: str | Sequence[str]) -> tuple[str, ...]:
     bases = (bases,) if isinstance(bases, str) else tuple(bases)
     unknown = [b for b in bases if b not in BASES]
     if unknown or not bases or len(set(bases)) != len(bases):
-        raise FedlayerError(f"bad bases {bases!r}: give 'a', 'b' or both, each once")
+        raise ConfigError(f"bad bases {bases!r}: give 'a', 'b' or both, each once")
     return tuple(b for b in BASES if b in bases)

@@ -17,9 +17,14 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import DataLoader
 
 from fedlayer.analysis.pooling import use_strided_max_pools
-from fedlayer.errors import FedlayerError
+from fedlayer.errors import DataError, ModelError
+from fedlayer.training import Metrics
+
+EvalInput = Sequence[torch.Tensor] | DataLoader
+"""Evaluation data: an (inputs, labels) pair of tensors, or a DataLoader yielding (inputs, labels, ...) batches."""
 
 
 @contextlib.contextmanager
@@ -53,42 +58,47 @@ class EvalData:
             yield self.inputs[start : start + batch_size], self.labels[start : start + batch_size]
 
 
-def as_eval_data(data) -> EvalData:
-    """An (inputs, labels) pair of tensors, or a DataLoader yielding (inputs, labels) batches."""
-    if isinstance(data, torch.utils.data.DataLoader):
+def as_eval_data(data: EvalInput) -> EvalData:
+    """The evaluation set held by `data`, checked: one integer label per input.
+
+    Raises
+    ------
+    DataError
+        If `data` is neither a DataLoader nor a pair of tensors, yields nothing, or its labels do
+        not match its inputs one to one or are not integers.
+    """
+    if isinstance(data, DataLoader):
         batches = [tuple(batch)[:2] for batch in data]
         if not batches:
-            raise FedlayerError("the evaluation DataLoader yields no batches")
+            raise DataError("the evaluation DataLoader yields no batches")
         inputs, labels = torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
     elif isinstance(data, Sequence) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data):
         inputs, labels = data
     else:
-        raise FedlayerError(
+        raise DataError(
             f"evaluation data must be a DataLoader or an (inputs, labels) pair of tensors, got {type(data).__name__}"
         )
     if labels.dim() != 1 or len(labels) != len(inputs) or len(labels) == 0:
-        raise FedlayerError(
+        raise DataError(
             f"evaluation data needs one integer label per input: {len(inputs)} inputs, labels of shape "
             f"{tuple(labels.shape)}"
         )
     if labels.is_floating_point():
-        raise FedlayerError(f"labels must be class indices (integers), got dtype {labels.dtype}")
+        raise DataError(f"labels must be class indices (integers), got dtype {labels.dtype}")
     return EvalData(inputs, labels.long())
 
 
-def as_inputs(data) -> torch.Tensor:
-    """Inputs for BatchNorm re-estimation: a tensor, an (inputs, labels) pair or a DataLoader."""
+def as_inputs(data: torch.Tensor | EvalInput) -> torch.Tensor:
+    """Inputs for BatchNorm re-estimation: a tensor, an (inputs, labels) pair or a DataLoader.
+
+    Raises
+    ------
+    DataError
+        As `as_eval_data`, for a pair or a DataLoader.
+    """
     if isinstance(data, torch.Tensor):
         return data
     return as_eval_data(data).inputs
-
-
-@dataclass(frozen=True)
-class Metrics:
-    """Sample-weighted mean cross-entropy and error rate in percent over the evaluation set."""
-
-    loss: float
-    error: float
 
 
 class Accumulator:
@@ -100,9 +110,10 @@ class Accumulator:
         self.count = 0
 
     def add(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        """Count one batch; a ModelError if the model did not return (batch, classes) logits."""
         if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
             shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
-            raise FedlayerError(f"the model must return a (batch, classes) tensor of logits, got {shape}")
+            raise ModelError(f"the model must return a (batch, classes) tensor of logits, got {shape}")
         if logits.dtype not in (torch.float32, torch.float64):
             logits = logits.float()
         losses = F.cross_entropy(logits, labels, reduction="none").double().sum()
@@ -113,7 +124,7 @@ class Accumulator:
 
     def result(self) -> Metrics:
         loss = float(self.loss_sum) / self.count
-        return Metrics(loss=loss, error=100.0 - 100.0 * int(self.correct) / self.count)
+        return Metrics(loss=loss, correct=int(self.correct), seen=self.count, num_examples=self.count)
 
 
 @dataclass(frozen=True, eq=False)
@@ -136,20 +147,29 @@ class Segment:
 
     def write(self, alpha: float) -> None:
         if self.delta is None:
-            torch.lerp(self.at0, self.at1, alpha, out=self.target)
+            at0, at1 = self._ends()
+            torch.lerp(at0, at1, alpha, out=self.target)
         else:
             torch.add(self.rest, self.delta, alpha=abs(alpha - self.base_end), out=self.target)
 
     def value(self, alpha: float) -> torch.Tensor:
         if self.delta is None:
-            return torch.lerp(self.at0, self.at1, alpha)
+            at0, at1 = self._ends()
+            return torch.lerp(at0, at1, alpha)
         return torch.add(self.rest, self.delta, alpha=abs(alpha - self.base_end))
+
+    def _ends(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The interpolation ends, which a segment without `delta` must have."""
+        if self.at0 is None or self.at1 is None:
+            raise ValueError("a Segment needs either delta or both at0 and at1")
+        return self.at0, self.at1
 
     def restore(self) -> None:
         self.target.copy_(self.rest)
 
 
-Path = Sequence[Segment]
+ParameterPath = Sequence[Segment]
+"""The tensors one path moves, each along its own line: a group's interpolation or a random direction."""
 
 
 class WorkingModel:
@@ -167,7 +187,7 @@ class WorkingModel:
             parameter.requires_grad_(False)
         for module in self.model.modules():
             if isinstance(getattr(module, "inplace", None), bool):
-                module.inplace = False
+                module.inplace = False  # type: ignore[assignment]  # torch stub: __setattr__ takes Tensor | Module
         use_strided_max_pools(self.model)  # each pool falls back to the stock kernel off the CPU
         self.tensors: dict[str, torch.Tensor] = self.model.state_dict(keep_vars=True)
         self.parameter_names = {name for name, _ in self.model.named_parameters(remove_duplicate=False)}
@@ -211,7 +231,7 @@ class PlainEvaluator:
         self.work, self.data, self.batch_size, self.bn_inputs = work, data, batch_size, bn_inputs
 
     def evaluate(
-        self, base: Mapping[str, torch.Tensor], paths: Sequence[tuple[Path, Sequence[float]]]
+        self, base: Mapping[str, torch.Tensor], paths: Sequence[tuple[ParameterPath, Sequence[float]]]
     ) -> tuple[Metrics, list[list[Metrics]]]:
         """Metrics of the base model and of each path at each of its alphas."""
         self.work.load(base)

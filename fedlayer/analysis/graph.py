@@ -15,12 +15,14 @@ import inspect
 import operator
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import fx, nn
 
-from fedlayer.analysis.evaluate import Accumulator, EvalData, Metrics, Path, WorkingModel
+from fedlayer.analysis.evaluate import Accumulator, EvalData, ParameterPath, WorkingModel
 from fedlayer.analysis.pooling import StridedMaxPool2d
+from fedlayer.training import Metrics
 
 _AFFINE_MODULES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _OUT_OF_PLACE_OPERATORS = {
@@ -77,7 +79,7 @@ class GraphEvaluator:
         self._verify(data.inputs[:_VERIFY_SAMPLES])
 
     def evaluate(
-        self, base: Mapping[str, torch.Tensor], paths: Sequence[tuple[Path, Sequence[float]]]
+        self, base: Mapping[str, torch.Tensor], paths: Sequence[tuple[ParameterPath, Sequence[float]]]
     ) -> tuple[Metrics, list[list[Metrics]]]:
         """Metrics of the base model and of each path at each of its alphas."""
         self.work.load(base)
@@ -98,7 +100,7 @@ class GraphEvaluator:
         ]
         return base_metrics, results
 
-    def _run_path(self, segments: Path, alphas, plan: _Plan, cache, labels, row: list[Accumulator]) -> None:
+    def _run_path(self, segments: ParameterPath, alphas, plan: _Plan, cache, labels, row: list[Accumulator]) -> None:
         if plan.linear is not None:
             ends = self._linear_ends(plan.linear, segments, cache)
         for alpha, accumulator in zip(alphas, row, strict=True):
@@ -113,7 +115,7 @@ class GraphEvaluator:
             for segment in segments:
                 segment.restore()
 
-    def _linear_ends(self, node: fx.Node, segments: Path, cache) -> tuple[torch.Tensor, torch.Tensor]:
+    def _linear_ends(self, node: fx.Node, segments: ParameterPath, cache) -> tuple[torch.Tensor, torch.Tensor]:
         """The affine module's outputs at alpha 0 and 1: the cached base one and the far end's."""
         module = self.submodules[node.target]
         names = {id(t): name for name, t in module.named_parameters(recurse=False)}
@@ -126,7 +128,7 @@ class GraphEvaluator:
 
     def _run_all(self, inputs: torch.Tensor, cache: dict, keep: set[fx.Node]) -> torch.Tensor:
         """A full forward pass of the base model that stores the activations in `keep`."""
-        env: dict[fx.Node, object] = {self.nodes[0]: inputs, **self.defaults}
+        env: dict[fx.Node, Any] = {self.nodes[0]: inputs, **self.defaults}
         for node in self.nodes:
             if node not in env:
                 env[node] = self._execute(node, env)
@@ -141,17 +143,18 @@ class GraphEvaluator:
                 del env[done]
         return env[self.output]
 
-    def _execute(self, node: fx.Node, env: Mapping[fx.Node, object]):
+    def _execute(self, node: fx.Node, env: Mapping[fx.Node, Any]):
         args = fx.node.map_arg(node.args, env.__getitem__)
         kwargs = fx.node.map_arg(node.kwargs, env.__getitem__)
-        if node.op == "call_module":
-            return self.submodules[node.target](*args, **kwargs)
-        if node.op == "call_function":
-            return node.target(*args, **kwargs)
-        if node.op == "call_method":
-            return getattr(args[0], node.target)(*args[1:], **kwargs)
-        if node.op == "get_attr":
-            return operator.attrgetter(node.target)(self.module)
+        target = node.target  # a callable for call_function, a qualified name (str) for the other ops
+        if node.op == "call_module" and isinstance(target, str):
+            return self.submodules[target](*args, **kwargs)
+        if node.op == "call_function" and callable(target):
+            return target(*args, **kwargs)
+        if node.op == "call_method" and isinstance(target, str):
+            return getattr(args[0], target)(*args[1:], **kwargs)
+        if node.op == "get_attr" and isinstance(target, str):
+            return operator.attrgetter(target)(self.module)
         if node.op == "output":
             return args[0]
         raise Untraceable(f"unexpected graph node {node.op} {node.target}")
@@ -199,7 +202,7 @@ class GraphEvaluator:
         if node.op == "call_module":
             module = self.submodules[node.target]
             return frozenset(id(t) for t in (*module.parameters(), *module.buffers()))
-        if node.op == "get_attr":
+        if node.op == "get_attr" and isinstance(node.target, str):
             value = operator.attrgetter(node.target)(self.module)
             if isinstance(value, nn.Module):
                 return frozenset(id(t) for t in (*value.parameters(), *value.buffers()))
@@ -245,14 +248,23 @@ def _make_out_of_place(nodes: Sequence[fx.Node]) -> None:
             node.target = _out_of_place_function(node.target)
         elif node.op == "call_function":
             was_inplace = _switch_off_inplace_argument(node)
-        elif node.op == "call_method" and node.target.endswith("_") and not node.target.startswith("_"):
+        elif (
+            node.op == "call_method"
+            and isinstance(node.target, str)
+            and node.target.endswith("_")
+            and not node.target.startswith("_")
+        ):
             if not hasattr(torch.Tensor, node.target[:-1]):
                 raise Untraceable(f"in-place method {node.target} has no out-of-place form")
             node.target = node.target[:-1]
         else:
             was_inplace = False
         if was_inplace and node.args and isinstance(node.args[0], fx.Node):
-            node.args[0].replace_all_uses_with(node, delete_user_cb=lambda user, n=node: position[user] > position[n])
+
+            def after(user: fx.Node, n: fx.Node = node) -> bool:
+                return position[user] > position[n]
+
+            node.args[0].replace_all_uses_with(node, delete_user_cb=after)
 
 
 def _out_of_place_function(function):
@@ -265,6 +277,8 @@ def _out_of_place_function(function):
 
 def _switch_off_inplace_argument(node: fx.Node) -> bool:
     """F.relu(x, inplace=True) and the like: bind the call and pass inplace=False; True if it was in place."""
+    if not callable(node.target):  # a str target: inspect.signature would raise TypeError
+        return False
     try:
         signature = inspect.signature(node.target)
     except (TypeError, ValueError):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import numbers
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 import numpy as np
 import pandas as pd
@@ -14,14 +14,20 @@ from torch import nn
 
 from fedlayer.analysis.barriers import barriers
 from fedlayer.analysis.curves import CurveEngine, check_non_negative
-from fedlayer.errors import FedlayerError
+from fedlayer.analysis.evaluate import EvalInput
+from fedlayer.errors import ConfigError
 
 
-def select_pairs(names, pairs: str | int = "all", *, seed: int = 0) -> list[tuple[str, str]]:
+def select_pairs(names: Iterable[object], pairs: str | int = "all", *, seed: int = 0) -> list[tuple[str, str]]:
     """Unordered pairs of distinct names, in sorted order ("client2" before "client10").
 
     pairs="all" (or 0) gives every pair; an integer N a seeded sample of N distinct pairs (all of
     them if there are no more than N).
+
+    Raises
+    ------
+    ConfigError
+        If `pairs` is neither "all" nor a non-negative integer, or `seed` is negative.
     """
     check_non_negative("seed", seed)
     ordered = sorted({str(n) for n in names}, key=_natural_key)
@@ -29,7 +35,7 @@ def select_pairs(names, pairs: str | int = "all", *, seed: int = 0) -> list[tupl
     if pairs == "all" or pairs == 0:
         return every
     if isinstance(pairs, bool) or not isinstance(pairs, numbers.Integral) or pairs < 0:
-        raise FedlayerError(f"bad pairs {pairs!r}: give 'all' or a non-negative number of pairs")
+        raise ConfigError(f"bad pairs {pairs!r}: give 'all' or a non-negative number of pairs")
     if pairs >= len(every):
         return every
     picked = np.random.default_rng(seed).choice(len(every), size=int(pairs), replace=False)
@@ -39,24 +45,58 @@ def select_pairs(names, pairs: str | int = "all", *, seed: int = 0) -> list[tupl
 def pairwise_curves(
     model: nn.Module,
     states: Mapping[str, Mapping[str, torch.Tensor]],
-    data,
+    data: EvalInput,
     *,
     pairs: str | int = "all",
     seed: int = 0,
     bn: str = "interpolate",
-    bn_data=None,
+    bn_data: torch.Tensor | EvalInput | None = None,
     device: str | torch.device | None = None,
     batch_size: int = 256,
     **curve_kwargs,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(curves, barriers) for the selected pairs, with client_a and client_b as the first columns.
+    """Interpolation curves and barriers between every pair, or a seeded sample of pairs, of several models.
 
-    `curve_kwargs` are `interpolation_curves`' groups, alphas, bases and random_directions; `seed`
-    drives both the pair sample and the curves. The model is copied and traced once for all pairs.
+    The paper's measurement between clients (Adilova et al., ICLR 2024, arXiv:2307.06966), run on
+    one `CurveEngine`: the model is copied and traced once for all pairs.
+
+    Parameters
+    ----------
+    model : nn.Module
+        Any module with the models' architecture; copied, never changed.
+    states : Mapping[str, Mapping[str, torch.Tensor]]
+        State dicts by model name (at least two); names become the client_a and client_b columns.
+    data : EvalInput
+        The evaluation set: an (inputs, labels) pair of tensors or a DataLoader.
+    pairs : str or int, default "all"
+        "all" (or 0) for every pair, or N for a seeded sample of N distinct pairs (see `select_pairs`).
+    seed : int, default 0
+        Seeds both the pair sample and the curves.
+    bn, bn_data, device, batch_size
+        As for `interpolation_curves`.
+    **curve_kwargs
+        `interpolation_curves`' groups, alphas, bases and random_directions.
+
+    Returns
+    -------
+    tuple[pandas.DataFrame, pandas.DataFrame]
+        (curves, barriers): the tables of `interpolation_curves` and `barriers` for all pairs, with
+        client_a and client_b as their first columns.
+
+    Raises
+    ------
+    ConfigError
+        If fewer than two models are given, or an argument is bad (see `interpolation_curves`).
+    CheckpointError
+        If a state does not fit `model`.
+    DataError
+        If `data` is not one integer label per input.
+    ModelError
+        If the model does not return (batch, classes) logits.
     """
     named = {str(name): state for name, state in states.items()}
     if len(named) < 2:
-        raise FedlayerError(f"pairwise curves need at least two models, got {len(named)}")
+        raise ConfigError(f"pairwise curves need at least two models, got {len(named)}")
     engine = CurveEngine(model, data, bn=bn, bn_data=bn_data, device=device, batch_size=batch_size)
     tables = []
     for name_a, name_b in select_pairs(named, pairs, seed=seed):

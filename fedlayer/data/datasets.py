@@ -16,9 +16,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fedlayer.errors import FedlayerError, choices_message
+from fedlayer.errors import DataError, choices_message
 
-DATASETS = ("digits", "fashion-mnist", "mnist", "cifar10", "cifar100")
+DATASET_SPECS: dict[str, tuple[tuple[int, int, int], int]] = {
+    "digits": ((1, 8, 8), 10),
+    "fashion-mnist": ((1, 28, 28), 10),
+    "mnist": ((1, 28, 28), 10),
+    "cifar10": ((3, 32, 32), 10),
+    "cifar100": ((3, 32, 32), 100),
+}
+"""Input shape (C, H, W) and class count of each dataset, known without loading it."""
+DATASETS = tuple(DATASET_SPECS)
+"""The dataset registry: the names `load_dataset` accepts."""
 
 SYSTEM_DIRS = {"fashion-mnist": (Path("/usr/share/datasets/fashion-mnist"),)}
 """Folders that OS packages install datasets into (Debian: `dataset-fashion-mnist`)."""
@@ -31,7 +40,23 @@ IDX_FILES = {
 
 @dataclass(frozen=True, eq=False)
 class Dataset:
-    """A dataset's global train and test sets: float32 (N, C, H, W) normalised per channel, int64 labels."""
+    """A dataset's global train and test sets, as `load_dataset` returns them.
+
+    Attributes
+    ----------
+    name : str
+        The registry name (one of `DATASETS`).
+    train_x, test_x : torch.Tensor
+        float32 images (N, C, H, W), normalised per channel with the dataset's published mean and std.
+    train_y, test_y : torch.Tensor
+        int64 class labels (N,).
+    num_classes : int
+        Classes in the label space.
+    input_shape : tuple[int, int, int]
+        (C, H, W) of one image.
+    source : str, default ""
+        Where it was read from: a folder, or "scikit-learn load_digits".
+    """
 
     name: str
     train_x: torch.Tensor
@@ -64,7 +89,6 @@ class _Spec:
     torchvision_class: str
     mean: tuple[float, ...]
     std: tuple[float, ...]
-    num_classes: int
     install_hint: str = ""
 
 
@@ -72,13 +96,36 @@ _CACHE: dict[tuple[str, str], Dataset] = {}
 
 
 def load_dataset(name: str, data_dir: str | Path | None = None, download: bool = False) -> Dataset:
-    """Load `name` (cached per process by name and resolved folder).
+    """Load a registered dataset from local files (offline first), cached per process.
 
-    Looks in `data_dir`, then $FEDLAYER_DATA, then system folders, then the download cache; downloads
-    with torchvision only when `download` is true.
+    Scikit-learn's digits ship with scikit-learn (a fixed stratified 1437/360 split). The others are
+    read from torchvision's on-disk formats (MNIST-style IDX files, CIFAR python batches), found in
+    `data_dir`, then $FEDLAYER_DATA, then system folders (Debian's `dataset-fashion-mnist`), then the
+    download cache; torchvision downloads only when `download` is true. Results are cached by name
+    and resolved folder.
+
+    Parameters
+    ----------
+    name : str
+        One of `DATASETS`.
+    data_dir : str, pathlib.Path or None, default None
+        A folder holding torchvision's files for the dataset (searched first; downloads land here).
+    download : bool, default False
+        Download with torchvision when no local copy is found.
+
+    Returns
+    -------
+    Dataset
+        The normalised train and test sets.
+
+    Raises
+    ------
+    DataError
+        If the name is unknown, the dataset is not found offline (the message lists where it looked
+        and how to get it), a download fails, or a file is unreadable or malformed.
     """
     if name not in DATASETS:
-        raise FedlayerError(choices_message("dataset", name, DATASETS))
+        raise DataError(choices_message("dataset", name, DATASETS))
     if name == "digits":
         return _cached(name, "scikit-learn load_digits", _load_digits)
     spec = _SPECS[name]
@@ -87,12 +134,12 @@ def load_dataset(name: str, data_dir: str | Path | None = None, download: bool =
     if found is None and download:
         found = _download(name, spec, _download_root(data_dir))
     if found is None:
-        raise FedlayerError(_missing_message(name, spec, checked))
+        raise DataError(_missing_message(name, spec, checked))
     folder = found.resolve()
     return _cached(
         name,
         str(folder),
-        lambda: _to_dataset(name, spec.read(folder), spec.mean, spec.std, spec.num_classes, str(folder)),
+        lambda: _to_dataset(name, spec.read(folder), spec.mean, spec.std, str(folder)),
     )
 
 
@@ -134,10 +181,10 @@ def _download(name: str, spec: _Spec, root: Path) -> Path:
         for train in (True, False):
             cls(str(root), train=train, download=True)
     except (OSError, RuntimeError) as exc:
-        raise FedlayerError(f"could not download dataset {name!r} into {root}: {exc}") from exc
+        raise DataError(f"could not download dataset {name!r} into {root}: {exc}") from exc
     found = next((folder for folder in spec.folders(root) if spec.complete(folder)), None)
     if found is None:
-        raise FedlayerError(f"downloaded dataset {name!r} into {root} but its files are not where expected")
+        raise DataError(f"downloaded dataset {name!r} into {root} but its files are not where expected")
     return found
 
 
@@ -152,18 +199,17 @@ def _missing_message(name: str, spec: _Spec, checked: list[Path]) -> str:
     )
 
 
-def _to_dataset(
-    name: str, raw: _Raw, mean: tuple[float, ...], std: tuple[float, ...], num_classes: int, source: str
-) -> Dataset:
+def _to_dataset(name: str, raw: _Raw, mean: tuple[float, ...], std: tuple[float, ...], source: str) -> Dataset:
     train_x, test_x = (_normalise(x, raw.max_value, mean, std) for x in (raw.train_x, raw.test_x))
+    channels, height, width = train_x.shape[1:]
     return Dataset(
         name=name,
         train_x=train_x,
         train_y=torch.from_numpy(raw.train_y.astype(np.int64)),
         test_x=test_x,
         test_y=torch.from_numpy(raw.test_y.astype(np.int64)),
-        num_classes=num_classes,
-        input_shape=tuple(train_x.shape[1:]),
+        num_classes=DATASET_SPECS[name][1],
+        input_shape=(channels, height, width),
         source=source,
     )
 
@@ -190,7 +236,7 @@ def _load_digits() -> Dataset:
         x, bunch.target, test_size=360, stratify=bunch.target, random_state=0
     )
     raw = _Raw(train_x, train_y, test_x, test_y, max_value=16.0)
-    return _to_dataset("digits", raw, DIGITS_MEAN, DIGITS_STD, 10, "scikit-learn load_digits")
+    return _to_dataset("digits", raw, DIGITS_MEAN, DIGITS_STD, "scikit-learn load_digits")
 
 
 # --- MNIST-style IDX files ---------------------------------------------------------------------------
@@ -201,34 +247,48 @@ def _idx_file(folder: Path, stem: str) -> Path | None:
     return next((p for p in (folder / stem, folder / f"{stem}.gz") if p.is_file()), None)
 
 
+def _required_idx_file(folder: Path, stem: str) -> Path:
+    """`_idx_file`, or a DataError when neither `stem` nor `stem.gz` is there (e.g. removed after the check)."""
+    path = _idx_file(folder, stem)
+    if path is None:
+        raise DataError(f"{folder} has no IDX file {stem} (or {stem}.gz)")
+    return path
+
+
 def _idx_complete(folder: Path) -> bool:
     return all(_idx_file(folder, stem) for pair in IDX_FILES.values() for stem in pair)
 
 
 def read_idx(path: Path) -> np.ndarray:
-    """Read one IDX file (unsigned bytes; plain or gzip), the format of MNIST and Fashion-MNIST."""
+    """Read one IDX file (unsigned bytes; plain or gzip), the format of MNIST and Fashion-MNIST.
+
+    Raises
+    ------
+    DataError
+        If the file cannot be read, is not an unsigned-byte IDX file, or is truncated.
+    """
     opener = gzip.open if path.suffix == ".gz" else open
     try:
         with opener(path, "rb") as f:
             data = f.read()
     except OSError as exc:
-        raise FedlayerError(f"cannot read IDX file {path}: {exc}") from exc
+        raise DataError(f"cannot read IDX file {path}: {exc}") from exc
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
-        raise FedlayerError(f"{path} is not an unsigned-byte IDX file (bad magic number)")
+        raise DataError(f"{path} is not an unsigned-byte IDX file (bad magic number)")
     ndim = data[3]
     dims = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     offset = 4 + 4 * ndim
     if len(data) - offset != int(np.prod(dims)):
-        raise FedlayerError(f"{path} is truncated: header says {dims}, file has {len(data) - offset} values")
+        raise DataError(f"{path} is truncated: header says {dims}, file has {len(data) - offset} values")
     return np.frombuffer(data, dtype=np.uint8, offset=offset).reshape(dims)
 
 
 def _read_idx_folder(folder: Path) -> _Raw:
     arrays = {}
     for split, (images, labels) in IDX_FILES.items():
-        x, y = (read_idx(_idx_file(folder, stem)) for stem in (images, labels))
+        x, y = (read_idx(_required_idx_file(folder, stem)) for stem in (images, labels))
         if len(x) != len(y):
-            raise FedlayerError(f"{folder}: {split} has {len(x)} images but {len(y)} labels")
+            raise DataError(f"{folder}: {split} has {len(x)} images but {len(y)} labels")
         arrays[split] = (x[:, None], y)
     return _Raw(*arrays["train"], *arrays["test"], max_value=255.0)
 
@@ -272,21 +332,22 @@ def _read_cifar_batch(path: Path, label_key: str) -> tuple[np.ndarray, np.ndarra
         x = np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
         y = np.asarray(entry[label_key], dtype=np.int64)
     except (OSError, pickle.UnpicklingError, KeyError, ValueError, TypeError, EOFError) as exc:
-        raise FedlayerError(f"cannot read CIFAR batch {path}: {exc}") from exc
+        raise DataError(f"cannot read CIFAR batch {path}: {exc}") from exc
     if len(x) != len(y):
-        raise FedlayerError(f"CIFAR batch {path} has {len(x)} images but {len(y)} labels")
+        raise DataError(f"CIFAR batch {path} has {len(x)} images but {len(y)} labels")
     return x, y
 
 
-def _cifar_spec(name: str, mean: tuple[float, ...], std: tuple[float, ...], num_classes: int) -> _Spec:
+def _cifar_spec(name: str, mean: tuple[float, ...], std: tuple[float, ...]) -> _Spec:
     folder_name, train_files, test_files, label_key = CIFAR_FILES[name]
 
     def read(folder: Path) -> _Raw:
-        splits = []
+        splits: list[tuple[np.ndarray, np.ndarray]] = []
         for files in (train_files, test_files):
             batches = [_read_cifar_batch(folder / f, label_key) for f in files]
-            splits += [np.concatenate([b[0] for b in batches]), np.concatenate([b[1] for b in batches])]
-        return _Raw(*splits, max_value=255.0)
+            splits.append((np.concatenate([b[0] for b in batches]), np.concatenate([b[1] for b in batches])))
+        (train_x, train_y), (test_x, test_y) = splits
+        return _Raw(train_x, train_y, test_x, test_y, max_value=255.0)
 
     return _Spec(
         folders=lambda root: [root / folder_name],
@@ -295,7 +356,6 @@ def _cifar_spec(name: str, mean: tuple[float, ...], std: tuple[float, ...], num_
         torchvision_class=name.upper(),
         mean=mean,
         std=std,
-        num_classes=num_classes,
     )
 
 
@@ -307,7 +367,6 @@ _SPECS: dict[str, _Spec] = {
         torchvision_class="FashionMNIST",
         mean=(0.2860,),
         std=(0.3530,),
-        num_classes=10,
         install_hint="apt-get install dataset-fashion-mnist",
     ),
     "mnist": _Spec(
@@ -317,8 +376,7 @@ _SPECS: dict[str, _Spec] = {
         torchvision_class="MNIST",
         mean=(0.1307,),
         std=(0.3081,),
-        num_classes=10,
     ),
-    "cifar10": _cifar_spec("cifar10", (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), 10),
-    "cifar100": _cifar_spec("cifar100", (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), 100),
+    "cifar10": _cifar_spec("cifar10", (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "cifar100": _cifar_spec("cifar100", (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
 }

@@ -2,7 +2,8 @@
 
 The splitting itself is flwr-datasets' partitioners; this module feeds them the label column, maps what
 they return back to indices of the global train set, and saves the result with a content hash so a run
-can prove which samples each client had.
+can prove which samples each client had. The partitioners run on an in-memory `datasets.Dataset`
+(`Dataset.from_dict`), so nothing here reads from or reports to the network.
 """
 
 from __future__ import annotations
@@ -10,19 +11,23 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
 from fedlayer.atomic import write_bytes
-from fedlayer.errors import FedlayerError, choices_message
+from fedlayer.errors import DataError, choices_message
+
+if TYPE_CHECKING:  # the config imports this registry, so the type is only named here
+    from fedlayer.config import Config
+    from fedlayer.data.datasets import Dataset
 
 METHODS = ("iid", "dirichlet", "pathological", "shard")
+"""The partition schemes (see `make_partitions`), exported as `fedlayer.data.PARTITION_SCHEMES`."""
 FORMAT = "fedlayer-partitions/1"
 MIN_DIRICHLET_SIZE = 10
 """Fewest samples a Dirichlet client may get (flwr-datasets' default), capped for tiny data sets."""
@@ -41,7 +46,25 @@ class ClientPartition:
 
 @dataclass(frozen=True, eq=False)
 class Partitions:
-    """All clients' partitions and how they were made; `content_hash` fingerprints the indices."""
+    """All clients' partitions and how they were made; `content_hash` fingerprints the indices.
+
+    Attributes
+    ----------
+    method : str
+        The partition scheme, one of `METHODS`.
+    params : dict[str, Any]
+        The scheme's parameters (test_fraction and alpha, classes_per_client or shards_per_client).
+    seed : int
+        The seed every draw came from.
+    num_classes, num_samples : int
+        Classes in the label space and samples in the global train set.
+    clients : list[ClientPartition]
+        One entry per client, in client order.
+    dataset : str, default ""
+        The dataset's registry name, when known.
+    content_hash : str
+        sha256 over every client's id, part sizes and indices (computed, not passed).
+    """
 
     method: str
     params: dict[str, Any]
@@ -63,10 +86,15 @@ class Partitions:
         """Clients x classes sample counts for `split` ("train", "test", "all").
 
         From `labels` (the global train labels) when given, else from the counts recorded at creation.
+
+        Raises
+        ------
+        DataError
+            If `split` is unknown.
         """
         splits = ("train", "test", "all")
         if split not in splits:
-            raise FedlayerError(choices_message("split", split, splits))
+            raise DataError(choices_message("split", split, splits))
         rows = [self._counts(c, labels, split) for c in self.clients]
         frame = pd.DataFrame(np.array(rows, dtype=np.int64).reshape(len(rows), self.num_classes))
         frame.index.name, frame.columns.name = "client", "class"
@@ -111,7 +139,13 @@ class Partitions:
 
     @classmethod
     def load(cls, path: str | Path) -> Partitions:
-        """Read a saved file; a file whose indices no longer match its content hash is an error."""
+        """Read a file written by `save`.
+
+        Raises
+        ------
+        DataError
+            If the file is unreadable or malformed, or its indices no longer match its content hash.
+        """
         try:
             payload = json.loads(Path(path).read_text())
             if payload.get("format") != FORMAT:
@@ -137,9 +171,9 @@ class Partitions:
             )
             recorded = payload["content_hash"]
         except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise FedlayerError(f"cannot read partitions file {path}: {exc}") from exc
+            raise DataError(f"cannot read partitions file {path}: {exc}") from exc
         if loaded.content_hash != recorded:
-            raise FedlayerError(
+            raise DataError(
                 f"partitions file {path} was modified: its indices hash to {loaded.content_hash[:12]}, "
                 f"not the recorded {recorded[:12]}; recreate it with `fedlayer partitions`"
             )
@@ -159,10 +193,56 @@ def make_partitions(
     num_classes: int | None = None,
     subset: np.ndarray | None = None,
 ) -> Partitions:
-    """Split the samples of `labels` (restricted to `subset` indices if given) among `num_clients`.
+    """Split the samples of `labels` among clients with a seeded partition scheme (flwr-datasets' partitioners).
 
-    Returned indices refer to positions in `labels`. Pathological and shard splits may leave out
-    samples (classes no client drew; the remainder after equal-size shards).
+    The schemes (`METHODS`), each after a seeded shuffle:
+
+    - "iid": equal-size random parts;
+    - "dirichlet": each class spread over the clients by proportions drawn from Dir(alpha) (Hsu et
+      al. 2019, arXiv:1909.06335); smaller alpha is more skewed;
+    - "pathological": each client holds exactly `classes_per_client` classes, each class's samples
+      split evenly among its clients (Li et al. 2022, arXiv:2102.02079, after the pathological
+      non-IID split of McMahan et al. 2017, arXiv:1602.05629);
+    - "shard": samples sorted by label, cut into equal shards, `shards_per_client` shards per client
+      (McMahan et al. 2017, arXiv:1602.05629).
+
+    Each client's samples are then split, seeded and stratified where every class allows it, into
+    local train and test parts.
+
+    Parameters
+    ----------
+    labels : np.ndarray
+        Integer class labels of the global train set.
+    num_clients : int
+        Clients to split among, from 1 to the number of samples used.
+    method : str
+        One of `METHODS`.
+    seed : int
+        Seeds every draw: the same arguments give the same partitions.
+    alpha : float, default 0.5
+        Dirichlet concentration (dirichlet only), positive.
+    classes_per_client : int, default 2
+        Classes per client (pathological only), from 1 to `num_classes`.
+    shards_per_client : int, default 2
+        Shards per client (shard only), at least 1.
+    test_fraction : float, default 0.2
+        Fraction of each client's samples held out as its local test part, in [0, 1).
+    num_classes : int or None, default None
+        Classes in the label space; None means max(labels) + 1.
+    subset : np.ndarray or None, default None
+        Indices of `labels` to split; None uses them all.
+
+    Returns
+    -------
+    Partitions
+        Indices into `labels` per client. Pathological and shard splits may leave out samples
+        (classes no client drew; the remainder after equal-size shards).
+
+    Raises
+    ------
+    DataError
+        If the scheme is unknown, a parameter is out of range, or the split cannot be made (a
+        Dirichlet draw that leaves a client too few samples in 10 tries).
     """
     labels = np.asarray(labels, dtype=np.int64)
     num_classes = int(labels.max()) + 1 if num_classes is None else num_classes
@@ -193,10 +273,29 @@ def make_partitions(
     return Partitions(method, params, seed, num_classes, len(labels), clients)
 
 
-def partitions_from_config(cfg, dataset) -> Partitions:
-    """Partitions of `dataset`'s train set as `cfg.data.*`, `cfg.federation.clients` and `cfg.seed` say.
+def partitions_from_config(cfg: Config, dataset: Dataset) -> Partitions:
+    """The partitions of a dataset's train set that an experiment config describes.
 
-    `data.max_train_samples` > 0 first draws a seeded subsample; indices still refer to the full set.
+    Runs `make_partitions` with `cfg.data.partition` and its parameters, `cfg.federation.clients`
+    and `cfg.seed`.
+
+    Parameters
+    ----------
+    cfg : Config
+        The experiment config; `data.max_train_samples` > 0 first draws a seeded subsample of that
+        size (indices still refer to the full train set).
+    dataset : Dataset
+        The loaded dataset (`load_dataset`); its train labels are split.
+
+    Returns
+    -------
+    Partitions
+        With `dataset` set to the dataset's name, and max_train_samples among the params when it applies.
+
+    Raises
+    ------
+    DataError
+        As `make_partitions`.
     """
     labels = dataset.train_y.numpy()
     data = cfg.data
@@ -232,28 +331,28 @@ def _validate(
 ) -> dict[str, Any]:
     """Check the arguments up front and return the parameters that describe this split."""
     if method not in METHODS:
-        raise FedlayerError(choices_message("partition method", method, METHODS))
+        raise DataError(choices_message("partition method", method, METHODS))
     if num_clients < 1:
-        raise FedlayerError(f"number of clients must be at least 1, got {num_clients}")
+        raise DataError(f"number of clients must be at least 1, got {num_clients}")
     if num_clients > len(labels):
-        raise FedlayerError(f"{num_clients} clients but only {len(labels)} samples; use at most {len(labels)}")
+        raise DataError(f"{num_clients} clients but only {len(labels)} samples; use at most {len(labels)}")
     if not 0 <= test_fraction < 1:
-        raise FedlayerError(f"test_fraction must be in [0, 1), got {test_fraction}")
+        raise DataError(f"test_fraction must be in [0, 1), got {test_fraction}")
     params: dict[str, Any] = {"test_fraction": test_fraction}
     if method == "dirichlet":
         if not (math.isfinite(alpha) and alpha > 0):
-            raise FedlayerError(f"dirichlet alpha must be a positive number, got {alpha}")
+            raise DataError(f"dirichlet alpha must be a positive number, got {alpha}")
         params["alpha"] = alpha
     elif method == "pathological":
         if not 1 <= classes_per_client <= num_classes:
-            raise FedlayerError(f"classes_per_client must be in 1..{num_classes}, got {classes_per_client}")
+            raise DataError(f"classes_per_client must be in 1..{num_classes}, got {classes_per_client}")
         params["classes_per_client"] = classes_per_client
     elif method == "shard":
         if shards_per_client < 1:
-            raise FedlayerError(f"shards_per_client must be at least 1, got {shards_per_client}")
+            raise DataError(f"shards_per_client must be at least 1, got {shards_per_client}")
         shards = num_clients * shards_per_client
         if shards > len(labels):
-            raise FedlayerError(
+            raise DataError(
                 f"too few samples per shard: {num_clients} clients x {shards_per_client} shards = {shards} "
                 f"shards of {len(labels)} samples; use at most {len(labels) // num_clients} shards per client"
             )
@@ -262,10 +361,11 @@ def _validate(
 
 
 def _assign(labels: np.ndarray, num_clients: int, method: str, params: dict, seed: int) -> list[np.ndarray]:
-    """Run the flwr-datasets partitioner on the label column; return each client's row positions."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-    os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+    """Run the flwr-datasets partitioner on the label column; return each client's row positions.
+
+    The table is built in memory, so neither the Hugging Face hub nor Flower's telemetry (sent only
+    by `FederatedDataset`) is involved: the process environment is left alone.
+    """
     import datasets
     from flwr_datasets import partitioner as fp
 
@@ -299,11 +399,11 @@ def _assign(labels: np.ndarray, num_clients: int, method: str, params: dict, see
             return [np.asarray(part.load_partition(i).with_format("numpy")["row"][:]) for i in range(num_clients)]
     except ValueError as exc:
         if method == "dirichlet":
-            raise FedlayerError(
+            raise DataError(
                 f"dirichlet split with alpha={params['alpha']} could not give each of {num_clients} clients "
                 f"at least {min_size} samples in 10 tries; use a larger alpha or fewer clients"
             ) from exc
-        raise FedlayerError(f"{method} split of {len(labels)} samples into {num_clients} clients: {exc}") from exc
+        raise DataError(f"{method} split of {len(labels)} samples into {num_clients} clients: {exc}") from exc
 
 
 def _local_split(
