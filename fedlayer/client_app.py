@@ -1,17 +1,18 @@
 """Flower ClientApp (Message API): local training and personalised evaluation of one client.
 
-Protocol with the server (see `strategies.layerwise`):
-- train: receives an ArrayRecord (the full model, or with `personal-mode = "client"` only the averaged
-  layers) and a ConfigRecord with `server-round` and optionally `train-mode` (standard, fedrep, fedbabu),
-  `proximal-mu`, `average-keys`. Replies with its trained arrays (all of them, or in client mode only the
-  averaged ones), a MetricRecord (`num-examples`, `train-loss`, `train-accuracy`) and a ConfigRecord
-  `client` with its `partition-id`.
-- evaluate: the client's personalised model on its local test split (`num-examples`, `loss`, `accuracy`).
+It speaks the client protocol of `fedlayer.protocol` (the record names and config keys are all
+defined there):
+- train: loads the arrays it receives (over its personal layers from `context.state` in
+  `personal-mode = "client"`, over the initial model for anything else), trains with the config's
+  `train-mode` and `proximal-mu`, and replies with its trained arrays (all of them, or in client
+  mode only the `average-keys`), a MetricRecord (`num-examples`, `train-loss`, `train-accuracy`)
+  and the `client` record with its `partition-id`.
+- evaluate: the client's personalised model on its local test split (`num-examples`, `loss`,
+  `accuracy` as a fraction).
 - query: replies with its `partition-id`, so the server can sample by partition, not by node id.
-Personal layers live in `context.state` across rounds in client mode. Each call runs with
-`simulation.torch_threads` torch threads, whatever `simulation.num_cpus` is: the thread count changes
-float summation order, and the results must not depend on how many clients run at once.
-With `federation.fault_probability` p > 0, training raises in a round when
+Each call runs with `simulation.torch_threads` torch threads, whatever `simulation.num_cpus` is: the
+thread count changes float summation order, and the results must not depend on how many clients
+run at once. With `federation.fault_probability` p > 0, training raises in a round when
 `random.Random(f"fault-{seed}-{partition}-{round}").random() < p` (seeded, so runs and resumed runs
 fail alike): a way to exercise the server's fault handling.
 """
@@ -25,12 +26,10 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from fedlayer import protocol
 from fedlayer.config import Config, config_from_flat, config_hash
 from fedlayer.task import client_data, configure_process, head_parameter_names, new_model
 from fedlayer.training import TrainSettings, default_device, evaluate, seed_everything, train_local
-
-PERSONAL_STATE = "fedlayer-personal"
-RUN_TAG_KEY = "fedlayer-run"  # config key naming the run, so runs sharing one simulation keep separate state
 
 
 @functools.lru_cache(maxsize=2)
@@ -51,6 +50,7 @@ def _model_and_initial_state(cfg: Config) -> tuple[torch.nn.Module, dict[str, to
 
 
 def _received(msg: Message) -> tuple[dict[str, torch.Tensor], ConfigRecord]:
+    """The arrays and config of a server message (their record names may be a user strategy's own)."""
     content = msg.content
     arrays = next(iter(content.array_records.values()), ArrayRecord())
     config = next(iter(content.config_records.values()), ConfigRecord())
@@ -62,16 +62,12 @@ def injected_fault(seed: int, partition: int, server_round: int, probability: fl
     return probability > 0 and random.Random(f"fault-{seed}-{partition}-{server_round}").random() < probability
 
 
-def _personal_key(config: ConfigRecord) -> str:
-    return f"{PERSONAL_STATE}:{config.get(RUN_TAG_KEY, '')}"
-
-
 def _local_model(cfg: Config, msg: Message, context: Context):
     """The client's model for this message: received layers, personal layers from state, init for the rest."""
     received, config = _received(msg)
     model, initial = _model_and_initial_state(cfg)
     state = dict(initial)
-    personal = _personal_key(config)
+    personal = protocol.personal_state_key(config.get(protocol.RUN_TAG))
     if personal in context.state.array_records:
         state.update(context.state.array_records[personal].to_torch_state_dict())
     state.update(received)
@@ -93,9 +89,9 @@ class FedlayerClient:
     def train(self, msg: Message, context: Context) -> Message:
         cfg = self.config(context)
         configure_process(cfg)
-        pid = int(context.node_config["partition-id"])
+        pid = int(context.node_config[protocol.PARTITION_ID])
         model, config = _local_model(cfg, msg, context)
-        server_round = int(config.get("server-round", 0))
+        server_round = int(config.get(protocol.SERVER_ROUND, 0))
         fed = cfg.federation
         if injected_fault(cfg.seed, pid, server_round, fed.fault_probability):
             raise RuntimeError(
@@ -110,8 +106,8 @@ class FedlayerClient:
             lr=fed.lr,
             momentum=fed.momentum,
             weight_decay=fed.weight_decay,
-            proximal_mu=float(config.get("proximal-mu", fed.proximal_mu)),
-            mode=str(config.get("train-mode", "standard")),
+            proximal_mu=float(config.get(protocol.PROXIMAL_MU, fed.proximal_mu)),
+            mode=str(config.get(protocol.TRAIN_MODE, "standard")),
             head_epochs=fed.head_epochs,
         )
         data = client_data(cfg, pid)
@@ -126,47 +122,44 @@ class FedlayerClient:
         )
         state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
         reply_state = state
-        if config.get("personal-mode") == "client":
-            shared = set(str(config.get("average-keys", "")).split(",")) - {""}
-            context.state.array_records[_personal_key(config)] = ArrayRecord(
-                {k: v for k, v in state.items() if k not in shared}
-            )
+        if config.get(protocol.PERSONAL_MODE) == "client":
+            shared = protocol.parse_average_keys(config.get(protocol.AVERAGE_KEYS))
+            personal = ArrayRecord({k: v for k, v in state.items() if k not in shared})
+            context.state.array_records[protocol.personal_state_key(config.get(protocol.RUN_TAG))] = personal
             reply_state = {k: v for k, v in state.items() if k in shared}
-        content = RecordDict(
+        metrics_record = MetricRecord(
             {
-                "arrays": ArrayRecord(reply_state),
-                "metrics": MetricRecord(
-                    {
-                        "num-examples": metrics.num_examples,
-                        "train-loss": metrics.loss,
-                        "train-accuracy": metrics.accuracy,
-                    }
-                ),
-                "client": ConfigRecord({"partition-id": pid}),
+                protocol.NUM_EXAMPLES: metrics.num_examples,
+                protocol.TRAIN_LOSS: metrics.loss,
+                protocol.TRAIN_ACCURACY: metrics.accuracy,
             }
         )
-        return Message(content=content, reply_to=msg)
+        return _reply(msg, pid, {protocol.ARRAYS: ArrayRecord(reply_state), protocol.METRICS: metrics_record})
 
     def evaluate(self, msg: Message, context: Context) -> Message:
         cfg = self.config(context)
         configure_process(cfg)
-        pid = int(context.node_config["partition-id"])
+        pid = int(context.node_config[protocol.PARTITION_ID])
         model, _ = _local_model(cfg, msg, context)
         data = client_data(cfg, pid)
         metrics = evaluate(model, data.test_x, data.test_y, device=default_device())
-        content = RecordDict(
+        metrics_record = MetricRecord(
             {
-                "metrics": MetricRecord(
-                    {"num-examples": metrics.num_examples, "loss": metrics.loss, "accuracy": metrics.accuracy}
-                ),
-                "client": ConfigRecord({"partition-id": pid}),
+                protocol.NUM_EXAMPLES: metrics.num_examples,
+                protocol.LOSS: metrics.loss,
+                protocol.ACCURACY: metrics.accuracy,
             }
         )
-        return Message(content=content, reply_to=msg)
+        return _reply(msg, pid, {protocol.METRICS: metrics_record})
 
     def query(self, msg: Message, context: Context) -> Message:
-        pid = int(context.node_config["partition-id"])
-        return Message(content=RecordDict({"client": ConfigRecord({"partition-id": pid})}), reply_to=msg)
+        return _reply(msg, int(context.node_config[protocol.PARTITION_ID]), {})
+
+
+def _reply(msg: Message, pid: int, records: dict) -> Message:
+    """A reply with `records` and the `client` record naming this client's partition."""
+    content = RecordDict({**records, protocol.CLIENT: ConfigRecord({protocol.PARTITION_ID: pid})})
+    return Message(content=content, reply_to=msg)
 
 
 def make_client_app(cfg: Config | None = None) -> ClientApp:

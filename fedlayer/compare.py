@@ -21,8 +21,8 @@ from rich.console import Console
 
 from fedlayer.config import Config
 from fedlayer.console import make_console
-from fedlayer.errors import FedlayerError
-from fedlayer.results import RunDirectory, read_table, write_parquet
+from fedlayer.errors import ConfigError
+from fedlayer.results import COMPARISON, RunDirectory, read_optional, read_table, run_path, table_path, write_parquet
 from fedlayer.simulation import ServerMain
 
 Engine = Callable[[ServerMain, ClientApp, Config], None]
@@ -42,10 +42,6 @@ COMPARISON_COLUMNS = (
 def strategy_config(cfg: Config, name: str, seed: int) -> Config:
     """`cfg` with strategy `name` (a preset or a selector) and `seed`; the preset decides what is averaged."""
     return cfg.replace(seed=seed, strategy={"name": name, "average": ""})
-
-
-def run_path(out: Path, name: str, seed: int) -> Path:
-    return out / "runs" / name / f"seed-{seed}"
 
 
 def run_comparison(
@@ -72,7 +68,7 @@ def run_comparison(
     console = console or make_console(stderr=True)
     out = Path(out).resolve()
     if len(set(strategies)) != len(strategies):
-        raise FedlayerError(f"strategies are listed twice: {', '.join(strategies)}")
+        raise ConfigError(f"strategies are listed twice: {', '.join(strategies)}")
     # Build every run first: a bad strategy name fails here, before Ray starts or anything is written.
     plan = {
         seed: [
@@ -100,7 +96,7 @@ def run_comparison(
         for run in runs:
             run.raise_if_failed()
     table = comparison_table(out, strategies, seeds)
-    write_parquet(table, out / "comparison.parquet")
+    write_parquet(table, out / COMPARISON)
     table.to_csv(out / "comparison.csv", index=False)
     console.print(
         f"compared {len(strategies)} strategies x {len(seeds)} seeds in "
@@ -119,7 +115,7 @@ def comparison_table(out: Path, strategies: Sequence[str], seeds: Sequence[int])
 
 
 def _run_rows(path: Path, name: str, seed: int) -> pd.DataFrame:
-    metrics = read_table(path / "metrics.parquet")
+    metrics = read_table(table_path(path, "metrics"))
     glob = metrics[metrics["client"] == "global"].set_index("round")
     local = metrics[metrics["split"] == "local-test"].groupby("round")["accuracy"]
     rows = pd.DataFrame(
@@ -133,9 +129,8 @@ def _run_rows(path: Path, name: str, seed: int) -> pd.DataFrame:
     )
     rows["personal_accuracy_mean"] = rows["round"].map(local.mean())
     rows["personal_accuracy_std"] = rows["round"].map(local.std(ddof=0))
-    barriers_path = path / "barriers.parquet"
-    if barriers_path.exists():
-        barriers = pd.read_parquet(barriers_path)
+    barriers = read_optional(table_path(path, "barriers"))
+    if barriers is not None:
         for kind, column in (("full", "full_barrier_mean"), ("layer", "layer_barrier_mean")):
             rows[column] = rows["round"].map(
                 barriers[barriers["kind"] == kind].groupby("round")["loss_barrier_mid"].mean()

@@ -19,10 +19,14 @@ from typing import Any
 
 import tomli_w
 
-from fedlayer.errors import FedlayerError
-
-DATASET_NAMES = ("digits", "fashion-mnist", "mnist", "cifar10", "cifar100")
-MODEL_NAMES = ("mlp", "cnn", "resnet18", "vgg11", "deep-linear")
+from fedlayer.analysis.curves import BN_POLICIES
+from fedlayer.analysis.interpolate import BASES
+from fedlayer.data.datasets import DATASETS
+from fedlayer.data.partition import METHODS as PARTITION_SCHEMES
+from fedlayer.errors import ConfigError
+from fedlayer.models import MODEL_NORMS, MODELS, NORMS
+from fedlayer.protocol import PERSONAL_MODES
+from fedlayer.training import OPTIMIZERS
 
 
 def _spec(default, *, choices=None, ge=None, gt=None, le=None, lt=None, help=""):
@@ -35,10 +39,10 @@ def _spec(default, *, choices=None, ge=None, gt=None, le=None, lt=None, help="")
 
 @dataclass
 class DataConfig:
-    dataset: str = _spec("digits", choices=DATASET_NAMES, help="dataset name")
+    dataset: str = _spec("digits", choices=DATASETS, help="dataset name")
     data_dir: str = _spec("", help="folder with the dataset files ('' = FEDLAYER_DATA or default places)")
     download: bool = _spec(False, help="download through torchvision when missing (needs internet)")
-    partition: str = _spec("dirichlet", choices=("iid", "dirichlet", "pathological", "shard"), help="non-IID split")
+    partition: str = _spec("dirichlet", choices=PARTITION_SCHEMES, help="non-IID split")
     alpha: float = _spec(0.5, gt=0.0, help="Dirichlet concentration (smaller = more skewed)")
     classes_per_client: int = _spec(2, ge=1, help="classes per client for the pathological split")
     shards_per_client: int = _spec(2, ge=1, help="shards per client for the shard split")
@@ -49,8 +53,14 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    name: str = _spec("cnn", choices=MODEL_NAMES, help="model architecture")
-    norm: str = _spec("none", choices=("none", "bn", "gn"), help="normalisation layers (resnet18)")
+    name: str = _spec("cnn", choices=tuple(MODELS), help="model architecture")
+    norm: str = _spec(
+        "none",
+        choices=NORMS,
+        help="normalisation layers (models that offer them: "
+        + ", ".join(name for name, norms in MODEL_NORMS.items() if len(norms) > 1)
+        + ")",
+    )
 
 
 @dataclass
@@ -68,7 +78,7 @@ class FederationConfig:
     )
     local_epochs: int = _spec(1, ge=1, help="local epochs per round")
     batch_size: int = _spec(32, ge=1, help="local batch size")
-    optimizer: str = _spec("sgd", choices=("sgd", "adam"), help="local optimizer")
+    optimizer: str = _spec("sgd", choices=OPTIMIZERS, help="local optimizer")
     lr: float = _spec(0.05, gt=0.0, help="local learning rate")
     momentum: float = _spec(0.0, ge=0.0, lt=1.0, help="SGD momentum")
     weight_decay: float = _spec(0.0, ge=0.0, help="weight decay")
@@ -85,7 +95,7 @@ class StrategyConfig:
     class_: str = _spec("", help="'module:Class' or 'file.py:Class' of a Flower strategy to wrap ('' = FedAvg)")
     kwargs: dict = _spec({}, help="keyword arguments for that strategy class")
     average: str = _spec("", help="layers to average (selector); '' = the preset's")
-    personal: str = _spec("server", choices=("server", "client"), help="who keeps the personal layers")
+    personal: str = _spec("server", choices=PERSONAL_MODES, help="who keeps the personal layers")
     threshold: float = _spec(0.1, ge=0.0, help="barrier-aware: average layers whose barrier is below this")
 
 
@@ -93,12 +103,16 @@ class StrategyConfig:
 class AnalysisConfig:
     every: int = _spec(1, ge=0, help="analyse client models every N rounds (0 = off)")
     pairs: int = _spec(0, ge=0, help="client pairs per analysis (0 = all pairs)")
-    samples: int = _spec(256, ge=1, help="seeded global test images used for barriers")
-    groups: list = _spec(["layers", "full"], help="groups: layers, full, an ordering, window:w, selectors")
+    samples: int = _spec(256, ge=1, help="seeded global test images to evaluate barriers on")
+    groups: list = _spec(
+        ["layers", "full"],
+        help="group specs: layers (each single layer), full, an ordering (shallow, deep, random, minimal: cumulative "
+        "groups), window:W (every run of W consecutive layers), or a layer selector such as 'layer2', 'head', "
+        "'middle:5', 're:conv2$', '-norm' (all but the normalisation layers)",
+    )
     alphas: int = _spec(5, ge=3, help="points on the interpolation grid (odd, so that 0.5 is on it)")
-    bases: list = _spec(["a", "b"], choices=("a", "b"), help="which model supplies the untouched layers")
-    bn: str = _spec("interpolate", choices=("interpolate", "recompute"), help="BatchNorm policy")
-    vs_aggregate: bool = _spec(False, help="also compare each client with the aggregate")
+    bases: list = _spec(["a", "b"], choices=BASES, help="which model supplies the untouched layers")
+    bn: str = _spec("interpolate", choices=BN_POLICIES, help="BatchNorm policy")
     random_directions: int = _spec(0, ge=0, help="random directions per layer (robustness baseline)")
 
 
@@ -110,6 +124,12 @@ class SimulationConfig:
     )
     num_gpus: float = _spec(0.0, ge=0.0, help="GPU fraction per simulated client")
     ray_address: str = _spec("", help="Ray cluster address ('' = start Ray on this machine)")
+    keep_freed_memory: bool = _spec(
+        True,
+        help="tune glibc malloc to keep freed memory for reuse in fedlayer's own processes (the CLI, the "
+        "ServerApp and ClientApp, the simulation launcher and the Ray workers it starts): no page faults per "
+        "activation, same numbers; library calls never change the process",
+    )
 
 
 @dataclass
@@ -147,7 +167,7 @@ class Config:
             flat[key] = value
         return flat
 
-    def replace(self, **sections: Mapping[str, Any]) -> Config:
+    def replace(self, **sections: Any) -> Config:
         """A copy with some fields changed, e.g. `cfg.replace(strategy={"name": "local"})`, validated."""
         data = self.to_dict()
         for section, values in sections.items():
@@ -204,7 +224,7 @@ def _describe(f: dataclasses.Field, typ) -> str:
 def _coerce(path: str, f: dataclasses.Field, typ, value):
     """Check one value against its field; return it in the field's type or raise a clear error."""
     allowed = _describe(f, typ)
-    bad = FedlayerError(f"config key {path!r}: invalid value {value!r}; expected {allowed}")
+    bad = ConfigError(f"config key {path!r}: invalid value {value!r}; expected {allowed}")
     if typ is bool:
         if not isinstance(value, bool):
             raise bad
@@ -224,7 +244,7 @@ def _coerce(path: str, f: dataclasses.Field, typ, value):
         if isinstance(value, str):
             value = [v.strip() for v in value.split(",") if v.strip()]
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value) or not value:
-            raise FedlayerError(
+            raise ConfigError(
                 f"config key {path!r}: invalid value {value!r}; expected a non-empty list of "
                 "strings (or a comma-separated string)"
             )
@@ -251,10 +271,10 @@ def _build(cls, data: Mapping[str, Any], prefix: str):
     hints = typing.get_type_hints(cls)
     fields = _field_map(cls)
     if not isinstance(data, Mapping):
-        raise FedlayerError(f"config section {prefix.rstrip('.')!r} must be a table, got {data!r}")
+        raise ConfigError(f"config section {prefix.rstrip('.')!r} must be a table, got {data!r}")
     unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise FedlayerError(
+        raise ConfigError(
             f"unknown config key {prefix + unknown[0]!r}; valid keys"
             f"{' in [' + prefix.rstrip('.') + ']' if prefix else ''}: {', '.join(fields)}"
         )
@@ -273,7 +293,7 @@ def _build(cls, data: Mapping[str, Any], prefix: str):
 def _check_consistency(cfg: Config) -> None:
     """Rules that involve more than one field."""
     if cfg.federation.min_clients > cfg.federation.clients:
-        raise FedlayerError(
+        raise ConfigError(
             f"config key 'federation.min_clients': {cfg.federation.min_clients} is more than "
             f"federation.clients = {cfg.federation.clients}"
         )
@@ -281,20 +301,18 @@ def _check_consistency(cfg: Config) -> None:
 
     sampled = clients_per_round(cfg.federation.clients, cfg.federation.fraction)
     if cfg.federation.min_clients > sampled:
-        raise FedlayerError(
+        raise ConfigError(
             f"config key 'federation.min_clients': {cfg.federation.min_clients} is more than the {sampled} "
             f"clients sampled per round (federation.clients * federation.fraction); every round would fail"
         )
     if cfg.analysis.alphas % 2 == 0:
-        raise FedlayerError(
+        raise ConfigError(
             f"config key 'analysis.alphas': invalid value {cfg.analysis.alphas}; expected an odd number "
             "so that alpha = 0.5 (the midpoint barrier) is on the grid"
         )
-    from fedlayer.models import MODEL_NORMS
-
     norms = MODEL_NORMS[cfg.model.name]
     if cfg.model.norm not in norms:
-        raise FedlayerError(
+        raise ConfigError(
             f"config key 'model.norm': invalid value {cfg.model.norm!r} for model {cfg.model.name!r}; "
             f"expected one of {', '.join(repr(n) for n in norms)}"
         )
@@ -312,7 +330,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     key, sep, raw = text.partition("=")
     key = key.strip()
     if not sep or not key:
-        raise FedlayerError(f"invalid override {text!r}; expected section.key=value, e.g. federation.rounds=5")
+        raise ConfigError(f"invalid override {text!r}; expected section.key=value, e.g. federation.rounds=5")
     try:
         value = tomllib.loads(f"v = {raw.strip()}")["v"]
     except tomllib.TOMLDecodeError:
@@ -327,7 +345,7 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
         for part in path[:-1]:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
-                raise FedlayerError(f"invalid override {text!r}: {part!r} is not a config section")
+                raise ConfigError(f"invalid override {text!r}: {part!r} is not a config section")
         node[path[-1]] = value
     return data
 
@@ -338,11 +356,11 @@ def read_toml(path: str | Path) -> dict[str, Any]:
         with path.open("rb") as fh:
             return tomllib.load(fh)
     except FileNotFoundError:
-        raise FedlayerError(f"config file {str(path)!r} does not exist") from None
+        raise ConfigError(f"config file {str(path)!r} does not exist") from None
     except IsADirectoryError:
-        raise FedlayerError(f"config file {str(path)!r} is a directory, not a TOML file") from None
+        raise ConfigError(f"config file {str(path)!r} is a directory, not a TOML file") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise FedlayerError(f"config file {str(path)!r} is not valid TOML: {exc}") from None
+        raise ConfigError(f"config file {str(path)!r} is not valid TOML: {exc}") from None
 
 
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> Config:
@@ -363,6 +381,31 @@ def config_hash(cfg: Config) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
 
 
+def _default(f: dataclasses.Field) -> Any:
+    """A field's default value (its factory's product for lists and tables)."""
+    if callable(f.default_factory):
+        return f.default_factory()
+    return f.default
+
+
+def declared(key: str) -> tuple[Any, str]:
+    """(default, help) of a config key such as "analysis.alphas", for a command-line option that mirrors it.
+
+    The help ends with the allowed values when the key has a choice list ("...: one of 'a', 'b'").
+    """
+    cls: Any = Config
+    *sections, name = key.split(".")
+    for section in sections:
+        cls = typing.get_type_hints(cls)[section]
+    f = _field_map(cls)[name]
+    default = _default(f)
+    help_text = f.metadata.get("help", "")
+    if f.metadata.get("choices"):
+        typ = typing.get_type_hints(cls)[f.name]
+        help_text += ": " + _describe(f, typing.get_origin(typ) or typ)
+    return default, help_text
+
+
 def describe_fields() -> list[tuple[str, str, str, str]]:
     """(key, default, allowed, help) for every config key: the reference table in the README and `--help`."""
     rows = []
@@ -374,7 +417,7 @@ def describe_fields() -> list[tuple[str, str, str, str]]:
             if dataclasses.is_dataclass(typ):
                 walk(typ, f"{prefix}{key}.")
                 continue
-            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            default = _default(f)
             rows.append(
                 (prefix + key, repr(default), _describe(f, typing.get_origin(typ) or typ), f.metadata.get("help", ""))
             )

@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from fedlayer.atomic import write_bytes
-from fedlayer.errors import FedlayerError
+from fedlayer.errors import ConfigError
 
 DEFAULT_HOSTS = ("127.0.0.1", "localhost")
 DEFAULT_DAYS = 365
@@ -61,7 +61,7 @@ def subject_alt_name(host: str) -> x509.GeneralName:
     if host and len(host) <= 253 and dns_ok:
         return x509.DNSName(host.rstrip(".").lower())
     hint = " (give the host without a port or scheme)" if ":" in host or "/" in host else ""
-    raise FedlayerError(
+    raise ConfigError(
         f"--host {host!r} is neither an IP address nor a DNS name{hint}; "
         "valid examples: 127.0.0.1, 10.0.0.5, localhost, myserver.example"
     )
@@ -89,11 +89,11 @@ def make_certificates(
     out = Path(out_dir)
     names = [subject_alt_name(h) for h in hosts]
     if not names:
-        raise FedlayerError("no --host given: the server certificate needs an IP address or a DNS name")
+        raise ConfigError("no --host given: the server certificate needs an IP address or a DNS name")
     if supernode_keys < 0:
-        raise FedlayerError(f"--supernode-keys {supernode_keys} is negative; give 0 or more")
+        raise ConfigError(f"--supernode-keys {supernode_keys} is negative; give 0 or more")
     if days < 1:
-        raise FedlayerError(f"--days {days} is not positive; give the certificates' validity in days (>= 1)")
+        raise ConfigError(f"--days {days} is not positive; give the certificates' validity in days (>= 1)")
     result = Certificates(
         ca_cert=out / CA_CERT,
         ca_key=out / CA_KEY,
@@ -103,7 +103,7 @@ def make_certificates(
     )
     existing = [p.name for p in result.files() if p.exists()]
     if existing and not overwrite:
-        raise FedlayerError(
+        raise ConfigError(
             f"{out} already holds {', '.join(existing)}; use --force to replace them "
             "(whoever holds the old ca.crt will then no longer trust the SuperLink)"
         )

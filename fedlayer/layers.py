@@ -20,7 +20,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from fedlayer.errors import FedlayerError, choices_message
+from fedlayer.errors import ConfigError, choices_message, listed
 
 NAMED_SETS = ("all", "none", "body", "head", "norm")
 COUNTED_SETS = ("first", "last", "middle", "random")
@@ -161,17 +161,33 @@ def select_layers(layers: Sequence[Layer], selector: str | Sequence[str], *, see
     `first:k`, `last:k`, `middle:k` (k layers centred in the order), `random:k` (k layers drawn with
     `seed`); `re:<regex>` (re.search on the layer name); a glob with * ? [ ] (fnmatch on the name);
     otherwise a layer name or a name prefix at a dot boundary ("layer1" matches "layer1.0.conv1",
-    not "layer10"). Terms are separated by commas (commas inside (), [] or {} stay part of the
-    term, so "re:a{1,3}" works); a string or a list of terms is the union of its terms.
-    Every term other than `none` must match at least one layer.
+    not "layer10"; "fc*" matches "fc1"). A term `-<term>` excludes what <term> picks: "all,-norm"
+    is every layer but the normalisation layers, and exclusions alone start from `all`. Terms are
+    separated by commas (commas inside (), [] or {} stay part of the term, so "re:a{1,3}" works); a
+    string or a list of terms is the union of its terms, less the exclusions.
+
+    Raises
+    ------
+    ConfigError
+        When a term other than `none` matches no layer, a term is malformed, or exclusions leave
+        nothing (say `none` to select nothing).
     """
     terms = split_terms(selector)
     if not terms:
-        raise FedlayerError(f"empty layer selector {selector!r}; {_names_hint(layers)}")
+        raise ConfigError(f"empty layer selector {selector!r}; {_names_hint(layers)}")
+    excluded = [term[1:].strip() for term in terms if term.startswith("-")]
+    included = [term for term in terms if not term.startswith("-")] or ["all"]
     picked: set[int] = set()
-    for term in terms:
+    for term in included:
         picked.update(_select_term(layers, term, seed))
-    return [layer for position, layer in enumerate(layers) if position in picked]
+    dropped: set[int] = set()
+    for term in excluded:
+        dropped.update(_select_term(layers, term, seed))
+    if excluded and not picked - dropped:
+        raise ConfigError(
+            f"layer selector {selector!r} leaves no layer (use 'none' to select nothing); {_names_hint(layers)}"
+        )
+    return [layer for position, layer in enumerate(layers) if position in picked - dropped]
 
 
 def keys_of(layers: Sequence[Layer]) -> list[str]:
@@ -220,8 +236,20 @@ def _select_term(layers: Sequence[Layer], term: str, seed: int) -> list[int]:
     else:
         found = [p for p in positions if layers[p].name == term or layers[p].name.startswith(term + ".")]
     if not found:
-        raise FedlayerError(f"layer selector {term!r} matches no layer; {_names_hint(layers)}")
+        raise ConfigError(
+            f"layer selector {term!r} matches no layer{_prefix_hint(layers, term)}; {_names_hint(layers)}"
+        )
     return found
+
+
+def _prefix_hint(layers: Sequence[Layer], term: str) -> str:
+    """A suggestion when a plain name is the start of layer names but not a dotted prefix ('fc' vs 'fc1')."""
+    if term.startswith("-") or ":" in term or _GLOB_CHARS & set(term):
+        return ""
+    near = next((layer.name for layer in layers if layer.name.startswith(term)), None)
+    if near is None:
+        return ""
+    return f" (a name is a prefix at a dot boundary, so {term!r} does not match {near!r}; try the glob {term + '*'!r})"
 
 
 def _head_position(layers: Sequence[Layer]) -> int:
@@ -229,7 +257,7 @@ def _head_position(layers: Sequence[Layer]) -> int:
     for position in reversed(range(len(layers))):
         if layers[position].module_type.endswith("Linear"):  # also Linear subclasses such as out_proj
             return position
-    raise FedlayerError(f"no Linear layer to serve as 'head'; {_names_hint(layers)}")
+    raise ConfigError(f"no Linear layer to serve as 'head'; {_names_hint(layers)}")
 
 
 def _counted(layers: Sequence[Layer], kind: str, count: str, *, seed: int) -> list[int]:
@@ -240,7 +268,7 @@ def _counted(layers: Sequence[Layer], kind: str, count: str, *, seed: int) -> li
     except ValueError:
         k = 0
     if not 1 <= k <= total:
-        raise FedlayerError(f"bad layer count in {kind}:{count}: k must be an integer from 1 to {total}")
+        raise ConfigError(f"bad layer count in {kind}:{count}: k must be an integer from 1 to {total}")
     if kind == "first":
         return list(range(k))
     if kind == "last":
@@ -255,15 +283,13 @@ def _compile(pattern: str) -> re.Pattern[str]:
     try:
         return re.compile(pattern)
     except re.error as exc:
-        raise FedlayerError(f"bad regular expression in layer selector 're:{pattern}': {exc}") from exc
+        raise ConfigError(f"bad regular expression in layer selector 're:{pattern}': {exc}") from exc
 
 
 def _names_hint(layers: Sequence[Layer]) -> str:
-    names = [layer.name for layer in layers]
-    shown = ", ".join(names[:_MAX_LISTED_NAMES])
-    more = f", ... ({len(names) - _MAX_LISTED_NAMES} more)" if len(names) > _MAX_LISTED_NAMES else ""
+    shown = listed((layer.name for layer in layers), _MAX_LISTED_NAMES)
     sets = ", ".join(NAMED_SETS + tuple(f"{kind}:k" for kind in COUNTED_SETS))
-    return f"layers: {shown}{more} (named sets: {sets}; also re:<regex> and globs)"
+    return f"layers: {shown} (named sets: {sets}; also re:<regex>, globs such as fc*, and -<term> to exclude)"
 
 
 # ---------------------------------------------------------------- orderings and groups
@@ -289,7 +315,7 @@ def order_layers(layers: Sequence[Layer], ordering: str, *, seed: int = 0) -> li
     if ordering == "minimal":
         n = min(MINIMAL_OUTER, (len(layers) - 1) // 2)
         return layers[:n] + layers[len(layers) - n :] + layers[n : len(layers) - n]
-    raise FedlayerError(choices_message("layer ordering", ordering, ORDERINGS))
+    raise ConfigError(choices_message("layer ordering", ordering, ORDERINGS))
 
 
 def cumulative_groups(layers: Sequence[Layer], ordering: str, *, seed: int = 0) -> list[list[Layer]]:
@@ -302,7 +328,7 @@ def sliding_windows(layers: Sequence[Layer], width: int) -> list[list[Layer]]:
     """All runs of `width` consecutive layers, stride 1: a fixed group size, unlike cumulative groups."""
     total = len(layers)
     if isinstance(width, bool) or not isinstance(width, numbers.Integral) or not 1 <= width <= total:
-        raise FedlayerError(f"bad window width {width!r}: must be an integer from 1 to {total} (layer count)")
+        raise ConfigError(f"bad window width {width!r}: must be an integer from 1 to {total} (layer count)")
     return [list(layers[start : start + width]) for start in range(total - width + 1)]
 
 

@@ -42,7 +42,7 @@ from flwr.serverapp.strategy import Result, Strategy
 from fedlayer.atomic import write_bytes
 from fedlayer.checkpoints import check_state_fits, load_checkpoint, save_checkpoint
 from fedlayer.config import Config
-from fedlayer.errors import FedlayerError
+from fedlayer.errors import RunError
 from fedlayer.results import RunDirectory
 from strategies.layerwise import SelectiveState
 from strategies.wrapper import StrategyWrapper
@@ -56,6 +56,7 @@ OPERATIONAL = (
     "simulation.num_cpus",
     "simulation.num_gpus",
     "simulation.ray_address",
+    "simulation.keep_freed_memory",
     "output.dir",
     "output.checkpoints",
 )
@@ -113,9 +114,9 @@ def read_state(run_dir: RunDirectory) -> RoundState:
     """state.json of a run directory, or a clear error saying why there is none."""
     path = run_dir.path / STATE_FILE
     if not run_dir.path.is_dir():
-        raise FedlayerError(f"cannot resume {str(run_dir.path)!r}: no such run directory")
+        raise RunError(f"cannot resume {str(run_dir.path)!r}: no such run directory")
     if not path.is_file():
-        raise FedlayerError(
+        raise RunError(
             f"cannot resume {str(run_dir.path)!r}: it has no {STATE_FILE}, so no round of it was "
             "committed (not a run directory, or the run stopped before its initial model was "
             "evaluated); start the run again with `fedlayer run CONFIG`"
@@ -123,7 +124,7 @@ def read_state(run_dir: RunDirectory) -> RoundState:
     try:
         return RoundState(**json.loads(path.read_text()))
     except (ValueError, TypeError) as exc:
-        raise FedlayerError(f"cannot resume {str(run_dir.path)!r}: {STATE_FILE} is damaged ({exc})") from exc
+        raise RunError(f"cannot resume {str(run_dir.path)!r}: {STATE_FILE} is damaged ({exc})") from exc
 
 
 def experiment(cfg: Config) -> dict:
@@ -137,12 +138,12 @@ def check_resumable(cfg: Config, saved: RoundState, run_dir: RunDirectory) -> No
     changed = sorted(key for key in now.keys() | saved.experiment.keys() if now.get(key) != saved.experiment.get(key))
     if changed:
         details = ", ".join(f"{key} = {saved.experiment.get(key)!r} -> {now.get(key)!r}" for key in changed)
-        raise FedlayerError(
+        raise RunError(
             f"cannot resume {str(run_dir.path)!r}: its config.toml was changed after the run started "
             f"({details}); only {', '.join(OPERATIONAL)} may change"
         )
     if cfg.strategy.personal == "client" and 0 < saved.round < saved.rounds:
-        raise FedlayerError(
+        raise RunError(
             f"cannot resume {str(run_dir.path)!r} (stopped after round {saved.round}): with "
             "strategy.personal = 'client' the personal layers were kept in the clients' memory and "
             "were lost with them; only personal = 'server' runs can resume"

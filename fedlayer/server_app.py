@@ -2,9 +2,8 @@
 
 `FederatedRun` is one run of one config: `prepare` checks everything and creates the run directory
 (`resume` continues one from its last committed round, see `fedlayer.resume`); `main` is the ServerApp
-body (partition discovery, seeded sampling, `Strategy.start`). The strategy runs as
-`Guarded(Observed(LayerSelective(...)))`: client faults and bad updates are recorded and left out,
-the barrier analysis sees what is averaged. The module-level `app` serves `flwr run .`, reading the
+body (partition discovery, seeded sampling, `Strategy.start`); `server_strategy` builds the chain of
+wrappers the configured strategy runs in. The module-level `app` serves `flwr run .`, reading the
 config from Flower's run-config.
 """
 
@@ -15,22 +14,32 @@ from pathlib import Path
 
 from flwr.app import ArrayRecord, ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp.strategy import Strategy
 from rich.console import Console
 
+from fedlayer import protocol
 from fedlayer.analysis import resolve_groups
-from fedlayer.client_app import RUN_TAG_KEY
 from fedlayer.config import Config, config_from_flat, load_config
 from fedlayer.console import make_console
-from fedlayer.errors import FedlayerError
+from fedlayer.errors import FedlayerError, RunError
 from fedlayer.layers import model_layers
 from fedlayer.memory import keep_freed_memory
-from fedlayer.observer import RoundRecorder
+from fedlayer.observer import RoundAnalysis, RoundRecorder
 from fedlayer.plots.runs import plot_run
 from fedlayer.results import RunDirectory
 from fedlayer.resume import RoundOffset, RoundState, check_resumable, commit_round, load_round, read_state
 from fedlayer.task import new_model, partitions_for
-from fedlayer.training import Metrics
-from strategies import Guarded, Observed, SeededGrid, build_strategy, clients_per_round, query_partitions
+from fedlayer.training import Metrics, default_device
+from strategies import (
+    BarrierAware,
+    Guarded,
+    LayerSelective,
+    Observed,
+    SeededGrid,
+    build_strategy,
+    clients_per_round,
+    query_partitions,
+)
 
 DISCOVERY_TIMEOUT_S = 600.0
 
@@ -54,20 +63,25 @@ class FederatedRun:
         self.partitions = partitions_for(cfg)  # loads the dataset: a missing one fails here
         self.model = new_model(cfg)
         self.layers = model_layers(self.model)
-        self.recorder = RoundRecorder(cfg, run_dir, self.model, self.layers, on_round_end=self._report_round)
+        self.analysis = RoundAnalysis(cfg, self.model, self.layers, default_device())
         if cfg.analysis.every:
             resolve_groups(self.layers, cfg.analysis.groups, seed=cfg.seed)  # a bad group fails now
         self.strategy = self._build_strategy()
-        self.recorder.personal_keys = lambda: self.strategy.personal_keys
-        if hasattr(self.strategy, "history_frame"):  # barrier-aware: which layers it averaged
-            self.recorder.extra_tables["choices"] = self.strategy.history_frame
-        self.recorder.on_commit = self._commit_round
+        self.recorder = RoundRecorder(
+            cfg,
+            run_dir,
+            self.model,
+            self.analysis,
+            self.strategy,
+            on_commit=self._commit_round,
+            on_round_end=self._report_round,
+        )
         self.node_to_partition: dict[int, int] = {}
         self.resumed = resumed  # the committed round this run continues from
         self.error: FedlayerError | None = None  # why the run stopped early (Flower may swallow it)
         if resumed is not None and not resumed.finished:
             run_dir.load(resumed.round)
-            if "choices" in self.recorder.extra_tables:
+            if isinstance(self.strategy, BarrierAware):
                 self.strategy.restore_history(run_dir.table("choices"))
         self.started = time.perf_counter()
         self.round_finished_at: dict[int, float] = {}  # perf_counter() when each round was committed
@@ -102,7 +116,7 @@ class FederatedRun:
         self.run_dir.write_text("config.toml", self.cfg.to_toml())
         self.partitions.save(self.run_dir.path / "partitions.json")
 
-    def _build_strategy(self):
+    def _build_strategy(self) -> LayerSelective:
         """The configured strategy, wrapped for layer-wise averaging; selectors are checked here."""
         s, fed = self.cfg.strategy, self.cfg.federation
         sampled = clients_per_round(fed.clients, fed.fraction)
@@ -113,7 +127,8 @@ class FederatedRun:
             average=s.average or None,
             personal=s.personal,
             layers=self.layers,
-            measure=self.recorder.layer_barriers,
+            model_name=self.cfg.model.name,
+            measure=self.analysis.layer_barriers,
             threshold=s.threshold,
             fraction_train=1.0,
             fraction_evaluate=1.0,
@@ -129,37 +144,48 @@ class FederatedRun:
     def start(self, grid: Grid, node_to_partition: dict[int, int]) -> None:
         """All rounds of this run on `grid`; several runs can share one grid (and one Ray start) in turn."""
         cfg, fed = self.cfg, self.cfg.federation
-        keep_freed_memory()  # this process evaluates and analyses every round
         self.node_to_partition = dict(node_to_partition)
         seeded = SeededGrid(grid, cfg.seed, fed.fraction, node_to_partition)
-        observed = Observed(self.strategy, on_train=self.recorder.on_train, on_evaluate=self.recorder.on_evaluate)
-        strategy = Guarded(
-            observed, min_replies=fed.min_clients, on_failures=self.recorder.on_failures, timeout=fed.timeout
-        )
-        initial, rounds = ArrayRecord(self.model.state_dict()), fed.rounds
+        initial, done = ArrayRecord(self.model.state_dict()), 0
         if self.resumed is not None:
             initial, state = load_round(self.run_dir, self.resumed, self.model)
             self.strategy.restore(state, seeded.node_of)
-            strategy, rounds = RoundOffset(strategy, self.resumed.round), rounds - self.resumed.round
-        config = {RUN_TAG_KEY: self.run_dir.path.name if self.tag is None else self.tag}
-        train_config = dict(config)
+            done = self.resumed.round
+        strategy = self.server_strategy(done)
+        tag = self.run_dir.path.name if self.tag is None else self.tag
+        train_config, evaluate_config = ConfigRecord({protocol.RUN_TAG: tag}), ConfigRecord({protocol.RUN_TAG: tag})
         if fed.proximal_mu > 0:
-            train_config["proximal-mu"] = fed.proximal_mu
+            train_config[protocol.PROXIMAL_MU] = fed.proximal_mu
         self.started = time.perf_counter()
         try:
             strategy.start(
                 grid=seeded,
                 initial_arrays=initial,
-                num_rounds=rounds,
+                num_rounds=fed.rounds - done,
                 timeout=fed.timeout,
-                train_config=ConfigRecord(train_config),
-                evaluate_config=ConfigRecord(config),
+                train_config=train_config,
+                evaluate_config=evaluate_config,
                 evaluate_fn=self.recorder.end_of_round,
             )
         except FedlayerError as exc:
             self.error = exc
             raise
         plot_run(self.run_dir.path)
+
+    def server_strategy(self, done: int = 0) -> Strategy:
+        """The strategy `Strategy.start` drives, outermost first:
+
+        RoundOffset   (resumed runs only) counts rounds from the last committed one, `done`
+        Guarded       records client faults and bad updates and leaves them out
+        Observed      hands the accepted replies to the recorder (metrics, barrier analysis)
+        LayerSelective / BarrierAware   averages the selected layers with the Flower strategy
+        """
+        fed = self.cfg.federation
+        observed = Observed(self.strategy, on_train=self.recorder.on_train, on_evaluate=self.recorder.on_evaluate)
+        guarded = Guarded(
+            observed, min_replies=fed.min_clients, on_failures=self.recorder.on_failures, timeout=fed.timeout
+        )
+        return RoundOffset(guarded, done) if done else guarded
 
     def _commit_round(self, server_round: int, arrays: ArrayRecord) -> None:
         commit_round(self.run_dir, self.cfg, server_round, arrays, self.strategy.snapshot(self.node_to_partition))
@@ -193,7 +219,7 @@ class FederatedRun:
         metrics = self.run_dir.table("metrics")
         last = int(metrics["round"].max()) if not metrics.empty else -1
         if last < self.cfg.federation.rounds:
-            raise FedlayerError(
+            raise RunError(
                 f"the run stopped after round {last} of {self.cfg.federation.rounds}; "
                 "rerun with --verbose to see Flower's log"
             )
@@ -206,4 +232,6 @@ app = ServerApp()
 def main(grid: Grid, context: Context) -> None:
     """`flwr run .`: the config comes from the run-config; outputs go to its (absolute) output.dir."""
     cfg = config_from_flat(context.run_config)
+    if cfg.simulation.keep_freed_memory:
+        keep_freed_memory()  # this process evaluates and analyses every round
     FederatedRun.prepare(cfg, Path(cfg.output.dir).resolve()).main(grid, context)

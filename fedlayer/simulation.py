@@ -44,13 +44,30 @@ QUIET_ENV = {
 
 @contextlib.contextmanager
 def quiet_logs(verbose: bool) -> Iterator[None]:
-    """Turn Flower's and Ray's chatter down unless `verbose`.
+    """Turn Flower's and Ray's chatter down unless `verbose`, for the duration of a simulation.
 
     Flower logs each ClientApp exception with its traceback as an error; fedlayer reports those
     clients itself (progress line, metrics.parquet), so Flower is turned down to critical only.
+    The environment (`QUIET_ENV`, inherited by Ray's workers) is restored afterwards.
     """
-    for key, value in QUIET_ENV.items():
-        os.environ.setdefault(key, value)
+    with _environment(QUIET_ENV), _quiet_loggers(verbose):
+        yield
+
+
+@contextlib.contextmanager
+def _environment(values: dict[str, str]) -> Iterator[None]:
+    """Set environment variables the user has not set, and restore the environment afterwards."""
+    added = [key for key in values if key not in os.environ]
+    os.environ.update({key: values[key] for key in added})
+    try:
+        yield
+    finally:
+        for key in added:
+            os.environ.pop(key, None)
+
+
+@contextlib.contextmanager
+def _quiet_loggers(verbose: bool) -> Iterator[None]:
     if verbose:
         yield
         return
@@ -102,8 +119,10 @@ def resume_simulation(run_dir: str | Path, *, verbose: bool = False, console: Co
     console = console or make_console(stderr=True)
     started = time.perf_counter()
     run: FederatedRun = FederatedRun.resume(run_dir, console=console)
-    done, rounds = run.resumed.round, run.cfg.federation.rounds
-    if run.resumed.finished:
+    resumed = run.resumed
+    assert resumed is not None  # FederatedRun.resume always continues a committed round
+    done, rounds = resumed.round, run.cfg.federation.rounds
+    if resumed.finished:
         console.print(f"{run.run_dir.path} is finished: all {rounds} rounds are done; nothing to resume")
         return run
     console.print(
@@ -134,7 +153,8 @@ def simulate(main: ServerMain, client_app: ClientApp, cfg: Config, *, verbose: b
 
     server_app = ServerApp()
     server_app.main()(main)
-    keep_freed_memory()  # before Ray starts: its worker processes inherit the settings
+    if cfg.simulation.keep_freed_memory:
+        keep_freed_memory()  # before Ray starts: its worker processes inherit the settings
     with quiet_logs(verbose):
         flower_run_simulation(
             server_app=server_app,

@@ -34,9 +34,15 @@ class ClientData:
 
 
 def configure_process(cfg: Config) -> None:
-    """A client process's settings: `simulation.torch_threads` torch threads, freed memory kept for reuse."""
+    """A client process's settings: `simulation.torch_threads` torch threads and, unless
+    `simulation.keep_freed_memory` is off, freed memory kept for reuse (see `fedlayer.memory`).
+
+    Only entry points call it (fedlayer's ClientApp handlers, the benchmark's plain workers): the
+    process is theirs to tune.
+    """
     torch.set_num_threads(cfg.simulation.torch_threads)
-    keep_freed_memory()
+    if cfg.simulation.keep_freed_memory:
+        keep_freed_memory()
 
 
 @functools.lru_cache(maxsize=4)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from logging import WARNING
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -24,21 +25,52 @@ from flwr.app import ArrayRecord, Message
 from flwr.common import log
 from flwr.serverapp.strategy import Strategy
 
-from fedlayer.errors import FedlayerError
+from fedlayer.errors import ConfigError
 from fedlayer.layers import keys_of
 from strategies.layerwise import LayerSelective, LayerSource
 from strategies.sampling import client_label
+
+if TYPE_CHECKING:
+    from strategies.presets import Preset
 
 Measure = Callable[[int, dict[str, dict[str, np.ndarray]]], Mapping[str, float]]
 HISTORY_COLUMNS = ["round", "layer", "barrier", "averaged"]
 
 
 class BarrierAware(LayerSelective):
-    """A LayerSelective whose averaged layers are those of `average` (the candidates, default all)
-    whose barrier, measured this round by `measure`, is below `threshold`.
+    """A LayerSelective whose averaged layers are those of `average` whose barrier between the
+    clients, measured this round, is below `threshold`.
 
-    `history` holds one dict per candidate layer and round: round, layer, barrier (NaN if not
-    measured), averaged.
+    It acts on the finding of Adilova et al., ICLR 2024 (https://arxiv.org/abs/2307.06966) that
+    single layers can mostly be averaged without a barrier while some cannot.
+
+    Parameters
+    ----------
+    strategy : flwr.serverapp.strategy.Strategy
+        The Flower strategy that aggregates the candidate layers.
+    measure : callable
+        `measure(server_round, client_states) -> {layer name: barrier}`; `client_states` maps each
+        client (its partition id as str) to its trained state {key: numpy array}.
+    threshold : float, default 0.1
+        A layer is averaged this round when its barrier is below it (a NaN barrier never is).
+    average : str or sequence of str, default "all"
+        The candidate layers (a layer selector).
+    layers : model, state dict or list of Layer, optional
+        What the selector is resolved against now (see `LayerSelective`).
+    personal : {"server"}, default "server"
+        Only the server can keep the personal layers: it measures on the clients' full models.
+    preset : strategies.presets.Preset, optional
+        The named scheme this strategy was built from.
+
+    Attributes
+    ----------
+    history : list of dict
+        One entry per candidate layer and round: round, layer, barrier (NaN if not measured), averaged.
+
+    Raises
+    ------
+    ConfigError
+        `personal` other than "server", a `measure` that is not callable, or a bad selector.
     """
 
     def __init__(
@@ -50,15 +82,16 @@ class BarrierAware(LayerSelective):
         average: str | Sequence[str] = "all",
         layers: LayerSource | None = None,
         personal: str = "server",
+        preset: Preset | None = None,
     ) -> None:
         if personal != "server":
-            raise FedlayerError(
+            raise ConfigError(
                 f"barrier-aware averaging needs personal='server', got {personal!r}: the "
                 "server measures barriers on the clients' full models"
             )
         if not callable(measure):
-            raise FedlayerError(f"barrier-aware averaging needs a measure function, got {measure!r}")
-        super().__init__(strategy, average, layers=layers, personal=personal)
+            raise ConfigError(f"barrier-aware averaging needs a measure function, got {measure!r}")
+        super().__init__(strategy, average, layers=layers, personal=personal, preset=preset)
         self.measure = measure
         self.threshold = threshold
         self.history: list[dict] = []

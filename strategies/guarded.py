@@ -14,7 +14,7 @@ remembers which node was sent what, and sorts the replies into accepted ones and
 Each failure is logged and reported to `on_failures(server_round, phase, failures)`, a list of
 dict(client, node, status, reason), where client is the partition id (as str) when known, else
 "node-<id>". Only accepted replies are passed on, sorted by partition. A training round with fewer
-than `min_replies` accepted replies raises a FedlayerError: the run stops after its last complete
+than `min_replies` accepted replies raises a RunError: the run stops after its last complete
 round rather than averaging too few clients (or none).
 """
 
@@ -31,13 +31,13 @@ from flwr.common import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
-from fedlayer.errors import FedlayerError
-from strategies.layerwise import AVERAGE_KEYS_KEY, PERSONAL_MODE_KEY
+from fedlayer import protocol
+from fedlayer.errors import ConfigError, RunError, listed
 from strategies.sampling import SeededGrid, client_label, split_replies
 from strategies.wrapper import StrategyWrapper
 
 OnFailures = Callable[[int, str, list[dict]], None]
-_LISTED = 5
+_LISTED = 5  # failures named in the error that stops a run
 _EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*: \S.*$", re.MULTILINE)  # "RuntimeError: out of memory"
 
 
@@ -52,8 +52,23 @@ class Sent:
 class Guarded(StrategyWrapper):
     """Accept only usable replies; record and log the others; stop when too few remain.
 
-    `min_replies` (fedlayer: `federation.min_clients`) is the fewest accepted training replies a
-    round needs; `timeout` (the round timeout given to `start`) is only quoted in timeout reasons.
+    Parameters
+    ----------
+    strategy : flwr.serverapp.strategy.Strategy
+        The guarded strategy; it only ever sees accepted replies.
+    min_replies : int, default 1
+        The fewest accepted training replies a round needs (fedlayer: `federation.min_clients`);
+        with fewer the run stops with a RunError after its last complete round.
+    on_failures : callable, optional
+        `on_failures(server_round, phase, failures)` with one dict(client, node, status, reason) per
+        client that failed, timed out or was rejected.
+    timeout : float, optional
+        The round timeout given to `start`, quoted in timeout reasons.
+
+    Raises
+    ------
+    ConfigError
+        `min_replies` below 1.
     """
 
     def __init__(
@@ -66,7 +81,7 @@ class Guarded(StrategyWrapper):
     ) -> None:
         super().__init__(strategy)
         if min_replies < 1:
-            raise FedlayerError(f"min_replies must be at least 1, got {min_replies}")
+            raise ConfigError(f"min_replies must be at least 1, got {min_replies}")
         self.min_replies = min_replies
         self.on_failures = on_failures
         self.timeout = timeout
@@ -107,7 +122,7 @@ class Guarded(StrategyWrapper):
         accepted, failures = self._screen(server_round, "train", replies)
         if len(accepted) < self.min_replies:
             why = "".join(f"; client {f['client']} {f['status']}: {f['reason']}" for f in failures[:_LISTED])
-            raise FedlayerError(
+            raise RunError(
                 f"round {server_round}: {len(accepted)} usable training replies from the {sent} clients sampled, "
                 f"fewer than min_clients = {self.min_replies}; the run stops after round {server_round - 1}{why}"
             )
@@ -121,7 +136,9 @@ class Guarded(StrategyWrapper):
         """(accepted replies sorted by partition, failures sorted by client); failures are logged and reported."""
         valid, errors = split_replies(replies)
         sent = self._sent.pop(phase, {})
-        failures = [self._failure(m.metadata.src_node_id, "failed", error_summary(m.error.reason)) for m in errors]
+        failures = [
+            self._failure(m.metadata.src_node_id, "failed", error_summary(m.error.reason or "")) for m in errors
+        ]
         accepted = []
         for reply in valid:
             reason = self._problem(reply, sent.get(reply.metadata.src_node_id)) if phase == "train" else None
@@ -132,7 +149,7 @@ class Guarded(StrategyWrapper):
         replied = {m.metadata.src_node_id for m in valid + errors}
         within = f" within the round timeout of {self.timeout:g} s" if self.timeout is not None else ""
         failures += [self._failure(node, "timeout", f"no reply{within}") for node in sent if node not in replied]
-        failures.sort(key=lambda f: client_order(f["client"]))
+        failures.sort(key=lambda f: protocol.client_order(f["client"]))
         for f in failures:
             log(WARNING, "round %d %s: client %s %s: %s", server_round, phase, f["client"], f["status"], f["reason"])
         if self.on_failures is not None and failures:
@@ -141,8 +158,7 @@ class Guarded(StrategyWrapper):
 
     def _failure(self, node: int, status: str, reason: str, client: str | None = None) -> dict:
         if client is None:
-            pid = self._partition_of.get(node)
-            client = str(pid) if pid is not None else f"node-{node}"
+            client = protocol.client_label(self._partition_of.get(node), node)
         return {"client": client, "node": node, "status": status, "reason": reason}
 
     def _problem(self, reply: Message, sent: Sent | None) -> str | None:
@@ -157,9 +173,9 @@ class Guarded(StrategyWrapper):
         keys = set(arrays.keys())
         problems = []
         if keys - sent.reply_keys:
-            problems.append(f"unexpected keys {_listed(keys - sent.reply_keys)}")
+            problems.append(f"unexpected keys {listed(sorted(keys - sent.reply_keys))}")
         if sent.reply_keys - keys:
-            problems.append(f"missing keys {_listed(sent.reply_keys - keys)}")
+            problems.append(f"missing keys {listed(sorted(sent.reply_keys - keys))}")
         model = self.model or {}
         shapes = [
             f"{k} {tuple(arrays[k].shape)} (model: {model[k][0]})"
@@ -172,13 +188,13 @@ class Guarded(StrategyWrapper):
             if arrays[k].dtype != model[k][1]
         ]
         if shapes:
-            problems.append(f"shape mismatch {_listed(shapes)}")
+            problems.append(f"shape mismatch {listed(shapes)}")
         if dtypes:
-            problems.append(f"dtype mismatch {_listed(dtypes)}")
+            problems.append(f"dtype mismatch {listed(dtypes)}")
         if problems:
             return "; ".join(problems)
         not_finite = [k for k in sorted(keys) if not _finite(arrays[k].numpy())]
-        return f"non-finite values (NaN or inf) in {_listed(not_finite)}" if not_finite else None
+        return f"non-finite values (NaN or inf) in {listed(not_finite)}" if not_finite else None
 
 
 def error_summary(reason: str) -> str:
@@ -193,24 +209,13 @@ def error_summary(reason: str) -> str:
 
 def _sent(content: RecordDict) -> Sent:
     names = list(content.array_records)
-    name = "arrays" if "arrays" in names else (names[0] if names else None)
+    name = protocol.ARRAYS if protocol.ARRAYS in names else (names[0] if names else None)
     keys = frozenset(content.array_records[name].keys()) if name is not None else frozenset()
     config = next(iter(content.config_records.values()), ConfigRecord())
-    if config.get(PERSONAL_MODE_KEY) == "client":
-        keys = frozenset(str(config.get(AVERAGE_KEYS_KEY, "")).split(",")) - {""}
+    if config.get(protocol.PERSONAL_MODE) == "client":
+        keys = frozenset(protocol.parse_average_keys(config.get(protocol.AVERAGE_KEYS)))
     return Sent(name, keys)
 
 
 def _finite(values: np.ndarray) -> bool:
     return values.dtype.kind not in "fc" or bool(np.isfinite(values).all())
-
-
-def client_order(client: str) -> tuple[int, int | str]:
-    """Sort key of client labels: partition ids in numeric order, then other labels ("node-<id>")."""
-    return (0, int(client)) if client.isdigit() else (1, client)
-
-
-def _listed(names: Iterable[str]) -> str:
-    names = sorted(names)
-    more = f", ... ({len(names) - _LISTED} more)" if len(names) > _LISTED else ""
-    return ", ".join(names[:_LISTED]) + more

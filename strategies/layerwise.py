@@ -18,9 +18,9 @@ Who keeps the personal layers (`personal`):
   personal layers, and neither does anything that observes the replies (per-round barrier analysis
   can only look at the averaged layers).
 
-Config keys added to every train and evaluate ConfigRecord (the client protocol):
-  "personal-mode": "server" | "client"; "average-keys": comma-joined state_dict keys averaged this
-  round; and, in train messages, "train-mode": "standard" | "fedrep" | "fedbabu".
+Config keys added to every train and evaluate ConfigRecord (the client protocol, `fedlayer.protocol`):
+  `PERSONAL_MODE` ("server" | "client"); `AVERAGE_KEYS` (comma-joined state_dict keys averaged this
+  round); and, in train messages, `TRAIN_MODE` ("standard" | "fedrep" | "fedbabu").
 
 The arrays `aggregate_train` returns (the new global model) are the wrapped strategy's averaged
 layers plus, for the personal keys: with personal="server" the sample-weighted mean of this round's
@@ -35,7 +35,7 @@ import copy
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from logging import INFO, WARNING
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
@@ -43,21 +43,21 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, Re
 from flwr.common import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
-from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords, validate_message_reply_consistency
+from flwr.serverapp.strategy.strategy_utils import (
+    aggregate_arrayrecords,
+    aggregate_metricrecords,
+    validate_message_reply_consistency,
+)
 from torch import nn
 
-from fedlayer.errors import FedlayerError, choices_message
-from fedlayer.layers import Layer, keys_of, model_layers, select_layers, split_terms
+from fedlayer import protocol
+from fedlayer.errors import ConfigError, RunError, choices_message
+from fedlayer.layers import Layer, keys_of, model_layers, select_layers
 from strategies.sampling import client_label, split_replies
 from strategies.wrapper import StrategyWrapper
 
-PERSONAL_MODES = ("server", "client")
-TRAIN_MODES = ("standard", "fedrep", "fedbabu")
-PERSONAL_MODE_KEY = "personal-mode"
-AVERAGE_KEYS_KEY = "average-keys"
-TRAIN_MODE_KEY = "train-mode"
-DEFAULT_CONFIG_RECORD = "config"
-DEFAULT_WEIGHT_KEY = "num-examples"
+if TYPE_CHECKING:
+    from strategies.presets import Preset
 
 LayerSource = ArrayRecord | Mapping[str, Any] | nn.Module | Sequence[Layer]
 
@@ -72,42 +72,11 @@ def layers_of(source: LayerSource) -> list[Layer]:
         return model_layers({k: torch.as_tensor(v) for k, v in source.items()})
     layers = list(source)
     if not layers or not all(isinstance(layer, Layer) for layer in layers):
-        raise FedlayerError(
+        raise ConfigError(
             f"cannot find layers in a {type(source).__name__}: pass a model, a state dict, "
             "an ArrayRecord or a list of fedlayer.layers.Layer"
         )
     return layers
-
-
-def select_average(layers: Sequence[Layer], selector: str | Sequence[str]) -> list[Layer]:
-    """`select_layers` plus exclusions: a term "-<term>" removes what <term> selects.
-
-    "all,-norm" is every layer but the normalisation layers (FedBN); exclusions alone start from
-    "all". The result must not be empty unless the selector is "none".
-    """
-    terms = split_terms(selector)
-    excluded = [term[1:].strip() for term in terms if term.startswith("-")]
-    if not excluded:
-        return select_layers(layers, selector)
-    included = [term for term in terms if not term.startswith("-")] or ["all"]
-    dropped = {layer.index for layer in select_layers(layers, excluded)}
-    chosen = [layer for layer in select_layers(layers, included) if layer.index not in dropped]
-    if not chosen:
-        raise FedlayerError(
-            f"layer selector {selector!r} leaves no layer to average (use 'none' to "
-            f"average nothing); layers: {', '.join(layer.name for layer in layers)}"
-        )
-    return chosen
-
-
-def weighted_mean(arrays: Sequence[Array], weights: Sequence[float]) -> Array:
-    """sum_i w_i / sum(w) * a_i, summed in the given order like Flower's `aggregate_arrayrecords`."""
-    total = float(sum(weights))
-    mean = None
-    for array, weight in zip(arrays, weights, strict=True):
-        term = array.numpy() * (weight / total)
-        mean = term if mean is None else mean + term
-    return Array(np.asarray(mean))
 
 
 def cast_like(array: Array, like: Array) -> Array:
@@ -131,7 +100,7 @@ def subset(record: ArrayRecord, keys: Iterable[str]) -> ArrayRecord:
 def with_record(message: Message, name: str, record: ArrayRecord) -> Message:
     """A copy of a reply whose record `name` is replaced (same metadata; the original is untouched)."""
     content = RecordDict({k: (record if k == name else v) for k, v in message.content.items()})
-    return Message(content, metadata=copy.copy(message.metadata))
+    return Message(content, metadata=copy.copy(message.metadata))  # type: ignore[call-overload]  # Flower's own form
 
 
 @dataclass
@@ -148,10 +117,34 @@ class SelectiveState:
 class LayerSelective(StrategyWrapper):
     """Average only the layers picked by `average` with the wrapped `strategy`; keep the rest personal.
 
-    `average` is a selector (fedlayer.layers grammar, plus "-<term>" exclusions) resolved against
-    `layers` (a model, state dict or Layer list; a model finds tied weights) or, when None, against the
-    keys of the first global arrays seen. Call `resolve(model)` before training to validate it.
-    `train_mode` is sent to clients as "train-mode" (FedRep / FedBABU training on the client).
+    Partial averaging of this kind is what FedPer (Arivazhagan et al., 2019,
+    https://arxiv.org/abs/1912.00818), LG-FedAvg (Liang et al., 2020, https://arxiv.org/abs/2001.01523),
+    FedBN (Li et al., 2021, https://arxiv.org/abs/2102.07623) and FedRep (Collins et al., 2021,
+    https://arxiv.org/abs/2102.07078) do with fixed layer sets; the question which layers can be
+    averaged at all is the one of Adilova et al., ICLR 2024 (https://arxiv.org/abs/2307.06966).
+
+    Parameters
+    ----------
+    strategy : flwr.serverapp.strategy.Strategy
+        The Flower strategy (Message API) that aggregates the averaged layers, by its own rule.
+    average : str or sequence of str
+        A layer selector (`fedlayer.layers.select_layers` grammar, e.g. "body", "all,-norm",
+        "conv*"): the layers averaged; every other layer stays personal to each client.
+    layers : nn.Module, state dict, ArrayRecord or list of Layer, optional
+        What the selector is resolved against now (a model also finds tied weights). When None,
+        it is resolved against the first global arrays seen; call `resolve(model)` to check early.
+    personal : {"server", "client"}, default "server"
+        Who keeps the personal layers: the server, per partition (works with any ClientApp that
+        loads what it receives and replies with its full model), or the clients themselves.
+    train_mode : {"standard", "fedrep", "fedbabu"}, default "standard"
+        Sent to clients as `fedlayer.protocol.TRAIN_MODE`: how they train locally.
+    preset : strategies.presets.Preset, optional
+        The named scheme this strategy was built from (`build_strategy`), for reports.
+
+    Raises
+    ------
+    ConfigError
+        A bad `personal` or `train_mode`, or a selector that matches no layer.
     """
 
     def __init__(
@@ -162,17 +155,17 @@ class LayerSelective(StrategyWrapper):
         layers: LayerSource | None = None,
         personal: str = "server",
         train_mode: str = "standard",
+        preset: Preset | None = None,
     ) -> None:
         super().__init__(strategy)
-        if personal not in PERSONAL_MODES:
-            raise FedlayerError(choices_message("personal mode", personal, PERSONAL_MODES))
-        if train_mode not in TRAIN_MODES:
-            raise FedlayerError(choices_message("train mode", train_mode, TRAIN_MODES))
+        if personal not in protocol.PERSONAL_MODES:
+            raise ConfigError(choices_message("personal mode", personal, protocol.PERSONAL_MODES))
+        if train_mode not in protocol.TRAIN_MODES:
+            raise ConfigError(choices_message("train mode", train_mode, protocol.TRAIN_MODES))
         self.average = average
         self.personal = personal
         self.train_mode = train_mode
-        self.selector_hint = ""  # appended to selector errors (build_strategy names the presets)
-        self.preset = None  # the strategies.presets.Preset it was built from, if any
+        self.preset = preset
         self.layers: list[Layer] | None = None
         self.selected: list[Layer] = []  # what `average` picks
         self.average_keys: list[str] = []  # the keys averaged (in the last round)
@@ -186,18 +179,19 @@ class LayerSelective(StrategyWrapper):
 
     # ------------------------------------------------------------------ layers
 
-    def resolve(self, source: LayerSource) -> list[Layer]:
+    def resolve(self, source: LayerSource, *, model_name: str = "") -> list[Layer]:
         """Resolve the selector against a model's layers; returns the selected layers.
 
-        Raises FedlayerError naming the selector and the layer names when it matches nothing.
+        Raises ConfigError naming the selector and the layer names when it matches nothing (with
+        a preset: ModelError naming the preset, `model_name` and what the preset needs).
         """
         layers = layers_of(source)
         try:
-            selected = select_average(layers, self.average)
-        except FedlayerError as exc:
-            if not self.selector_hint:
+            selected = select_layers(layers, self.average)
+        except ConfigError as exc:
+            if self.preset is None:
                 raise
-            raise FedlayerError(f"{exc}. {self.selector_hint}") from exc
+            raise self.preset.misfit(self.average, exc, model_name) from exc
         self.layers, self.selected, self.average_keys = layers, selected, keys_of(selected)
         return selected
 
@@ -224,7 +218,7 @@ class LayerSelective(StrategyWrapper):
         """The state after the last aggregation; `partition_of` maps node ids to partition ids."""
         unknown = sorted(node for node in self.personal_state if node not in partition_of)
         if unknown:
-            raise FedlayerError(f"no partition id known for nodes {unknown}")
+            raise RunError(f"no partition id known for nodes {unknown}")
         return SelectiveState(
             list(self.average_keys),
             ArrayRecord(dict(self._shared)),
@@ -238,13 +232,13 @@ class LayerSelective(StrategyWrapper):
         the clients' memory, which a crash loses.
         """
         if self.personal == "client":
-            raise FedlayerError(
+            raise RunError(
                 "cannot restore a strategy with personal='client': the personal layers were kept "
                 "by the clients and are lost with them"
             )
         unknown = sorted(pid for pid in state.personal if pid not in node_of)
         if unknown:
-            raise FedlayerError(f"no connected client holds partition(s) {unknown}; connected: {sorted(node_of)}")
+            raise RunError(f"no connected client holds partition(s) {unknown}; connected: {sorted(node_of)}")
         self.average_keys = list(state.average_keys)
         self._shared = dict(state.shared.items())
         self.personal_state = {node_of[pid]: record for pid, record in state.personal.items()}
@@ -257,7 +251,7 @@ class LayerSelective(StrategyWrapper):
     ) -> Iterable[Message]:
         self._begin(arrays)
         messages = super().configure_train(server_round, subset(arrays, self._wrapped_keys()), config, grid)
-        return self._personalise(messages, {TRAIN_MODE_KEY: self.train_mode})
+        return self._personalise(messages, {protocol.TRAIN_MODE: self.train_mode})
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -273,7 +267,7 @@ class LayerSelective(StrategyWrapper):
         if set(arrays.keys()) != set(expected):
             missing = [k for k in expected if k not in arrays]
             unexpected = [k for k in arrays.keys() if k not in set(expected)]
-            raise FedlayerError(
+            raise RunError(
                 f"the global arrays do not fit the model's layers: missing keys {missing}, unexpected keys {unexpected}"
             )
         if not self._shared:
@@ -282,19 +276,23 @@ class LayerSelective(StrategyWrapper):
 
     def _personalise(self, messages: Iterable[Message], extra: dict[str, str]) -> list[Message]:
         """Per client: the averaged layers the wrapped strategy sent plus its personal ones; config keys."""
-        extra = {PERSONAL_MODE_KEY: self.personal, AVERAGE_KEYS_KEY: ",".join(self.average_keys), **extra}
+        extra = {
+            protocol.PERSONAL_MODE: self.personal,
+            protocol.AVERAGE_KEYS: protocol.average_keys_value(self.average_keys),
+            **extra,
+        }
         out = []
         for message in messages:
             node, content = message.metadata.dst_node_id, RecordDict()
             name = self._array_record_name(message.content)
             for key, record in message.content.items():
-                if key == name:
+                if key == name and isinstance(record, ArrayRecord):
                     record = self._arrays_for(node, record)
                 elif isinstance(record, ConfigRecord):
                     record = ConfigRecord({**record, **extra})
                 content[key] = record
             if not content.config_records:
-                content[DEFAULT_CONFIG_RECORD] = ConfigRecord(dict(extra))
+                content[protocol.CONFIG] = ConfigRecord(dict(extra))
             md = message.metadata
             out.append(
                 Message(
@@ -311,7 +309,7 @@ class LayerSelective(StrategyWrapper):
     def _arrays_for(self, node: int, sent: ArrayRecord) -> ArrayRecord:
         if self.personal == "client" and node in self._holding:
             return sent
-        own = self.personal_state.get(node, {})
+        own: Mapping[str, Array] = self.personal_state.get(node, {})
         personal = set(self.personal_keys)
         out = ArrayRecord()
         for key in self.model_keys:
@@ -320,7 +318,7 @@ class LayerSelective(StrategyWrapper):
             elif key in sent:
                 out[key] = sent[key]
             else:
-                raise FedlayerError(f"{type(self.strategy).__name__} sent no value for the averaged key {key!r}")
+                raise RunError(f"{type(self.strategy).__name__} sent no value for the averaged key {key!r}")
         return out
 
     # ------------------------------------------------------------------ aggregate
@@ -333,16 +331,21 @@ class LayerSelective(StrategyWrapper):
         valid, errors = split_replies(replies)
         _log_errors("aggregate_train", errors)
         if self._global is None:
-            raise FedlayerError("aggregate_train was called before configure_train")
+            raise RunError("aggregate_train was called before configure_train")
         if not valid:
             return None, None
         names = [self._array_record_name(m.content) for m in valid]
-        received = [m.content[n] if n is not None else ArrayRecord() for m, n in zip(valid, names, strict=True)]
+        received = [
+            m.content.array_records[n] if n is not None else ArrayRecord() for m, n in zip(valid, names, strict=True)
+        ]
         self._check_replies(valid, received)
         chosen = self._choose(server_round, valid, received)
         wrapped = self._wrapped_keys()
         if wrapped:
-            restricted = [with_record(m, n, subset(r, wrapped)) for m, n, r in zip(valid, names, received, strict=True)]
+            restricted = [
+                with_record(m, n or protocol.ARRAYS, subset(r, wrapped))
+                for m, n, r in zip(valid, names, received, strict=True)
+            ]
             aggregated, metrics = self.strategy.aggregate_train(server_round, restricted)
         else:  # average nothing: no arrays to aggregate, metrics as FedAvg does
             aggregated, metrics = None, self._aggregate_metrics(valid)
@@ -364,7 +367,7 @@ class LayerSelective(StrategyWrapper):
         for reply, record in zip(replies, received, strict=True):
             missing = [key for key in needed if key not in record]
             if missing:
-                raise FedlayerError(
+                raise RunError(
                     f"the train reply of client {client_label(reply)} lacks keys {missing}: with "
                     f"personal='{self.personal}' a client replies with "
                     + ("its full model" if self.personal == "server" else "the keys listed in 'average-keys'")
@@ -389,15 +392,18 @@ class LayerSelective(StrategyWrapper):
         self, replies: list[Message], received: list[ArrayRecord], chosen: list[str], aggregated: ArrayRecord | None
     ) -> ArrayRecord:
         assert self._global is not None
-        averaged, weights, out = set(chosen), self._weights(replies), ArrayRecord()
+        averaged, out = set(chosen), ArrayRecord()
+        personal = [key for key in self.model_keys if key not in averaged]
+        # personal="server": a reference model for global evaluation only, the mean of the clients' personal layers
+        reference = self._mean(replies, received, personal) if self.personal == "server" and personal else None
         for key in self.model_keys:
             like = self._global[key]
             if key in averaged:
                 if aggregated is None or key not in aggregated:
-                    raise FedlayerError(f"{type(self.strategy).__name__} returned no value for key {key!r}")
+                    raise RunError(f"{type(self.strategy).__name__} returned no value for key {key!r}")
                 out[key] = cast_like(aggregated[key], like)
-            elif self.personal == "server":  # reference only: the mean of the clients' personal layers
-                out[key] = cast_like(weighted_mean([record[key] for record in received], weights), like)
+            elif reference is not None:
+                out[key] = cast_like(reference[key], like)
             else:
                 out[key] = like
         self._shared.update({key: out[key] for key in chosen})
@@ -405,14 +411,21 @@ class LayerSelective(StrategyWrapper):
 
     @property
     def _weight_key(self) -> str:
-        return getattr(self.strategy, "weighted_by_key", DEFAULT_WEIGHT_KEY)
+        return getattr(self.strategy, "weighted_by_key", protocol.NUM_EXAMPLES)
 
-    def _weights(self, replies: list[Message]) -> list[float]:
-        """Each reply's weight (the wrapped strategy's `weighted_by_key`); equal if any reply lacks it."""
+    def _mean(self, replies: list[Message], received: list[ArrayRecord], keys: list[str]) -> ArrayRecord:
+        """The sample-weighted mean of `keys` over the replies, by Flower's own `aggregate_arrayrecords`.
+
+        Weights are the wrapped strategy's `weighted_by_key`; equal if any reply lacks it.
+        """
         metrics = [next(iter(r.content.metric_records.values()), MetricRecord()) for r in replies]
-        if all(isinstance(m.get(self._weight_key), int | float) for m in metrics):
-            return [float(m[self._weight_key]) for m in metrics]
-        return [1.0] * len(replies)
+        weighted = all(isinstance(m.get(self._weight_key), int | float) for m in metrics)
+        weights = [float(cast(float, m[self._weight_key])) if weighted else 1.0 for m in metrics]
+        records = [
+            RecordDict({protocol.ARRAYS: subset(record, keys), protocol.METRICS: MetricRecord({"weight": weight})})
+            for record, weight in zip(received, weights, strict=True)
+        ]
+        return aggregate_arrayrecords(records, "weight")
 
     def _aggregate_metrics(self, replies: list[Message]) -> MetricRecord:
         contents = [reply.content for reply in replies]
@@ -425,9 +438,9 @@ class LayerSelective(StrategyWrapper):
         names = list(content.array_records.keys())
         if len(names) <= 1:
             return names[0] if names else None
-        preferred = getattr(self.strategy, "arrayrecord_key", "arrays")
+        preferred = getattr(self.strategy, "arrayrecord_key", protocol.ARRAYS)
         if preferred not in names:
-            raise FedlayerError(f"a message holds several ArrayRecords {names} and none is named {preferred!r}")
+            raise RunError(f"a message holds several ArrayRecords {names} and none is named {preferred!r}")
         return preferred
 
     def summary(self) -> None:

@@ -17,7 +17,7 @@ from typing import Any
 import flwr.serverapp.strategy as flower_strategies
 from flwr.serverapp.strategy import Strategy
 
-from fedlayer.errors import FedlayerError, choices_message
+from fedlayer.errors import ConfigError, choices_message
 
 FORMS = "'module:Class', 'path/to/file.py:Class' or a Flower strategy name"
 
@@ -39,9 +39,9 @@ def load_strategy_class(class_path: str) -> type[Strategy]:
         stock = stock_strategies()
         if class_path in stock:
             return stock[class_path]
-        raise FedlayerError(choices_message("strategy class", class_path, [*stock, FORMS]))
+        raise ConfigError(choices_message("strategy class", class_path, [*stock, FORMS]))
     if not module_name or not class_name.isidentifier():
-        raise FedlayerError(f"bad strategy class path {class_path!r}; expected {FORMS}")
+        raise ConfigError(f"bad strategy class path {class_path!r}; expected {FORMS}")
     module = _load_module(module_name)
     cls = getattr(module, class_name, None)
     candidates = sorted(
@@ -50,16 +50,16 @@ def load_strategy_class(class_path: str) -> type[Strategy]:
         if inspect.isclass(obj) and issubclass(obj, Strategy) and obj is not Strategy
     )
     if cls is None:
-        raise FedlayerError(choices_message(f"class in {module_name}", class_name, candidates or ["(none)"]))
+        raise ConfigError(choices_message(f"class in {module_name}", class_name, candidates or ["(none)"]))
     if not (inspect.isclass(cls) and issubclass(cls, Strategy)):
-        raise FedlayerError(
+        raise ConfigError(
             f"{class_path} is not a flwr.serverapp.strategy.Strategy subclass (the Message API; "
             f"legacy flwr.server.strategy classes are not supported); Strategy classes in "
             f"{module_name}: {', '.join(candidates) or '(none)'}"
         )
     if inspect.isabstract(cls):
         missing = ", ".join(sorted(cls.__abstractmethods__))
-        raise FedlayerError(f"{class_path} is abstract: it does not implement {missing}")
+        raise ConfigError(f"{class_path} is abstract: it does not implement {missing}")
     return cls
 
 
@@ -68,21 +68,23 @@ def _load_module(name: str) -> ModuleType:
     if name.endswith(".py") or "/" in name or "\\" in name:
         path = Path(name).expanduser().resolve()
         if not path.is_file():
-            raise FedlayerError(f"strategy file not found: {name} (looked for {path})")
+            raise ConfigError(f"strategy file not found: {name} (looked for {path})")
         module_name = f"fedlayer_user_strategy_{path.stem}_{hashlib.sha1(str(path).encode()).hexdigest()[:8]}"
         spec = importlib.util.spec_from_file_location(module_name, path)
+        if spec is None or spec.loader is None:
+            raise ConfigError(f"cannot load strategy file {path}: Python cannot import it as a module")
         module = importlib.util.module_from_spec(spec)
         sys.modules[module_name] = module  # dataclasses and pickling look classes up here
         try:
             spec.loader.exec_module(module)
         except Exception as exc:
             del sys.modules[module_name]
-            raise FedlayerError(f"cannot load strategy file {path}: {type(exc).__name__}: {exc}") from exc
+            raise ConfigError(f"cannot load strategy file {path}: {type(exc).__name__}: {exc}") from exc
         return module
     try:
         return importlib.import_module(name)
     except ImportError as exc:
-        raise FedlayerError(
+        raise ConfigError(
             f"cannot import strategy module {name!r}: {exc} (it must be importable, or give a file path ending in .py)"
         ) from exc
 
@@ -106,16 +108,16 @@ def instantiate_strategy(
     accepted_text = ", ".join(accepted) or "(none)"
     unknown = [key for key in kwargs if key not in accepted]
     if unknown and not any_keyword:
-        raise FedlayerError(
+        raise ConfigError(
             f"unknown keyword argument(s) {', '.join(unknown)} for {cls.__name__}; valid choices: {accepted_text}"
         )
     clash = sorted(set(kwargs) & set(defaults))
     if clash:
-        raise FedlayerError(f"strategy kwargs set {', '.join(clash)}, which the app sets itself; remove them")
+        raise ConfigError(f"strategy kwargs set {', '.join(clash)}, which the app sets itself; remove them")
     merged = {k: v for k, v in defaults.items() if any_keyword or k in accepted} | kwargs
     try:
         return cls(**merged)
     except TypeError as exc:
-        raise FedlayerError(
+        raise ConfigError(
             f"cannot build {cls.__name__} with {merged}: {exc}; accepted parameters: {accepted_text}"
         ) from exc

@@ -12,6 +12,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
+from fedlayer.errors import RunError
 from strategies.sampling import split_replies
 from strategies.wrapper import StrategyWrapper
 
@@ -26,6 +27,15 @@ class Observed(StrategyWrapper):
     `replies` are the valid replies sorted by partition id (errored ones are left out);
     `global_arrays` is the global model this round's training started from. The wrapped strategy
     then aggregates the same replies in that order, errored ones last.
+
+    Parameters
+    ----------
+    strategy : flwr.serverapp.strategy.Strategy
+        The observed strategy; it aggregates as it would unobserved.
+    on_train : callable, optional
+        `on_train(server_round, replies, global_arrays)`, before each train aggregation.
+    on_evaluate : callable, optional
+        `on_evaluate(server_round, replies)`, before each evaluate aggregation.
     """
 
     def __init__(
@@ -49,6 +59,8 @@ class Observed(StrategyWrapper):
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         valid, errors = split_replies(replies)
         if self.on_train is not None:
+            if self.global_arrays is None:
+                raise RunError("aggregate_train was called before configure_train")
             self.on_train(server_round, valid, self.global_arrays)
         return super().aggregate_train(server_round, valid + errors)
 

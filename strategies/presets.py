@@ -12,65 +12,106 @@ from typing import Any
 
 from flwr.serverapp.strategy import FedAvg
 
-from fedlayer.errors import FedlayerError
+from fedlayer.errors import ConfigError, ModelError, choices_message
+from fedlayer.protocol import TRAIN_MODES
 from strategies.barrier_aware import BarrierAware, Measure
-from strategies.layerwise import TRAIN_MODES, LayerSelective, LayerSource
+from strategies.layerwise import LayerSelective, LayerSource
 from strategies.loading import instantiate_strategy, load_strategy_class
 
 
 @dataclass(frozen=True)
 class Preset:
-    """A scheme: which layers are averaged (`average`, a selector) and how clients train."""
+    """A scheme: which layers are averaged and how clients train.
+
+    Parameters
+    ----------
+    name : str
+        The preset's name (or, for a selector used as a preset, the selector).
+    average : str
+        The layer selector of the averaged layers.
+    train_mode : str, default "standard"
+        How clients train (`fedlayer.protocol.TRAIN_MODES`).
+    description : str
+        One line for people, citing the method.
+    barrier_aware : bool, default False
+        Whether the averaged layers are chosen each round by their measured barrier.
+    needs : str
+        What a model must have for the preset to apply ("normalisation layers"), named when it does not.
+    """
 
     name: str
     average: str
     train_mode: str = "standard"
     description: str = ""
     barrier_aware: bool = False
+    needs: str = ""
 
     def __post_init__(self) -> None:
         if self.train_mode not in TRAIN_MODES:
-            raise FedlayerError(f"preset {self.name!r}: train mode {self.train_mode!r} is not one of {TRAIN_MODES}")
+            raise ConfigError(f"preset {self.name!r}: " + choices_message("train mode", self.train_mode, TRAIN_MODES))
+
+    def misfit(
+        self, selector: str | Sequence[str], error: ConfigError, model_name: str = ""
+    ) -> ConfigError | ModelError:
+        """The error for a selector of this preset that does not fit a model: what the preset needs."""
+        model = f"model {model_name!r}" if model_name else "the model"
+        if selector != self.average:  # the user's own `average` did not fit
+            return error
+        if self.name not in PRESETS:
+            return ConfigError(f"{error}. {self.name!r} is not a preset either; presets: {', '.join(PRESETS)}")
+        if self.needs:
+            return ModelError(f"preset {self.name!r} needs {self.needs}; {model} has none ({error})")
+        return ConfigError(f"preset {self.name!r} averages {selector!r}, which does not fit {model}: {error}")
 
 
+_HEAD = "a Linear classifier head"
 PRESETS: dict[str, Preset] = {
     p.name: p
     for p in (
-        Preset("fedavg", "all", description="average every layer (McMahan et al., 2017)"),
+        Preset("fedavg", "all", description="average every layer (McMahan et al., 2017, arXiv:1602.05629)"),
         Preset("local", "none", description="average nothing: every client trains alone (never-averaged clients)"),
         Preset(
             "fedper",
             "body",
-            description="average the body; the classifier head stays personal (Arivazhagan et al., 2019)",
+            description="average the body; the classifier head stays personal (Arivazhagan et al., 2019, "
+            "arXiv:1912.00818)",
+            needs=_HEAD,
         ),
         Preset(
             "lg-fedavg",
             "head",
-            description="average the head; the body (local representations) stays personal (Liang et al., 2020)",
+            description="average the head; the body (local representations) stays personal (Liang et al., 2020, "
+            "arXiv:2001.01523)",
+            needs=_HEAD,
         ),
         Preset(
             "fedbn",
             "all,-norm",
-            description="average all but the normalisation layers, which stay personal (Li et al., 2021)",
+            description="average all but the normalisation layers, which stay personal (Li et al., 2021, "
+            "arXiv:2102.07623)",
+            needs="normalisation layers",
         ),
         Preset(
             "fedrep",
             "body",
             "fedrep",
-            "average the body; clients train the personal head with the body "
-            "frozen, then the body (Collins et al., 2021)",
+            "average the body; clients train the personal head with the body frozen, then the body "
+            "(Collins et al., 2021, arXiv:2102.07078)",
+            needs=_HEAD,
         ),
         Preset(
             "fedbabu",
             "body",
             "fedbabu",
-            "average the body; the head stays frozen at its initialisation during federation (Oh et al., 2022)",
+            "average the body; the head stays frozen at its initialisation during federation (Oh et al., 2022, "
+            "arXiv:2106.06042)",
+            needs=_HEAD,
         ),
         Preset(
             "barrier-aware",
             "all",
-            description="average, each round, only the layers whose measured barrier "
-            "between clients is below the threshold",
+            description="average, each round, only the layers whose measured barrier between clients is below the "
+            "threshold",
             barrier_aware=True,
         ),
     )
@@ -92,18 +133,48 @@ def build_strategy(
     personal: str = "server",
     layers: LayerSource | None = None,
     *,
+    model_name: str = "",
     measure: Measure | None = None,
     threshold: float = 0.1,
     **flower_kwargs: Any,
 ) -> LayerSelective:
     """Build the Flower strategy `class_path` (default FedAvg) and wrap it for the preset `name`.
 
-    `kwargs` are the user's constructor arguments (all must be accepted); `flower_kwargs` are the app's
-    (e.g. `fraction_train`, `min_train_nodes`), passed where the class accepts them. `average`
-    overrides the preset's selector (e.g. FedRep training with a custom head). With `layers` (the
-    model) the selector is checked now; otherwise call `.resolve(model)` before training. The result's
-    `preset` and `train_mode` attributes say what the clients must do; the "barrier-aware" preset needs
-    `measure` (and uses `threshold`). Every bad value raises a FedlayerError before any training.
+    Parameters
+    ----------
+    name : str, optional
+        A preset (`PRESETS`: fedavg, local, fedper, lg-fedavg, fedbn, fedrep, fedbabu,
+        barrier-aware) or a layer selector; default "fedavg".
+    class_path : str, optional
+        "module:Class", "file.py:Class" or a stock Flower strategy name; default FedAvg.
+    kwargs : dict, optional
+        The user's constructor arguments for that class; every one must be accepted.
+    average : str or sequence of str, optional
+        Overrides the preset's selector (e.g. FedRep training with a custom head).
+    personal : {"server", "client"}, default "server"
+        Who keeps the personal layers.
+    layers : model, state dict or list of Layer, optional
+        The model: the selector is checked now. Otherwise call `.resolve(model)` before training.
+    model_name : str
+        How error messages name the model ("cnn").
+    measure : callable, optional
+        The barrier measure of the "barrier-aware" preset (the server app provides it).
+    threshold : float, default 0.1
+        The "barrier-aware" threshold.
+    **flower_kwargs
+        The app's settings (e.g. `fraction_train`, `min_train_nodes`), passed where the class accepts them.
+
+    Returns
+    -------
+    LayerSelective
+        The wrapped strategy; its `preset` and `train_mode` say what the clients must do.
+
+    Raises
+    ------
+    ConfigError
+        A bad class, keyword, selector or personal mode, before any training.
+    ModelError
+        A preset that does not fit the model ("preset 'fedbn' needs normalisation layers; model 'cnn' has none").
     """
     preset = get_preset(name or "fedavg")
     cls = load_strategy_class(class_path) if class_path else FedAvg
@@ -111,13 +182,12 @@ def build_strategy(
     selector = average or preset.average
     if preset.barrier_aware:
         if measure is None:
-            raise FedlayerError("the barrier-aware preset needs a measure function (the server app provides it)")
-        strategy: LayerSelective = BarrierAware(inner, measure, threshold, average=selector, personal=personal)
+            raise ConfigError("the barrier-aware preset needs a measure function (the server app provides it)")
+        strategy: LayerSelective = BarrierAware(
+            inner, measure, threshold, average=selector, personal=personal, preset=preset
+        )
     else:
-        strategy = LayerSelective(inner, selector, personal=personal, train_mode=preset.train_mode)
-    if preset.name not in PRESETS and not average:
-        strategy.selector_hint = f"{preset.name!r} is not a preset either; presets: {', '.join(PRESETS)}"
-    strategy.preset = preset
+        strategy = LayerSelective(inner, selector, personal=personal, train_mode=preset.train_mode, preset=preset)
     if layers is not None:
-        strategy.resolve(layers)
+        strategy.resolve(layers, model_name=model_name)
     return strategy

@@ -2,10 +2,10 @@
 
 Flower's node ids are random per run and its strategies sample them with `random.sample`, so
 neither the sampled partitions nor the reply order is reproducible. Here clients are named by
-partition id: a client puts `ConfigRecord({"partition-id": pid})` under the reply key "client"
-(fedlayer's ClientApp does, for train, evaluate and query messages); `query_partitions` maps node ids
-to partitions once; `SeededGrid` samples partitions from the seed and the round; `split_replies`
-sorts replies by partition before anything is summed.
+partition id: a client puts `ConfigRecord({PARTITION_ID: pid})` under the reply record `CLIENT`
+(`fedlayer.protocol`; fedlayer's ClientApp does, for train, evaluate and query messages);
+`query_partitions` maps node ids to partitions once; `SeededGrid` samples partitions from the seed
+and the round; `split_replies` sorts replies by partition before anything is summed.
 """
 
 from __future__ import annotations
@@ -14,48 +14,41 @@ import math
 import random
 import time
 from collections.abc import Iterable, Mapping
+from typing import cast
 
 from flwr.app import Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
-from fedlayer.errors import FedlayerError, choices_message
+from fedlayer import protocol
+from fedlayer.errors import ConfigError, RunError, choices_message
 
-CLIENT_RECORD = "client"
-PARTITION_KEY = "partition-id"
 PHASES = ("train", "evaluate")
 
 
 def partition_of(reply: Message) -> int | None:
-    """The partition id a reply names under its "client" ConfigRecord, or None."""
-    record = reply.content.config_records.get(CLIENT_RECORD)
-    if record is None or PARTITION_KEY not in record:
+    """The partition id a reply names under its `CLIENT` ConfigRecord, or None."""
+    record = reply.content.config_records.get(protocol.CLIENT)
+    if record is None or protocol.PARTITION_ID not in record:
         return None
-    return int(record[PARTITION_KEY])
-
-
-def reply_order(reply: Message) -> tuple[int, int]:
-    """Sort key: by partition id; replies naming none come after, by node id."""
-    pid = partition_of(reply)
-    return (0, pid) if pid is not None else (1, reply.metadata.src_node_id)
+    return int(cast(int, record[protocol.PARTITION_ID]))
 
 
 def client_label(reply: Message) -> str:
     """A stable name for the client of a reply: its partition id, else "node-<node id>"."""
-    pid = partition_of(reply)
-    return str(pid) if pid is not None else f"node-{reply.metadata.src_node_id}"
+    return protocol.client_label(partition_of(reply), reply.metadata.src_node_id)
 
 
 def split_replies(replies: Iterable[Message]) -> tuple[list[Message], list[Message]]:
     """(valid replies sorted by partition, errored replies), reading `replies` once."""
     replies = list(replies)
-    valid = sorted((m for m in replies if not m.has_error()), key=reply_order)
+    valid = sorted((m for m in replies if not m.has_error()), key=lambda m: protocol.client_order(client_label(m)))
     return valid, [m for m in replies if m.has_error()]
 
 
 def clients_per_round(num_clients: int, fraction: float) -> int:
     """Clients per round: floor(fraction * clients), at least one."""
     if not 0.0 < fraction <= 1.0:
-        raise FedlayerError(f"bad client fraction {fraction!r}: must be in (0, 1]")
+        raise ConfigError(f"bad client fraction {fraction!r}: must be in (0, 1]")
     return max(1, math.floor(num_clients * fraction + 1e-9))
 
 
@@ -74,6 +67,26 @@ class SeededGrid(Grid):
     sorted): FedAvg with `fraction_train=fraction_evaluate=1.0` and `min_train_nodes`,
     `min_evaluate_nodes`, `min_available_nodes` no larger than `sample_size("train")` and
     `sample_size("evaluate")` (FedAvg waits for `min_available_nodes` among the nodes offered).
+
+    Parameters
+    ----------
+    grid : flwr.serverapp.Grid
+        The grid of the run (simulation or deployment).
+    seed : int
+        The run's seed.
+    fraction : float
+        The fraction of clients sampled per round, in (0, 1].
+    partition_of : mapping of int to int
+        Node id -> partition id of every connected client (`query_partitions`).
+    fraction_evaluate : float, optional
+        A separate fraction for evaluation rounds; by default they use the training sample.
+
+    Raises
+    ------
+    ConfigError
+        A fraction outside (0, 1].
+    RunError
+        Two nodes claiming one partition, or sampling before `set_round`.
     """
 
     def __init__(
@@ -91,7 +104,7 @@ class SeededGrid(Grid):
         self.fraction_evaluate = fraction_evaluate
         self.node_of = {int(pid): int(node) for node, pid in partition_of.items()}
         if len(self.node_of) != len(partition_of):
-            raise FedlayerError(f"two nodes claim the same partition id: {dict(partition_of)}")
+            raise RunError(f"two nodes claim the same partition id: {dict(partition_of)}")
         clients_per_round(len(self.node_of), fraction)  # validates the fractions now, not in round 1
         if fraction_evaluate is not None:
             clients_per_round(len(self.node_of), fraction_evaluate)
@@ -101,7 +114,7 @@ class SeededGrid(Grid):
     def set_round(self, server_round: int, phase: str = "train") -> None:
         """Make `get_node_ids()` return the sample of this round and phase."""
         if phase not in PHASES:
-            raise FedlayerError(choices_message("phase", phase, PHASES))
+            raise ConfigError(choices_message("phase", phase, PHASES))
         self.server_round, self.phase = server_round, phase
 
     def sample_size(self, phase: str = "train") -> int:
@@ -117,7 +130,7 @@ class SeededGrid(Grid):
 
     def get_node_ids(self) -> list[int]:
         if self.server_round < 1:
-            raise FedlayerError(
+            raise RunError(
                 "SeededGrid has no round yet: call set_round(round, phase) before sampling "
                 "(fedlayer's strategy wrappers do it in configure_train/configure_evaluate)"
             )
@@ -155,25 +168,26 @@ def query_partitions(grid: Grid, expected: int, *, timeout: float = 120.0, poll:
     """{node id: partition id} of all connected clients, asked once with a QUERY message.
 
     Waits until `expected` nodes are connected (simulated nodes register while the ServerApp starts).
-    Each client must reply with `ConfigRecord({"partition-id": pid})` under the key "client".
+    Each client must reply with `ConfigRecord({PARTITION_ID: pid})` under the record `CLIENT` (`fedlayer.protocol`).
     """
     deadline = time.monotonic() + timeout
     while len(nodes := sorted(grid.get_node_ids())) < expected:
         if time.monotonic() > deadline:
-            raise FedlayerError(f"only {len(nodes)} of {expected} clients connected within {timeout:g} s")
+            raise RunError(f"only {len(nodes)} of {expected} clients connected within {timeout:g} s")
         time.sleep(poll)
     messages = [Message(RecordDict(), dst_node_id=node, message_type=MessageType.QUERY) for node in nodes]
     valid, errors = split_replies(grid.send_and_receive(messages, timeout=timeout))
     if errors or len(valid) != len(nodes):
         reasons = "; ".join(f"node {m.metadata.src_node_id}: {m.error.reason}" for m in errors)
-        raise FedlayerError(f"{len(valid)} of {len(nodes)} clients answered the partition query. {reasons}")
-    mapping = {m.metadata.src_node_id: partition_of(m) for m in valid}
-    unnamed = sorted(node for node, pid in mapping.items() if pid is None)
+        raise RunError(f"{len(valid)} of {len(nodes)} clients answered the partition query. {reasons}")
+    claimed = {m.metadata.src_node_id: partition_of(m) for m in valid}
+    mapping = {node: pid for node, pid in claimed.items() if pid is not None}
+    unnamed = sorted(node for node in claimed if node not in mapping)
     if unnamed:
-        raise FedlayerError(
+        raise RunError(
             f"nodes {unnamed} did not name their partition: a client must answer a query "
-            f"message with ConfigRecord({{'{PARTITION_KEY}': pid}}) under '{CLIENT_RECORD}'"
+            f"message with ConfigRecord({{'{protocol.PARTITION_ID}': pid}}) under '{protocol.CLIENT}'"
         )
     if len(set(mapping.values())) != len(mapping):
-        raise FedlayerError(f"two clients claim the same partition id: {mapping}")
+        raise RunError(f"two clients claim the same partition id: {mapping}")
     return mapping

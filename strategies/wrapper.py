@@ -10,31 +10,36 @@ from flwr.common import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
-from fedlayer.errors import FedlayerError
+from fedlayer.errors import ConfigError
 from strategies.sampling import SeededGrid
 
 
 class StrategyWrapper(Strategy):
     """Delegates every step to `self.strategy`; subclasses override the steps they change.
 
-    The inherited `Strategy.start()` drives the rounds and calls the overridden methods. Attributes
-    not found on the wrapper are read from the wrapped strategy, so e.g.
-    `Observed(LayerSelective(FedAvg())).personal_state` works. A `strategies.sampling.SeededGrid`
+    The inherited `Strategy.start()` drives the rounds and calls the overridden methods. A wrapper
+    exposes only its own attributes: keep a reference to the strategy whose state you need (for
+    example the `LayerSelective` inside `Guarded(Observed(...))`). A `strategies.sampling.SeededGrid`
     passed to `configure_*` is told the round and phase first, so its node sample is the round's.
+
+    Parameters
+    ----------
+    strategy : flwr.serverapp.strategy.Strategy
+        The wrapped strategy (Message API).
+
+    Raises
+    ------
+    ConfigError
+        When `strategy` is not a Message API strategy (for example a legacy `flwr.server.strategy` one).
     """
 
     def __init__(self, strategy: Strategy) -> None:
         if not isinstance(strategy, Strategy):
-            raise FedlayerError(
+            raise ConfigError(
                 f"{type(self).__name__} wraps a flwr.serverapp.strategy.Strategy (Message API), "
                 f"got {type(strategy).__name__}"
             )
         self.strategy = strategy
-
-    def __getattr__(self, name: str):
-        if name.startswith("__") or name == "strategy":  # not set yet (copying, unpickling)
-            raise AttributeError(name)
-        return getattr(self.strategy, name)
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid

@@ -18,7 +18,6 @@ from __future__ import annotations
 import copy
 import functools
 import random
-import time
 from collections.abc import Callable, Iterable
 from uuid import uuid4
 
@@ -32,12 +31,16 @@ from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
 from torch import nn
 
+from fedlayer import protocol
+
 
 class InProcessGrid(Grid):
     """Delivers messages to `client_app` (one Context per node), synchronously, in this process.
 
     `node_seed` fixes the node ids (default: random like Flower's); `shuffle_seed` returns replies in a
     seeded random order instead of sending order (to test that results do not depend on it).
+    `duration(message, context)` declares how many seconds a client takes for a message (default 0:
+    the clock is simulated, never measured, so a test does not depend on the machine's speed);
     `send_and_receive(timeout=t)` leaves out the replies whose client took longer than t seconds, as
     if the clients ran in parallel and those replies came too late.
     `delivered` and `replies` log every instruction as a client received it and every reply.
@@ -51,6 +54,7 @@ class InProcessGrid(Grid):
         run_config: dict | None = None,
         node_seed: int | None = None,
         shuffle_seed: int | None = None,
+        duration: Callable[[Message, Context], float] | None = None,
     ) -> None:
         rng = random.Random(node_seed) if node_seed is not None else random.SystemRandom()
         node_ids: list[int] = []
@@ -74,7 +78,8 @@ class InProcessGrid(Grid):
         self.replies: list[Message] = []
         self.exceptions: list[BaseException] = []
         self._pending: dict[str, Message] = {}
-        self._took: dict[str, float] = {}  # message id -> seconds its client took
+        self._took: dict[str, float] = {}  # message id -> seconds its client took (declared)
+        self._duration = duration or (lambda message, context: 0.0)
         self._shuffle = random.Random(shuffle_seed) if shuffle_seed is not None else None
         TaskIdentity.task_id = 1
         TaskIdentity.run_id = self._run.run_id
@@ -116,9 +121,8 @@ class InProcessGrid(Grid):
             md.__dict__["_message_id"] = str(uuid4())
             received = _transported(message)
             self.delivered.append(received)
-            started = time.perf_counter()
             reply = _transported(self._handle(received))
-            self._took[md.message_id] = time.perf_counter() - started
+            self._took[md.message_id] = self._duration(received, self.contexts[md.dst_node_id])
             reply.metadata.__dict__["_message_id"] = str(uuid4())
             self.replies.append(reply)
             self._pending[md.message_id] = reply
@@ -215,7 +219,7 @@ class ProtocolClient:
         self.app.query()(self.query)
 
     def data(self, context: Context) -> tuple[torch.Tensor, torch.Tensor]:
-        pid, n = int(context.node_config["partition-id"]), int(context.node_config["num-partitions"])
+        pid, n = int(context.node_config[protocol.PARTITION_ID]), int(context.node_config["num-partitions"])
         return self.x[pid::n], self.y[pid::n]
 
     def model(self, message: Message, context: Context) -> nn.Module:
@@ -223,18 +227,20 @@ class ProtocolClient:
         state = {}
         if PERSONAL_STATE in context.state.array_records:
             state.update(context.state.array_records[PERSONAL_STATE].to_torch_state_dict())
-        state.update(message.content["arrays"].to_torch_state_dict())
+        state.update(message.content[protocol.ARRAYS].to_torch_state_dict())
         model.load_state_dict(state, strict=True)
         return model
 
     def _reply(self, message: Message, context: Context, records: dict) -> Message:
         if self.name_partition:
-            records["client"] = ConfigRecord({"partition-id": int(context.node_config["partition-id"])})
+            records[protocol.CLIENT] = ConfigRecord(
+                {protocol.PARTITION_ID: int(context.node_config[protocol.PARTITION_ID])}
+            )
         return Message(RecordDict(records), reply_to=message)
 
     def train(self, message: Message, context: Context) -> Message:
-        config = message.content["config"]
-        key = (int(context.node_config["partition-id"]), int(config["server-round"]))
+        config = message.content[protocol.CONFIG]
+        key = (int(context.node_config[protocol.PARTITION_ID]), int(config[protocol.SERVER_ROUND]))
         self.configs[key] = dict(config)
         model = self.model(message, context)
         self.loaded[key] = numpy_state(model.state_dict())
@@ -249,22 +255,27 @@ class ProtocolClient:
                 param -= self.lr * param.grad
         state = model.state_dict()
         self.trained[key] = numpy_state(state)
-        if config.get("personal-mode") == "client":
-            shared = set(str(config.get("average-keys", "")).split(",")) - {""}
+        if config.get(protocol.PERSONAL_MODE) == "client":
+            shared = protocol.parse_average_keys(config.get(protocol.AVERAGE_KEYS))
             context.state[PERSONAL_STATE] = ArrayRecord({k: v for k, v in state.items() if k not in shared})
             state = {k: v for k, v in state.items() if k in shared}
-        metrics = MetricRecord({"num-examples": len(x), "train-loss": float(loss.detach())})
-        return self._reply(message, context, {"arrays": ArrayRecord(state), "metrics": metrics})
+        metrics = MetricRecord({protocol.NUM_EXAMPLES: len(x), protocol.TRAIN_LOSS: float(loss.detach())})
+        return self._reply(message, context, {protocol.ARRAYS: ArrayRecord(state), protocol.METRICS: metrics})
 
     def evaluate(self, message: Message, context: Context) -> Message:
-        key = (int(context.node_config["partition-id"]), int(message.content["config"]["server-round"]))
+        key = (
+            int(context.node_config[protocol.PARTITION_ID]),
+            int(message.content[protocol.CONFIG][protocol.SERVER_ROUND]),
+        )
         model = self.model(message, context)
         self.evaluated[key] = numpy_state(model.state_dict())
         x, y = self.data(context)
         model.eval()
         with torch.no_grad():
             loss = float(nn.functional.cross_entropy(model(x), y))
-        return self._reply(message, context, {"metrics": MetricRecord({"num-examples": len(x), "loss": loss})})
+        return self._reply(
+            message, context, {protocol.METRICS: MetricRecord({protocol.NUM_EXAMPLES: len(x), protocol.LOSS: loss})}
+        )
 
     def query(self, message: Message, context: Context) -> Message:
         return self._reply(message, context, {})

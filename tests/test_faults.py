@@ -2,7 +2,6 @@
 
 import json
 import math
-import time
 from pathlib import Path
 
 import numpy as np
@@ -32,13 +31,14 @@ BASE = [
 ]
 
 
-def run_with(tmp_path: Path, *overrides: str, client=None):
-    """Run in process; `client(message, context, app)` may replace fedlayer's ClientApp for some calls."""
+def run_with(tmp_path: Path, *overrides: str, client=None, duration=None):
+    """Run in process; `client(message, context, app)` may replace fedlayer's ClientApp for some calls;
+    `duration(message, context)` declares how long a client takes (see `InProcessGrid`)."""
     cfg = load_config(None, [*BASE, *overrides])
     run = FederatedRun.prepare(cfg, tmp_path / "run")
     app = make_client_app(cfg)
     handler = app if client is None else (lambda message, context: client(message, context, app))
-    grid = InProcessGrid(handler, cfg.federation.clients)
+    grid = InProcessGrid(handler, cfg.federation.clients, duration=duration)
     run.main(grid, Context(run_id=0, node_id=0, node_config={}, state=RecordDict(), run_config={}))
     return run
 
@@ -180,12 +180,10 @@ def test_client_mode_reply_must_hold_exactly_the_averaged_keys(tmp_path):
 
 
 def test_a_client_slower_than_the_timeout_is_recorded_as_a_timeout(tmp_path):
-    def client(message, context, app):
-        if is_train(message) and train_round(message) == 1 and partition(context) == 3:
-            time.sleep(2.5)
-        return app(message, context)
+    def duration(message, context):
+        return 2.5 if is_train(message) and train_round(message) == 1 and partition(context) == 3 else 0.0
 
-    run = run_with(tmp_path, "federation.timeout=2", client=client)
+    run = run_with(tmp_path, "federation.timeout=2", duration=duration)
     rows = metrics_of(run).query("status != 'ok'")
     assert list(zip(rows["round"], rows["client"], rows["split"], rows["status"], strict=True)) == [
         (1, "3", "train", "timeout")

@@ -85,7 +85,7 @@ def test_observer_tables_agree_with_the_engine_on_the_same_models(tmp_path):
     _, direct = pairwise_curves(
         run.model,
         states,
-        run.recorder.analysis_set,
+        run.analysis.data,
         pairs=a.pairs,
         seed=run.cfg.seed * 100_003 + 1,
         groups=list(a.groups),

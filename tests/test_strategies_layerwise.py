@@ -11,8 +11,8 @@ from flwr.serverapp.strategy import FedAdam, FedAvg
 from inprocess_grid import InProcessGrid, ProtocolClient, digits, tiny_net
 
 from fedlayer.errors import FedlayerError
-from fedlayer.layers import model_layers
-from strategies import LayerSelective, select_average
+from fedlayer.layers import model_layers, select_layers
+from strategies import LayerSelective
 from strategies.sampling import split_replies
 
 BODY = ["0.weight", "0.bias", "1.weight", "1.bias", "1.running_mean", "1.running_var", "1.num_batches_tracked"]
@@ -262,8 +262,8 @@ def test_bad_arrays_and_modes_are_errors():
 
 def test_exclusions_in_selectors():
     layers = model_layers(tiny_net())
-    assert [layer.name for layer in select_average(layers, "all,-norm")] == ["0", "3"]
-    assert [layer.name for layer in select_average(layers, "-head")] == ["0", "1"]
-    assert [layer.name for layer in select_average(layers, "body,-0")] == ["1"]
+    assert [layer.name for layer in select_layers(layers, "all,-norm")] == ["0", "3"]
+    assert [layer.name for layer in select_layers(layers, "-head")] == ["0", "1"]
+    assert [layer.name for layer in select_layers(layers, "body,-0")] == ["1"]
     with pytest.raises(FedlayerError, match="no layer"):
-        select_average(layers, "norm,-norm")
+        select_layers(layers, "norm,-norm")

@@ -23,7 +23,8 @@ def test_observer_sees_sorted_replies_and_the_rounds_global_model():
     def on_evaluate(server_round, replies):
         evaluations.append((server_round, [partition_of(m) for m in replies]))
 
-    strategy = Observed(LayerSelective(FedAvg(**APP_KWARGS), "body"), on_train, on_evaluate)
+    selective = LayerSelective(FedAvg(**APP_KWARGS), "body")
+    strategy = Observed(selective, on_train, on_evaluate)
     grid = InProcessGrid(client.app, NODES, shuffle_seed=7)
     initial = ArrayRecord(tiny_net().state_dict())
     strategy.start(grid=grid, initial_arrays=initial, num_rounds=2)
@@ -31,7 +32,8 @@ def test_observer_sees_sorted_replies_and_the_rounds_global_model():
     assert evaluations == [(1, [0, 1, 2]), (2, [0, 1, 2])]
     assert trains[0][2] is initial
     np.testing.assert_array_equal(trains[1][2]["0.weight"].numpy(), client.loaded[(0, 2)]["0.weight"])
-    assert len(strategy.personal_state) == NODES  # attributes of the wrapped strategy are visible
+    assert len(selective.personal_state) == NODES
+    assert not hasattr(strategy, "personal_state")  # a wrapper exposes only its own attributes
 
 
 def test_observer_leaves_errored_replies_to_the_wrapped_strategy():

@@ -7,8 +7,9 @@ import pytest
 from flwr.app import ArrayRecord
 from flwr.serverapp.strategy import FedAdam, FedAvg
 from inprocess_grid import InProcessGrid, ProtocolClient, digits, tiny_net
+from torch import nn
 
-from fedlayer.errors import FedlayerError
+from fedlayer.errors import ConfigError, FedlayerError, ModelError
 from fedlayer.layers import keys_of, model_layers
 from strategies import PRESETS, BarrierAware, build_strategy, get_preset
 
@@ -108,3 +109,24 @@ def test_unknown_preset_names_the_presets():
 def test_bad_personal_mode_names_the_choices():
     with pytest.raises(FedlayerError, match="server, client"):
         build_strategy("fedper", personal="both")
+
+
+@pytest.mark.parametrize(
+    ("name", "model", "needs"),
+    [
+        ("fedbn", nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2)), "normalisation layers"),
+        ("fedper", nn.Sequential(nn.Conv2d(1, 2, 3)), "a Linear classifier head"),
+    ],
+)
+def test_a_preset_that_does_not_fit_the_model_says_what_it_needs(name, model, needs):
+    with pytest.raises(ModelError, match=rf"preset '{name}' needs {needs}; model 'tiny' has none"):
+        build_strategy(name, layers=model, model_name="tiny")
+    strategy = build_strategy(name)  # checked later, by resolve(), with the same message
+    with pytest.raises(ModelError, match=rf"preset '{name}' needs {needs}; the model has none"):
+        strategy.resolve(model)
+
+
+def test_a_users_own_average_that_does_not_fit_gets_the_selector_error():
+    with pytest.raises(ConfigError, match=r"layer selector 'absent' matches no layer") as caught:
+        build_strategy("fedper", average="absent", layers=tiny_net(), model_name="tiny")
+    assert "preset" not in str(caught.value)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import numbers
-import re
 from collections.abc import Iterable, Mapping
 
 import numpy as np
@@ -16,6 +15,7 @@ from fedlayer.analysis.barriers import barriers
 from fedlayer.analysis.curves import CurveEngine, check_non_negative
 from fedlayer.analysis.evaluate import EvalInput
 from fedlayer.errors import ConfigError
+from fedlayer.protocol import client_order
 
 
 def select_pairs(names: Iterable[object], pairs: str | int = "all", *, seed: int = 0) -> list[tuple[str, str]]:
@@ -30,7 +30,7 @@ def select_pairs(names: Iterable[object], pairs: str | int = "all", *, seed: int
         If `pairs` is neither "all" nor a non-negative integer, or `seed` is negative.
     """
     check_non_negative("seed", seed)
-    ordered = sorted({str(n) for n in names}, key=_natural_key)
+    ordered = sorted({str(n) for n in names}, key=client_order)
     every = list(itertools.combinations(ordered, 2))
     if pairs == "all" or pairs == 0:
         return every
@@ -106,7 +106,3 @@ def pairwise_curves(
         tables.append(table)
     curves = pd.concat(tables, ignore_index=True)
     return curves, barriers(curves)
-
-
-def _natural_key(name: str) -> list:
-    return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", name)]

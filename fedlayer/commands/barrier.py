@@ -11,35 +11,41 @@ curves.parquet, barriers.parquet, barriers.png (per-layer midpoint loss barriers
 with --random-directions, directions.png (each layer towards B against random directions) into --out,
 and prints the barriers.
 """
-GROUPS_HELP = (
-    "comma-separated group specs: layers (each single layer), full, an ordering (shallow, deep, random, "
-    "minimal: cumulative groups), window:W (W consecutive layers), or a layer selector such as "
-    "'layer2', 'head', 'middle:5', 're:conv2$' (default: layers,full)"
-)
 
 
 def add_parser(sub) -> None:
+    from fedlayer.config import declared
+
     p = sub.add_parser("barrier", help="layer-wise loss barriers between two checkpoints", description=DESCRIPTION)
     p.add_argument("checkpoint_a", metavar="A.safetensors", help="model A (alpha = 0)")
     p.add_argument("checkpoint_b", metavar="B.safetensors", help="model B (alpha = 1)")
     p.add_argument("--model", required=True, help="model name, e.g. cnn or resnet18")
-    p.add_argument("--norm", default="none", help="normalisation layers: none, bn or gn (default: none)")
+    norm, norm_help = declared("model.norm")
+    p.add_argument("--norm", default=norm, help=f"{norm_help} (default: %(default)s)")
     p.add_argument("--dataset", required=True, help="dataset whose test images are evaluated, e.g. digits")
     p.add_argument("--data-dir", metavar="DIR", help="where the dataset's files are (default: standard places)")
-    p.add_argument("--groups", default="layers,full", help=GROUPS_HELP)
+    # the analysis options mirror the config's [analysis] keys: one declaration, one default
+    groups, groups_help = declared("analysis.groups")
+    p.add_argument("--groups", default=",".join(groups), help=f"{groups_help}; comma-separated (default: %(default)s)")
+    alphas, alphas_help = declared("analysis.alphas")
     p.add_argument(
         "--alphas",
-        default="11",
-        help="a count of evenly spaced alphas, or comma-separated values in [0, 1]; 0, 0.5 and 1 are "
-        "always included (default: 11)",
+        default=str(alphas),
+        help=f"{alphas_help}, or comma-separated values in [0, 1]; 0, 0.5 and 1 are always included "
+        "(default: %(default)s)",
     )
-    p.add_argument("--bn", default="interpolate", help="BatchNorm policy: interpolate or recompute")
-    p.add_argument("--samples", type=int, default=512, help="seeded test images to evaluate, 0 = all (default: 512)")
+    bn, bn_help = declared("analysis.bn")
+    p.add_argument("--bn", default=bn, help=f"{bn_help} (default: %(default)s)")
+    samples, samples_help = declared("analysis.samples")
+    p.add_argument("--samples", type=int, default=samples, help=f"{samples_help}, 0 = all (default: %(default)s)")
     p.add_argument(
         "--bn-samples", type=int, default=1024, help="seeded train images for --bn recompute (default: 1024)"
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the samples, orderings and directions (default: 0)")
-    p.add_argument("--random-directions", type=int, default=0, help="random-direction draws per layer (default: 0)")
+    directions, directions_help = declared("analysis.random_directions")
+    p.add_argument(
+        "--random-directions", type=int, default=directions, help=f"{directions_help} (default: %(default)s)"
+    )
     p.add_argument("--batch-size", type=int, default=256, help="evaluation batch size (default: 256)")
     p.add_argument("--device", default="auto", help="torch device: auto (cuda if available), cpu, cuda:0, ...")
     p.add_argument("--out", metavar="DIR", default="runs/barrier", help="output folder (default: runs/barrier)")
@@ -77,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
     console = make_console()
     with console.status(f"interpolating {args.model} on {len(data[1])} {args.dataset} test images ({device})"):
         curves = interpolation_curves(
-            model, *states, data, groups=groups, alphas=alphas, bn=args.bn,
+            model, states[0], states[1], data, groups=groups, alphas=alphas, bn=args.bn,
             bn_data=bn_data if args.bn == "recompute" else None, random_directions=args.random_directions,
             seed=args.seed, device=device, batch_size=args.batch_size,
         )  # fmt: skip

@@ -6,7 +6,7 @@ config saved in RUN_DIR (see `fedlayer.resume` for what resumes exactly).
 
 from __future__ import annotations
 
-from fedlayer.errors import FedlayerError
+from fedlayer.errors import ConfigError
 
 
 def add_config_arguments(parser, *, required: bool = True) -> None:
@@ -48,14 +48,14 @@ def run(args) -> int:
             what for what, value in (("CONFIG", args.config), ("--set", args.overrides), ("--out", args.out)) if value
         ]
         if given:
-            raise FedlayerError(
+            raise ConfigError(
                 f"--resume continues {args.resume} with the config saved in it; "
                 f"{', '.join(given)} cannot be given with --resume"
             )
         resume_simulation(args.resume, verbose=args.verbose)
         return 0
     if args.config is None:
-        raise FedlayerError("give an experiment CONFIG (TOML), or --resume RUN_DIR to continue a run")
+        raise ConfigError("give an experiment CONFIG (TOML), or --resume RUN_DIR to continue a run")
     cfg = load_config(args.config, args.overrides)
     run_simulation(cfg, args.out, verbose=args.verbose)
     return 0
