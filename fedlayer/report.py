@@ -16,28 +16,23 @@ from urllib.parse import quote
 import numpy as np
 import pandas as pd
 
-from fedlayer.atomic import write_bytes
-from fedlayer.data.partition import Partitions
-from fedlayer.errors import FedlayerError
-from fedlayer.plots.compare import (
-    COMPARISON,
-    plot_comparison,
-    read_comparison,
-    run_path,
+from fedlayer.analysis.summary import (
+    FULL_ROW,
+    barrier_grid,
+    choices_summary,
+    layer_summary,
+    pairs_note,
     summary_cells,
     summary_table,
 )
-from fedlayer.plots.runs import (
-    FULL_ROW,
-    barrier_grid,
-    describe_run,
-    pairs_note,
-    plot_run,
-    read_config,
-    read_optional,
-)
+from fedlayer.atomic import write_bytes
+from fedlayer.config import Config
+from fedlayer.data.partition import Partitions
+from fedlayer.plots.compare import plot_comparison
+from fedlayer.plots.runs import draw_run
+from fedlayer.protocol import client_order
+from fedlayer.results import RunRecord, comparison_runs, describe_run, directory_kind, read_comparison, read_run
 
-RUN_MARKER = "metrics.parquet"
 FIGURE_CAPTIONS = {
     "accuracy": "Test accuracy per round",
     "barrier_heatmap": "Layer-wise midpoint loss barrier per round",
@@ -50,45 +45,14 @@ FIGURE_CAPTIONS = {
 }
 
 
-def directory_kind(path: str | Path) -> str:
-    """'run' (holds metrics.parquet) or 'comparison' (holds comparison.parquet); anything else is an error."""
-    path = Path(path)
-    if (path / COMPARISON).is_file():
-        return "comparison"
-    if (path / RUN_MARKER).is_file():
-        return "run"
-    what = "a directory" if path.is_dir() else "a path that does not exist" if not path.exists() else "a file"
-    raise FedlayerError(
-        f"{str(path)!r} is {what}, not a run directory (with {RUN_MARKER}) "
-        f"or a comparison directory (with {COMPARISON})"
-    )
-
-
-def run_directories(compare_dir: Path, comparison: pd.DataFrame) -> list[tuple[str, int, Path]]:
-    """(strategy, seed, run directory) for each run of the comparison whose directory holds a run."""
-    pairs = comparison[["strategy", "seed"]].drop_duplicates().itertuples(index=False)
-    found = [(s, int(seed), run_path(compare_dir, s, seed)) for s, seed in pairs]
-    return [(s, seed, path) for s, seed, path in found if (path / RUN_MARKER).is_file()]
-
-
-def plot_directory(path: str | Path) -> list[Path]:
-    """Redraw every figure of a run, or of a comparison and each of its runs, from the stored tables."""
-    path = Path(path)
-    if directory_kind(path) == "run":
-        return plot_run(path)
-    drawn = plot_comparison(path)
-    for _, _, run in run_directories(path, read_comparison(path)):
-        drawn += plot_run(run)
-    return drawn
-
-
 def write_report(path: str | Path, out: str | Path | None = None) -> Path:
     """Redraw the figures and write the Markdown report (default <path>/report.md); return its path."""
     path = Path(path)
     kind = directory_kind(path)
     out = Path(out) if out is not None else path / "report.md"
     if kind == "run":
-        text = run_report(path, plot_run(path), out)
+        run = read_run(path)
+        text = run_report(run, draw_run(run), out)
     else:
         text = comparison_report(path, plot_comparison(path), out)
     return write_bytes(out, text.encode())
@@ -125,24 +89,21 @@ def _figures(paths: Sequence[Path], out: Path) -> list[str]:
 
 
 # -- run report ---------------------------------------------------------------------------------------------
-def run_report(run_dir: Path, figures: Sequence[Path], out: Path) -> str:
-    config = read_config(run_dir)
-    metrics = read_optional(run_dir / RUN_MARKER)
-    barriers = read_optional(run_dir / "barriers.parquet")
-    choices = read_optional(run_dir / "choices.parquet")
-    path = run_dir.resolve()
+def run_report(run: RunRecord, figures: Sequence[Path], out: Path) -> str:
+    path = run.path.resolve()
     name = f"{path.parent.name}/{path.name}" if path.name.startswith("seed-") else path.name  # a comparison's run
     lines = [f"# Run report: {name}", ""]
-    if config:
-        lines += [describe_run(config), ""]
-    lines += _metrics_section(metrics)
-    lines += _barrier_section(barriers, config)
-    if choices is not None and not choices.empty:
-        lines += _choices_section(choices)
+    if run.config is not None:
+        lines += [describe_run(run.config), ""]
+    lines += _metrics_section(run.metrics)
+    lines += _barrier_section(run.barriers, run.config)
+    if run.choices is not None and not run.choices.empty:
+        lines += _choices_section(run.choices)
     lines += _figures(figures, out)
-    lines += _partitions_section(run_dir / "partitions.json")
-    if config:
-        lines += ["## Configuration", "", "```toml", (run_dir / "config.toml").read_text().strip(), "```", ""]
+    if run.partitions is not None:
+        lines += _partitions_section(Partitions.load(run.partitions))
+    if run.config is not None:
+        lines += ["## Configuration", "", "```toml", run.config.to_toml().strip(), "```", ""]
     return "\n".join(lines)
 
 
@@ -180,7 +141,7 @@ def _metrics_section(metrics: pd.DataFrame) -> list[str]:
         "",
     ]
     if not local.empty:
-        ordered = local.sort_values("client", key=lambda c: c.map(_client_key))
+        ordered = local.sort_values("client", key=lambda c: c.map(client_order))
         per_client = [
             [c, _number(a, 1, 100), _number(v), int(n)]
             for c, a, v, n in zip(
@@ -196,30 +157,17 @@ def _metrics_section(metrics: pd.DataFrame) -> list[str]:
     return lines
 
 
-def _client_key(client: str) -> tuple[int, str]:
-    return (int(client), "") if str(client).isdigit() else (1 << 30, str(client))
-
-
-def _barrier_section(barriers: pd.DataFrame | None, config: dict) -> list[str]:
+def _barrier_section(barriers: pd.DataFrame | None, config: Config | None) -> list[str]:
     lines = ["## Layer-wise barriers", ""]
     grid = barrier_grid(barriers) if barriers is not None else pd.DataFrame()
     if grid.empty:
-        every = config.get("analysis", {}).get("every", "?")
-        return lines + [
-            f"No single-layer or full-model barriers were measured in this run (analysis.every = {every}).",
-            "",
-        ]
-    errors = barrier_grid(barriers, "error_barrier_mid")
+        every = f" (analysis.every = {config.analysis.every})" if config is not None else ""
+        return lines + [f"No single-layer or full-model barriers were measured in this run{every}.", ""]
     last = grid.columns[-1]
+    summary = layer_summary(barriers)
     rows = [
-        [
-            name,
-            _number(grid.loc[name, last]),
-            _number(grid.loc[name].mean()),
-            _number(grid.loc[name].max()),
-            _number(errors.loc[name, last], 2),
-        ]
-        for name in grid.index
+        [name, _number(s["last"]), _number(s["mean"]), _number(s["max"]), _number(s["error_last"], 2)]
+        for name, s in summary.iterrows()
     ]
     lines += [
         f"Midpoint barrier B_mid = L(θ(½)) − ½(L_A + L_B) of each single layer (and of the full model) "
@@ -238,11 +186,11 @@ def _barrier_section(barriers: pd.DataFrame | None, config: dict) -> list[str]:
         ),
         "",
     ]
-    if FULL_ROW in grid.index:
-        layers = grid.drop(index=FULL_ROW)[last]
+    if FULL_ROW in summary.index:
+        layers = summary["last"].drop(index=FULL_ROW)
         if layers.notna().any():
             lines += [
-                f"In round {last} the full-model barrier is {_number(grid.loc[FULL_ROW, last])}; the largest "
+                f"In round {last} the full-model barrier is {_number(summary.loc[FULL_ROW, 'last'])}; the largest "
                 f"single-layer barrier is {_number(layers.max())} ({layers.idxmax()}).",
                 "",
             ]
@@ -250,12 +198,7 @@ def _barrier_section(barriers: pd.DataFrame | None, config: dict) -> list[str]:
 
 
 def _choices_section(choices: pd.DataFrame) -> list[str]:
-    order = list(dict.fromkeys(choices["layer"]))
-    stats = (
-        choices.groupby("layer")
-        .agg(averaged=("averaged", "sum"), rounds=("round", "nunique"), barrier=("barrier", "mean"))
-        .reindex(order)
-    )
+    stats = choices_summary(choices)
     rows = [[name, f"{int(s.averaged)} of {int(s.rounds)}", _number(s.barrier)] for name, s in stats.iterrows()]
     return [
         "## Barrier-aware averaging",
@@ -265,10 +208,7 @@ def _choices_section(choices: pd.DataFrame) -> list[str]:
     ]
 
 
-def _partitions_section(path: Path) -> list[str]:
-    if not path.exists():
-        return []
-    parts = Partitions.load(path)
+def _partitions_section(parts: Partitions) -> list[str]:
     train, test = parts.class_counts(split="train"), parts.class_counts(split="test")
     rows = [
         [c, int(train.loc[c].sum()), int(test.loc[c].sum()), int(((train.loc[c] + test.loc[c]) > 0).sum())]
@@ -306,7 +246,7 @@ def comparison_report(compare_dir: Path, figures: Sequence[Path], out: Path) -> 
     ]
     lines += _figures(figures, out)
     lines += ["## Runs", ""]
-    for strategy, seed, run in run_directories(compare_dir, comparison):
+    for strategy, seed, run in comparison_runs(compare_dir, comparison):
         report = write_report(run)
         lines.append(f"- {strategy}, seed {seed}: [report]({_link(report, out)}), [directory]({_link(run, out)})")
     return "\n".join([*lines, ""])

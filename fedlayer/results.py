@@ -13,19 +13,28 @@ Layout of a run directory:
                          round-<R>/ the last committed round's state for resuming (fedlayer.resume)
     state.json           the last committed round (written last: the commit of a round)
     plots/               PNG figures
+
+A comparison directory holds comparison.parquet (one row per strategy, seed and round) and one run
+directory per (strategy, seed) at runs/<strategy>/seed-<seed>/. Everything that draws or reports on
+results reads them through `read_run` and `read_comparison`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
 from fedlayer.atomic import atomic_target, write_bytes
-from fedlayer.errors import FedlayerError
+from fedlayer.config import Config, load_config
+from fedlayer.errors import DataError, FedlayerError
 
 TABLES = ("metrics", "barriers", "curves", "choices")
+RUN_MARKER = "metrics.parquet"
+COMPARISON = "comparison.parquet"
+COMPARISON_REQUIRED = ("strategy", "seed", "round", "global_accuracy", "personal_accuracy_mean")
 
 
 def write_parquet(frame: pd.DataFrame, path: str | Path) -> Path:
@@ -40,6 +49,10 @@ def read_table(path: str | Path) -> pd.DataFrame:
     if not path.exists():
         raise FedlayerError(f"table {str(path)!r} does not exist")
     return pd.read_parquet(path)
+
+
+def table_path(run_dir: str | Path, name: str) -> Path:
+    return Path(run_dir) / f"{name}.parquet"
 
 
 class RunDirectory:
@@ -58,7 +71,7 @@ class RunDirectory:
         return self.path / "plots"
 
     def table_path(self, name: str) -> Path:
-        return self.path / f"{name}.parquet"
+        return table_path(self.path, name)
 
     def create(self) -> RunDirectory:
         self.path.mkdir(parents=True, exist_ok=True)
@@ -109,3 +122,107 @@ class RunDirectory:
         for name in TABLES:
             if self._rows[name]:
                 write_parquet(self.table(name), self.table_path(name))
+
+
+# -- reading finished runs -------------------------------------------------------------------------
+@dataclass(frozen=True)
+class RunRecord:
+    """What a run directory holds, as written: its config and each table, None where absent.
+
+    `config` is None for a folder without config.toml (one written by `fedlayer barrier`, which
+    holds only curves and barriers): figures of it then carry no line naming the run.
+    """
+
+    path: Path
+    config: Config | None
+    metrics: pd.DataFrame | None
+    barriers: pd.DataFrame | None
+    curves: pd.DataFrame | None
+    choices: pd.DataFrame | None
+    partitions: Path | None
+
+
+def read_run(path: str | Path) -> RunRecord:
+    """Read a run directory's config and tables; a path that is not a directory is a DataError."""
+    path = Path(path)
+    if not path.is_dir():
+        raise DataError(f"run directory {str(path)!r} {'is a file' if path.exists() else 'does not exist'}")
+    tables = {name: read_optional(table_path(path, name)) for name in TABLES}
+    partitions = path / "partitions.json"
+    return RunRecord(path, read_config(path), **tables, partitions=partitions if partitions.is_file() else None)
+
+
+def read_optional(path: Path) -> pd.DataFrame | None:
+    """A stored table, or None when the run did not write it (e.g. no analysis)."""
+    return read_table(path) if path.exists() else None
+
+
+def read_config(run_dir: str | Path) -> Config | None:
+    """The run's config.toml as a validated Config; None when the folder has none."""
+    path = Path(run_dir) / "config.toml"
+    if not path.exists():
+        return None
+    try:
+        return load_config(path)
+    except FedlayerError as exc:
+        raise DataError(f"cannot read {path}: {exc}") from exc
+
+
+def describe_run(config: Config | None) -> str:
+    """One line naming the strategy, model, data, split, clients and seed, for figure subtitles and reports."""
+    if config is None:
+        return ""
+    return f"{config.strategy.name} · {describe_setting(config)} · seed {config.seed}"
+
+
+def describe_setting(config: Config | None) -> str:
+    """What every strategy of a comparison shares: the model, the data, the split and the clients."""
+    if config is None:
+        return ""
+    data, model = config.data, config.model
+    detail = {
+        "dirichlet": f" (α={data.alpha})",
+        "pathological": f" ({data.classes_per_client} classes/client)",
+        "shard": f" ({data.shards_per_client} shards/client)",
+    }.get(data.partition, "")
+    norm = "" if model.norm == "none" else f" ({model.norm})"
+    return f"{model.name}{norm} on {data.dataset} · {data.partition}{detail} · {config.federation.clients} clients"
+
+
+# -- reading comparisons ---------------------------------------------------------------------------
+def directory_kind(path: str | Path) -> str:
+    """'run' (holds metrics.parquet) or 'comparison' (holds comparison.parquet); anything else is a DataError."""
+    path = Path(path)
+    if (path / COMPARISON).is_file():
+        return "comparison"
+    if (path / RUN_MARKER).is_file():
+        return "run"
+    what = "a directory" if path.is_dir() else "a path that does not exist" if not path.exists() else "a file"
+    raise DataError(
+        f"{str(path)!r} is {what}, not a run directory (with {RUN_MARKER}) "
+        f"or a comparison directory (with {COMPARISON})"
+    )
+
+
+def run_path(compare_dir: str | Path, strategy: str, seed: int) -> Path:
+    """The run directory of one (strategy, seed) of a comparison."""
+    return Path(compare_dir) / "runs" / str(strategy) / f"seed-{seed}"
+
+
+def read_comparison(compare_dir: str | Path) -> pd.DataFrame:
+    """comparison.parquet, checked to have rows and the columns every summary and figure needs."""
+    table = read_optional(Path(compare_dir) / COMPARISON)
+    if table is None:
+        raise DataError(f"{str(compare_dir)!r} is not a comparison directory: it has no {COMPARISON}")
+    missing = [c for c in COMPARISON_REQUIRED if c not in table.columns]
+    if missing or table.empty:
+        problem = f"lacks the columns {', '.join(missing)}" if missing else "has no rows"
+        raise DataError(f"{Path(compare_dir) / COMPARISON} {problem}; expected {', '.join(COMPARISON_REQUIRED)}")
+    return table
+
+
+def comparison_runs(compare_dir: str | Path, comparison: pd.DataFrame) -> list[tuple[str, int, Path]]:
+    """(strategy, seed, run directory) for each run of the comparison whose directory holds a run."""
+    pairs = comparison[["strategy", "seed"]].drop_duplicates().itertuples(index=False)
+    found = [(s, int(seed), run_path(compare_dir, s, seed)) for s, seed in pairs]
+    return [(s, seed, path) for s, seed, path in found if (path / RUN_MARKER).is_file()]

@@ -5,6 +5,7 @@ import re
 import pandas as pd
 import pytest
 import torch
+from pngs import is_figure
 
 from fedlayer.checkpoints import checkpoint_metadata, load_checkpoint, save_checkpoint
 from fedlayer.cli import main
@@ -56,7 +57,7 @@ def test_a_successful_run_writes_tables_and_figures(tmp_path, checkpoints, capsy
     assert sorted(curves["alpha"].unique()) == [0.0, 0.25, 0.5, 1.0]
     assert set(table["kind"]) == {"layer", "full", "deep", "window", "random-direction"}
     for figure in ("barriers.png", "curves.png", "directions.png"):
-        assert (out / figure).stat().st_size > 10_000
+        assert is_figure(out / figure)
     printed = capsys.readouterr().out
     assert "loss mid" in printed and "conv1" in printed and "curves.parquet" in printed
 

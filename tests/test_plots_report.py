@@ -5,35 +5,33 @@ from __future__ import annotations
 
 import io
 import itertools
+import os
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
 import pytest
+from pngs import is_figure
 from rich.console import Console
 
+from fedlayer.analysis.summary import FULL_ROW, barrier_grid, layer_order, summary_table
 from fedlayer.cli import main
+from fedlayer.commands.compare import print_summary
 from fedlayer.config import load_config
 from fedlayer.data.partition import ClientPartition, Partitions
-from fedlayer.errors import FedlayerError
-from fedlayer.plots.compare import (
-    accuracy_figure,
-    comparison_setting,
-    plot_comparison,
-    print_summary,
-    strategy_grids,
-    summary_table,
-)
+from fedlayer.errors import DataError, FedlayerError
+from fedlayer.plots.compare import accuracy_figure, comparison_setting, plot_comparison, strategy_grids
 from fedlayer.plots.directions import directions_figure
-from fedlayer.plots.runs import FULL_ROW, barrier_grid, layer_order, plot_run
+from fedlayer.plots.runs import plot_run
 from fedlayer.report import write_report
-from fedlayer.results import write_parquet
+from fedlayer.results import describe_run, read_run, write_parquet
 
 LAYERS = ["conv1", "conv2", "fc1", "fc2"]
 CLIENTS = ["0", "1", "2"]
 ROUNDS = 3
 ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0)
-PNG = b"\x89PNG\r\n\x1a\n"
 RUN_PLOTS = {"accuracy.png", "barrier_heatmap.png", "barrier_curves.png", "groups.png", "directions.png"}
 
 
@@ -219,10 +217,6 @@ def make_comparison(path):
     return path
 
 
-def _is_png(path) -> bool:
-    return path.stat().st_size > 1000 and path.read_bytes()[:8] == PNG
-
-
 @pytest.fixture
 def run_dir(tmp_path):
     return make_run(tmp_path / "run", choices=True)
@@ -231,6 +225,44 @@ def run_dir(tmp_path):
 @pytest.fixture
 def compare_dir(tmp_path):
     return make_comparison(tmp_path / "cmp")
+
+
+def test_read_run_gives_the_typed_config_and_each_table(run_dir):
+    run = read_run(run_dir)
+    assert run.config.strategy.name == "fedavg" and run.config.federation.clients == 3
+    assert describe_run(run.config) == "fedavg · cnn on digits · dirichlet (α=0.5) · 3 clients · seed 0"
+    for name in ("metrics", "barriers", "curves", "choices"):
+        pd.testing.assert_frame_equal(getattr(run, name), pd.read_parquet(run_dir / f"{name}.parquet"))
+    assert run.partitions == run_dir / "partitions.json"
+
+
+def test_read_run_of_a_barrier_folder_has_no_config_and_is_not_plotted_as_a_run(run_dir, tmp_path):
+    folder = tmp_path / "barrier"  # what `fedlayer barrier` writes: curves and barriers only
+    folder.mkdir()
+    for name in ("curves", "barriers"):
+        (folder / f"{name}.parquet").write_bytes((run_dir / f"{name}.parquet").read_bytes())
+    run = read_run(folder)
+    assert run.config is None and run.metrics is None and run.partitions is None
+    assert describe_run(run.config) == "" and not run.curves.empty
+    with pytest.raises(DataError, match="it has no metrics.parquet"):
+        plot_run(folder)
+
+
+def test_unreadable_run_directory_or_config_is_a_data_error_naming_it(run_dir, tmp_path):
+    with pytest.raises(DataError, match="'.*nowhere' does not exist"):
+        read_run(tmp_path / "nowhere")
+    (run_dir / "config.toml").write_text("[federation]\nclients = 0\n")
+    with pytest.raises(DataError, match=r"config.toml: .*federation.clients"):
+        read_run(run_dir)
+
+
+def test_importing_the_plots_leaves_pyplot_and_the_users_backend_alone():
+    code = (
+        "import sys, matplotlib, fedlayer.plots.runs, fedlayer.report; "
+        "assert 'matplotlib.pyplot' not in sys.modules, 'pyplot imported'; "
+        "assert matplotlib.get_backend() == 'svg', matplotlib.get_backend()"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "MPLBACKEND": "svg"})
 
 
 def test_grid_rows_follow_model_order_with_full_model_last(run_dir):
@@ -248,7 +280,7 @@ def test_grid_rows_follow_model_order_with_full_model_last(run_dir):
 def test_plot_run_writes_every_figure_its_tables_allow(run_dir):
     paths = plot_run(run_dir)
     assert {p.name for p in paths} == RUN_PLOTS | {"choices.png"}
-    assert all(p.parent == run_dir / "plots" and _is_png(p) for p in paths)
+    assert all(p.parent == run_dir / "plots" and is_figure(p) for p in paths)
 
 
 def test_directions_figure_sets_each_layer_towards_the_other_model_against_random_directions(run_dir):
@@ -271,28 +303,28 @@ def test_directions_figure_sets_each_layer_towards_the_other_model_against_rando
 def test_run_without_barriers_still_plots_accuracy(tmp_path):
     run = make_run(tmp_path / "run", analysis=False)
     assert [p.name for p in plot_run(run)] == ["accuracy.png"]
-    assert _is_png(run / "plots" / "accuracy.png")
+    assert is_figure(run / "plots" / "accuracy.png")
 
 
 def test_plot_command_redraws_a_run_from_stored_tables(run_dir, capsys):
     assert main(["plot", str(run_dir)]) == 0
     printed = capsys.readouterr().out.split()
     assert {p.rsplit("/", 1)[1] for p in printed} == RUN_PLOTS | {"choices.png"}
-    assert all(_is_png(run_dir / "plots" / name) for name in RUN_PLOTS)
+    assert all(is_figure(run_dir / "plots" / name) for name in RUN_PLOTS)
 
 
 def test_plot_command_on_a_comparison_draws_it_and_its_runs(compare_dir, capsys):
     assert main(["plot", str(compare_dir)]) == 0
     printed = capsys.readouterr().out
     for name in ("accuracy.png", "barrier_heatmaps.png", "final.png"):
-        assert _is_png(compare_dir / "plots" / name) and str(compare_dir / "plots" / name) in printed
-    assert _is_png(compare_dir / "runs" / "fedper" / "seed-1" / "plots" / "barrier_heatmap.png")
+        assert is_figure(compare_dir / "plots" / name) and str(compare_dir / "plots" / name) in printed
+    assert is_figure(compare_dir / "runs" / "fedper" / "seed-1" / "plots" / "barrier_heatmap.png")
 
 
 def test_plot_comparison_writes_its_three_figures(compare_dir):
     paths = plot_comparison(compare_dir)
     assert [p.name for p in paths] == ["accuracy.png", "barrier_heatmaps.png", "final.png"]
-    assert all(_is_png(p) for p in paths)
+    assert all(is_figure(p) for p in paths)
 
 
 def test_comparison_figures_name_the_setting_the_strategies_share(compare_dir, tmp_path):

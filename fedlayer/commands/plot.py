@@ -18,7 +18,7 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fedlayer.report import plot_directory
+    from fedlayer.plots.runs import plot_directory
 
     for path in plot_directory(args.dir):
         print(path)

@@ -1,28 +1,36 @@
-"""Plots (PNG, Agg backend): one module per family of figures; `save_figure` writes them atomically."""
+"""Figures (PNG) drawn from stored tables alone, one module per family of figures.
+
+    runs         plot_run / plot_directory: every figure a run (or a comparison and its runs) allows
+    accuracy     test accuracy per round of one run
+    barriers     layer x round barrier heatmap, loss along the interpolation, per-layer barrier bars
+    groups       barriers of cumulative layer groups and sliding windows
+    choices      which layers barrier-aware averaging averaged each round
+    directions   each layer moved towards the other model against random directions
+    compare      a comparison's accuracy, side-by-side heatmaps and final accuracy
+    partitions   the label distribution of a partition
+    heatmaps     the heatmap drawing and colour scale shared by runs and comparisons
+
+Figures are `matplotlib.figure.Figure` objects built without pyplot, so drawing them needs no
+display, registers nothing globally and never changes a notebook's backend; `save_figure` renders
+them to PNG atomically.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+from matplotlib.figure import Figure
 
 from fedlayer.atomic import atomic_target
 
-matplotlib.use("Agg")
 
-import matplotlib.pyplot as plt  # noqa: E402
-
-
-def save_figure(fig, path: str | Path, *, dpi: int = 120) -> Path:
+def save_figure(fig: Figure, path: str | Path, *, dpi: int = 120) -> Path:
     """Write `fig` as a PNG via a temporary file and rename, so a crash never leaves half a picture."""
-    try:
-        with atomic_target(path) as tmp:
-            fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format="png")
-    finally:
-        plt.close(fig)
+    with atomic_target(path) as tmp:
+        fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format="png")
     return Path(path)
 
 
-def titles(fig, what: str, context: str) -> None:
+def titles(fig: Figure, what: str, context: str) -> None:
     """A title line saying what is shown, then lines saying what it averages and which run it is."""
     fig.suptitle("\n".join(line for line in (what, context.strip()) if line), fontsize="medium")

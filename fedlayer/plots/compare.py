@@ -1,75 +1,23 @@
-"""Figures and the summary table of a comparison directory (strategies x seeds).
+"""Figures of a comparison directory (strategies x seeds), read through `fedlayer.results.read_comparison`.
 
-The directory holds comparison.parquet (strategy, seed, round, global_accuracy, global_loss,
-personal_accuracy_mean, personal_accuracy_std, full_barrier_mean, layer_barrier_mean) and one run
-directory per (strategy, seed) at runs/<strategy>/seed-<seed>/, whose barriers.parquet feeds the
-side-by-side heatmaps.
+accuracy.png (accuracy per round per strategy, a band over seeds), barrier_heatmaps.png (each
+strategy's layer x round heatmap side by side, from its runs' barriers.parquet) and final.png
+(final accuracy per strategy).
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
 from pathlib import Path
 
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from fedlayer.errors import FedlayerError
+from fedlayer.analysis.summary import barrier_grid, seed_mean_grid, strategies, summary_table
 from fedlayer.plots import save_figure, titles
-from fedlayer.plots.runs import (
-    barrier_grid,
-    barrier_panels,
-    describe_setting,
-    heatmap_size,
-    read_config,
-    read_optional,
-)
-
-COMPARISON = "comparison.parquet"
-REQUIRED_COLUMNS = ("strategy", "seed", "round", "global_accuracy", "personal_accuracy_mean")
-
-
-@dataclass(frozen=True)
-class Metric:
-    """A summary column: where it comes from, how it is shown, and which direction is best."""
-
-    name: str
-    column: str
-    label: str
-    higher_is_better: bool
-    scale: float
-    digits: int
-
-
-SUMMARY_METRICS = (
-    Metric("global_accuracy", "global_accuracy", "global accuracy (%)", True, 100.0, 1),
-    Metric("personal_accuracy", "personal_accuracy_mean", "personalised accuracy (%)", True, 100.0, 1),
-    Metric("full_barrier", "full_barrier_mean", "full-model barrier", False, 1.0, 3),
-    Metric("layer_barrier", "layer_barrier_mean", "mean layer barrier", False, 1.0, 3),
-)
-
-
-def run_path(compare_dir: str | Path, strategy: str, seed: int) -> Path:
-    return Path(compare_dir) / "runs" / str(strategy) / f"seed-{seed}"
-
-
-def read_comparison(compare_dir: str | Path) -> pd.DataFrame:
-    table = read_optional(Path(compare_dir) / COMPARISON)
-    if table is None:
-        raise FedlayerError(f"{str(compare_dir)!r} is not a comparison directory: it has no {COMPARISON}")
-    missing = [c for c in REQUIRED_COLUMNS if c not in table.columns]
-    if missing or table.empty:
-        problem = f"lacks the columns {', '.join(missing)}" if missing else "has no rows"
-        raise FedlayerError(f"{Path(compare_dir) / COMPARISON} {problem}; expected {', '.join(REQUIRED_COLUMNS)}")
-    return table
-
-
-def strategies(comparison: pd.DataFrame) -> list[str]:
-    """Strategies in the order the comparison ran them."""
-    return list(dict.fromkeys(comparison["strategy"]))
+from fedlayer.plots.heatmaps import barrier_panels, heatmap_size
+from fedlayer.results import describe_setting, read_comparison, read_config, read_optional, run_path, table_path
 
 
 def plot_comparison(compare_dir: str | Path) -> list[Path]:
@@ -96,77 +44,18 @@ def comparison_setting(compare_dir: Path, comparison: pd.DataFrame) -> str:
     return describe_setting(read_config(run_path(compare_dir, first["strategy"], int(first["seed"]))))
 
 
-# -- summary --------------------------------------------------------------------------------------------
-def summary_table(comparison: pd.DataFrame) -> pd.DataFrame:
-    """Per strategy: seeds, final round, and mean and std over seeds (ddof 1) of each SUMMARY_METRICS value.
-
-    A run's value is its last measured one: the final round, or for barriers analysed every N rounds
-    the last analysed round.
-    """
-    finals = []
-    for (strategy, seed), run in comparison.sort_values("round", kind="stable").groupby(["strategy", "seed"]):
-        record = {"strategy": strategy, "seed": seed, "round": int(run["round"].max())}
-        for metric in SUMMARY_METRICS:
-            values = run[metric.column].dropna() if metric.column in run else pd.Series(dtype=float)
-            record[metric.name] = float(values.iloc[-1]) if len(values) else math.nan
-        finals.append(record)
-    finals = pd.DataFrame(finals)
-    names = [m.name for m in SUMMARY_METRICS]
-    stats = finals.groupby("strategy")[names].agg(["mean", "std"])
-    stats.columns = [f"{name}_{stat}" for name, stat in stats.columns]
-    counts = finals.groupby("strategy").agg(seeds=("seed", "nunique"), round=("round", "max"))
-    table = counts.join(stats).reindex(strategies(comparison))
-    return table.reset_index(names="strategy")
-
-
-def summary_cells(table: pd.DataFrame) -> tuple[list[str], list[list[str]], set[tuple[int, int]]]:
-    """Headers, 'mean ± std' text cells, and the (row, column) cells holding each column's best mean
-    (highest accuracy, lowest barrier; ties all count): the one formatting shared by the terminal and
-    Markdown."""
-    headers = ["strategy", "seeds", "round", *(m.label for m in SUMMARY_METRICS)]
-    rows = [[str(s), str(n), str(r)] for s, n, r in zip(table["strategy"], table["seeds"], table["round"], strict=True)]
-    best = set()
-    for j, metric in enumerate(SUMMARY_METRICS, start=3):
-        means, stds = table[f"{metric.name}_mean"], table[f"{metric.name}_std"]
-        for row, mean, std in zip(rows, means, stds, strict=True):
-            row.append(mean_std(mean, std, metric.scale, metric.digits))
-        if means.notna().any():
-            top = means.max() if metric.higher_is_better else means.min()
-            best |= {(i, j) for i, mean in enumerate(means) if np.isclose(mean, top)}
-    return headers, rows, best
-
-
-def mean_std(mean: float, std: float, scale: float = 1.0, digits: int = 3) -> str:
-    if not np.isfinite(mean):
-        return "–"
-    text = f"{mean * scale:.{digits}f}"
-    return f"{text} ± {std * scale:.{digits}f}" if np.isfinite(std) else text
-
-
-def print_summary(table: pd.DataFrame, console) -> None:
-    """The summary as a rich table, the best value of each column in bold."""
-    from rich.table import Table
-
-    headers, rows, best = summary_cells(table)
-    out = Table(title="Final round, mean ± std over seeds (bold: best)")
-    for j, header in enumerate(headers):
-        out.add_column(header, justify="left" if j == 0 else "right")
-    for i, row in enumerate(rows):
-        out.add_row(*(f"[bold]{cell}[/bold]" if (i, j) in best else cell for j, cell in enumerate(row)))
-    console.print(out)
-
-
 # -- figures ----------------------------------------------------------------------------------------------
 def _colours(names: list[str]) -> dict[str, str]:
     return {name: f"C{i % 10}" for i, name in enumerate(names)}
 
 
-def accuracy_figure(comparison: pd.DataFrame, context: str = "") -> plt.Figure:
+def accuracy_figure(comparison: pd.DataFrame, context: str = "") -> Figure:
     """Global and mean personalised accuracy per round per strategy: mean over seeds with a ±std band."""
     names = strategies(comparison)
     colours = _colours(names)
     seeds = comparison.groupby("strategy")["seed"].nunique()
-    fig, axes = plt.subplots(1, 2, figsize=(11.0, 4.2), sharex=True, sharey=True, layout="constrained")
+    fig = Figure(figsize=(11.0, 4.2), layout="constrained")
+    axes = fig.subplots(1, 2, sharex=True, sharey=True)
     panels = (
         ("global_accuracy", "global model on the global test set"),
         ("personal_accuracy_mean", "personalised models on their local test sets (mean over clients)"),
@@ -210,25 +99,23 @@ def strategy_grids(compare_dir: Path, comparison: pd.DataFrame) -> dict[str, tup
     for name in strategies(comparison):
         per_seed = []
         for seed in dict.fromkeys(comparison.loc[comparison["strategy"] == name, "seed"]):
-            barriers = read_optional(run_path(compare_dir, name, seed) / "barriers.parquet")
+            barriers = read_optional(table_path(run_path(compare_dir, name, seed), "barriers"))
             grid = barrier_grid(barriers) if barriers is not None else pd.DataFrame()
             if not grid.empty:
                 per_seed.append(grid)
         if per_seed:
-            order = list(dict.fromkeys(r for g in per_seed for r in g.index))
-            mean = pd.concat(per_seed).groupby(level=0).mean()
-            grids[name] = (mean.reindex(index=order, columns=sorted(mean.columns)), len(per_seed))
+            grids[name] = (seed_mean_grid(per_seed), len(per_seed))
     return grids
 
 
-def barrier_heatmaps_figure(compare_dir: Path, comparison: pd.DataFrame, context: str = "") -> plt.Figure | None:
+def barrier_heatmaps_figure(compare_dir: Path, comparison: pd.DataFrame, context: str = "") -> Figure | None:
     """Each strategy's layer x round heatmap side by side, on one colour scale centred at 0."""
     grids = strategy_grids(compare_dir, comparison)
     if not grids:
         return None
     rows = max(len(g) for g, _ in grids.values())
     rounds = max(g.shape[1] for g, _ in grids.values())
-    fig = plt.figure(figsize=heatmap_size(rows, rounds, len(grids)), layout="constrained")
+    fig = Figure(figsize=heatmap_size(rows, rounds, len(grids)), layout="constrained")
     aligned = barrier_panels(fig, {f"{name} ({n} seed{'' if n == 1 else 's'})": g for name, (g, n) in grids.items()})
     missing = any(g.isna().to_numpy().any() for g in aligned.values())
     note = "; grey: not measured (layer kept on the clients)" if missing else ""
@@ -240,9 +127,10 @@ def barrier_heatmaps_figure(compare_dir: Path, comparison: pd.DataFrame, context
     return fig
 
 
-def final_figure(table: pd.DataFrame, context: str = "") -> plt.Figure:
+def final_figure(table: pd.DataFrame, context: str = "") -> Figure:
     """Final-round global and personalised accuracy per strategy, error bars = std over seeds."""
-    fig, ax = plt.subplots(figsize=(max(5.0, 1.3 * len(table) + 2.5), 4.2), layout="constrained")
+    fig = Figure(figsize=(max(5.0, 1.3 * len(table) + 2.5), 4.2), layout="constrained")
+    ax = fig.subplots()
     x = np.arange(len(table))
     width = 0.38
     bars = (

@@ -5,9 +5,9 @@ robustness figure), drawn from a curves table with `random-direction` rows.
 
 from __future__ import annotations
 
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from matplotlib.figure import Figure
 
 from fedlayer.plots import titles
 
@@ -15,7 +15,7 @@ AVERAGING_COLOR = "tab:red"
 RANDOM_COLOR = "tab:gray"
 
 
-def directions_figure(curves: pd.DataFrame, context: str = "") -> plt.Figure | None:
+def directions_figure(curves: pd.DataFrame, context: str = "") -> Figure | None:
     """One panel per alpha strictly above 0 (½: the layer averaged, 1: swapped in, or moved as far at
     random): bars per layer for the averaging direction and for the random directions (mean, with
     the range over draws), in the last analysed round, on base a (b if the table has only b); the
@@ -41,14 +41,8 @@ def directions_figure(curves: pd.DataFrame, context: str = "") -> plt.Figure | N
     base_loss = rows[f"loss_{base}"].mean()  # every pair contributes the same number of rows
 
     positions = np.arange(len(layers))
-    fig, axes = plt.subplots(
-        len(alphas),
-        1,
-        figsize=(max(7.0, 0.42 * len(layers) + 2.5), 2.9 * len(alphas) + 1.2),
-        sharex=True,
-        squeeze=False,
-        layout="constrained",
-    )
+    fig = Figure(figsize=(max(7.0, 0.42 * len(layers) + 2.5), 2.9 * len(alphas) + 1.2), layout="constrained")
+    axes = fig.subplots(len(alphas), 1, sharex=True, squeeze=False)
     for ax, alpha in zip(axes[:, 0], alphas, strict=True):
         towards = [moved.get((layer, alpha), np.nan) for layer in layers]
         stats = spread.reindex([(layer, alpha) for layer in layers])

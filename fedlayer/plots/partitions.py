@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-import matplotlib.pyplot as plt
+import matplotlib
 import numpy as np
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import Normalize
+from matplotlib.figure import Figure
 
 from fedlayer.data.partition import Partitions
 
@@ -11,15 +14,16 @@ MAX_LEGEND_CLASSES = 20
 MAX_CLIENT_TICKS = 40
 
 
-def label_distribution_figure(partitions: Partitions, *, class_names: list[str] | None = None):
+def label_distribution_figure(partitions: Partitions, *, class_names: list[str] | None = None) -> Figure:
     """Stacked horizontal bars, one per client, one colour per class (train and local test together)."""
     counts = partitions.class_counts().to_numpy()
     num_clients, num_classes = counts.shape
     names = class_names or [str(c) for c in range(num_classes)]
-    cmap = plt.get_cmap("tab10" if num_classes <= 10 else "tab20" if num_classes <= 20 else "viridis")
+    cmap = matplotlib.colormaps["tab10" if num_classes <= 10 else "tab20" if num_classes <= 20 else "viridis"]
     colors = cmap(np.linspace(0, 1, num_classes)) if num_classes > 20 else cmap(np.arange(num_classes))
 
-    fig, ax = plt.subplots(figsize=(8, max(2.5, min(16.0, 0.3 * num_clients + 1.5))))
+    fig = Figure(figsize=(8, max(2.5, min(16.0, 0.3 * num_clients + 1.5))))
+    ax = fig.subplots()
     left = np.zeros(num_clients)
     for c in range(num_classes):
         ax.barh(np.arange(num_clients), counts[:, c], left=left, color=colors[c], label=names[c], height=0.8)
@@ -35,6 +39,6 @@ def label_distribution_figure(partitions: Partitions, *, class_names: list[str] 
     if num_classes <= MAX_LEGEND_CLASSES:
         ax.legend(title="class", bbox_to_anchor=(1.01, 1), loc="upper left", fontsize="small")
     else:
-        mappable = plt.cm.ScalarMappable(cmap=cmap, norm=plt.Normalize(0, num_classes - 1))
+        mappable = ScalarMappable(cmap=cmap, norm=Normalize(0, num_classes - 1))
         fig.colorbar(mappable, ax=ax, label="class")
     return fig
