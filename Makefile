@@ -1,4 +1,4 @@
-# Set-up, demo and tests. `make demo` and `make test` work on a fresh Debian/Ubuntu machine.
+# Set-up, demo, lint and tests. `make demo`, `make lint` and `make test` work on a fresh Debian/Ubuntu machine.
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
@@ -35,8 +35,11 @@ gpu-check: setup
 	$(BIN)/python -m pytest tests/test_cuda.py tests/test_analysis_curves.py -k cuda -p no:cacheprovider
 	$(BIN)/fedlayer bench barriers --device cuda --samples 1024
 
+# Style (ruff) on everything, types (mypy, settings in pyproject.toml) on the packages.
 lint: setup
 	$(BIN)/ruff check fedlayer strategies tests
+	$(BIN)/ruff format --check fedlayer strategies tests
+	$(BIN)/mypy fedlayer strategies
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs .pytest_cache .mypy_cache

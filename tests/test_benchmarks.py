@@ -6,6 +6,7 @@ import pytest
 
 from fedlayer.benchmarks.simulation import Measured
 from fedlayer.cli import main
+from fedlayer.memory import is_glibc
 
 
 def test_bench_barriers_compares_the_engine_with_the_naive_method(capsys):
@@ -20,6 +21,30 @@ def test_bench_barriers_compares_the_engine_with_the_naive_method(capsys):
 def test_bench_barriers_rejects_bad_arguments(capsys, argument):
     assert main(["bench", "barriers", "--model", "mlp", *argument]) == 2
     assert "bench barriers needs" in capsys.readouterr().err
+
+
+TINY_ANALYSIS = [
+    "data.dataset=digits", "model.name=mlp", "federation.clients=2", "analysis.pairs=1", "analysis.samples=8",
+    "analysis.alphas=3", "analysis.groups=full",
+]  # fmt: skip
+
+
+@pytest.mark.slow  # four fresh interpreters import torch
+@pytest.mark.skipif(not is_glibc(), reason="bench memory compares glibc's malloc settings")
+def test_bench_memory_prints_each_process_against_glibc_defaults(capsys):
+    settings = [arg for setting in TINY_ANALYSIS for arg in ("--set", setting)]
+    assert main(["bench", "memory", "--rounds", "1", "--warmup", "0", *settings]) == 0
+    printed = capsys.readouterr().out
+    for row in ("glibc defaults, before", "keep_freed_memory()", "GLIBC_TUNABLES, inherited", "glibc defaults, after"):
+        assert row in printed
+    assert "page faults" in printed and "fewer faults" in printed and "faster (wall)" in printed
+    assert "curves identical in all 4 processes: yes" in printed
+
+
+@pytest.mark.parametrize("argument", [["--rounds", "0"], ["--warmup", "-1"]])
+def test_bench_memory_rejects_bad_arguments(capsys, argument):
+    assert main(["bench", "memory", *argument]) == 2
+    assert "bench memory needs --rounds >= 1 and --warmup >= 0" in capsys.readouterr().err
 
 
 SMALL = [

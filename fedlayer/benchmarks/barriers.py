@@ -49,6 +49,7 @@ def run(args: argparse.Namespace) -> int:
     for seed in (1, 2):
         torch.manual_seed(seed)
         states.append(build_model(args.model, INPUT_SHAPE, NUM_CLASSES).state_dict())
+    state_a, state_b = states
     model = build_model(args.model, INPUT_SHAPE, NUM_CLASSES)
     generator = torch.Generator().manual_seed(args.seed)
     inputs = torch.randn((args.samples, *INPUT_SHAPE), generator=generator)
@@ -62,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
 
     def engine():
         return interpolation_curves(
-            model, *states, (inputs, labels), groups=groups, alphas=alphas, device=args.device,
+            model, state_a, state_b, (inputs, labels), groups=groups, alphas=alphas, device=args.device,
             batch_size=args.batch_size,
         )  # fmt: skip
 
@@ -77,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
 
     pairs = [(group.name, group.keys) for group in resolve_groups(model_layers(model), groups)]
     with _Timer("naive per point") as naive_time, full_precision():  # the engine's arithmetic (no TF32)
-        naive = naive_curves(make_model, *states, inputs, labels, pairs, alphas, args.batch_size, device)
+        naive = naive_curves(make_model, state_a, state_b, inputs, labels, pairs, alphas, args.batch_size, device)
     with _Timer("fedlayer engine") as fast_after:
         again = engine()
     if not fast.equals(again):

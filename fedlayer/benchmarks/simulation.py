@@ -16,25 +16,25 @@ import statistics
 import tempfile
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
 from rich.console import Console
 from rich.table import Table
 
+from fedlayer.benchmarks import add_config_arguments
 from fedlayer.config import Config, load_config
 from fedlayer.console import make_console
-from fedlayer.task import client_data, configure_process, global_test_set, head_parameter_names, new_model
-from fedlayer.training import TrainSettings, evaluate, seed_everything, train_local
 
-DEFAULT_CONFIG = "simulations/demo.toml"
+if TYPE_CHECKING:  # torch, the task and training are imported where they run: `fedlayer --help` stays fast
+    import torch
+
 TARGET_RATIO = 1.15
 TARGET_ANALYSIS_SHARE = 0.20
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--config", default=DEFAULT_CONFIG, help=f"experiment config (default {DEFAULT_CONFIG})")
+    add_config_arguments(parser)
     parser.add_argument("--rounds", type=int, default=4, help="rounds on each side (default 4)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
 
 
 # -- plain PyTorch side: worker processes ------------------------------------------------------------
@@ -43,6 +43,8 @@ _WORKER_CFG: Config | None = None
 
 def _init_worker(cfg: Config) -> None:
     global _WORKER_CFG
+    from fedlayer.task import client_data, configure_process
+
     configure_process(cfg)  # as fedlayer's clients: same threads, same allocator settings
     _WORKER_CFG = cfg
     client_data(cfg, 0)  # load the dataset and partitions once per worker, as a Ray actor does
@@ -50,8 +52,12 @@ def _init_worker(cfg: Config) -> None:
 
 def _client_round(job: tuple[dict[str, torch.Tensor], int, int]):
     """One client's round: load the global state, train, evaluate locally; return state and metrics."""
+    from fedlayer.task import client_data, head_parameter_names, new_model
+    from fedlayer.training import TrainSettings, evaluate, seed_everything, train_local
+
     state, pid, server_round = job
     cfg = _WORKER_CFG
+    assert cfg is not None, "a pool started with _init_worker runs the clients"
     model = new_model(cfg)
     model.load_state_dict(state)
     fed = cfg.federation
@@ -74,6 +80,9 @@ def _client_round(job: tuple[dict[str, torch.Tensor], int, int]):
 
 def _plain_pytorch(cfg: Config, rounds: int, workers: int) -> tuple[float, list[float]]:
     """(start-up seconds, seconds per round) of FedAvg with a process pool."""
+    from fedlayer.task import global_test_set, new_model
+    from fedlayer.training import evaluate
+
     started = time.perf_counter()
     ctx = mp.get_context("spawn")
     with ctx.Pool(workers, initializer=_init_worker, initargs=(cfg,)) as pool:
@@ -112,7 +121,7 @@ def _flower(cfg: Config, console: Console) -> tuple[float, list[float], list[flo
     ends = run.round_finished_at
     rounds = sorted(r for r in ends if r > 0)
     per_round = [ends[r] - ends[r - 1] for r in rounds]
-    analysis = [run.recorder.analysis_seconds.get(r, 0.0) for r in rounds]
+    analysis = [run.recorder.analysis.seconds.get(r, 0.0) for r in rounds]
     return ends[0] - started, per_round, analysis
 
 

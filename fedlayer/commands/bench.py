@@ -7,6 +7,7 @@ import importlib
 BENCHMARKS = {
     "barriers": "layer-wise barrier sweep: fedlayer's engine against the naive per-point method",
     "simulation": "federated rounds through Flower's simulation against plain PyTorch",
+    "memory": "the barrier engine with fedlayer's malloc settings against glibc's defaults",
 }
 
 

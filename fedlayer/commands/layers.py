@@ -6,8 +6,9 @@ import argparse
 
 DESCRIPTION = """\
 Show the layers of a model (the units that are averaged or interpolated together), built for a
-dataset's input shape and class count. With --select, show which layers a selector picks
-(e.g. 'body', 'head', 'layer2,layer3', 'first:3', 'middle:5', 're:conv2$', '*.downsample.*').
+dataset's input shape and class count: --dataset is required, because the layers' sizes depend on
+them. With --select, show which layers a selector picks (e.g. 'body', 'head', 'layer2,layer3',
+'first:3', 'middle:5', 're:conv2$', '*.downsample.*').
 """
 
 
@@ -17,7 +18,11 @@ def add_parser(sub) -> None:
     p = sub.add_parser("layers", help="list a model's layers and try layer selectors", description=DESCRIPTION)
     p.add_argument("--model", required=True, help="model name, e.g. cnn or resnet18")
     p.add_argument("--norm", default="none", help="normalisation layers: none, bn or gn (default: none)")
-    p.add_argument("--dataset", default="cifar10", help="dataset whose input shape and classes to use")
+    p.add_argument(
+        "--dataset",
+        required=True,
+        help="dataset whose input shape and class count the model is built for, e.g. digits, fashion-mnist, cifar10",
+    )
     p.add_argument("--select", metavar="SELECTOR", help="show only the layers this selector picks")
     p.add_argument("--orderings", action="store_true", help="also print the cumulative orderings")
     p.add_argument("--seed", type=int, default=0, help="seed of the random ordering and random:k (default: 0)")
@@ -40,8 +45,10 @@ def run(args: argparse.Namespace) -> int:
     table = Table(
         title=f"{args.model} (norm={args.norm}) on {args.dataset}: input {input_shape}, {num_classes} classes"
     )
-    for column, justify in (("index", "right"), ("name", "left"), ("type", "left"), ("keys", "left")):
-        table.add_column(column, justify=justify, no_wrap=column == "name", overflow="fold")
+    for column in ("index", "name", "type", "keys"):
+        table.add_column(
+            column, justify="right" if column == "index" else "left", no_wrap=column == "name", overflow="fold"
+        )
     table.add_column("numel", justify="right")
     for row in describe_layers(shown).itertuples(index=False):
         table.add_row(str(row.index), row.name, row.type, row.keys, f"{row.numel:,}")
