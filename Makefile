@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 PYTEST_ARGS ?=
 
-.PHONY: setup data demo test gpu-check lint clean
+.PHONY: setup data demo test gpu-check lint docs clean
 
 setup: $(STAMP)
 
@@ -36,6 +36,10 @@ gpu-check: setup
 	$(BIN)/fedlayer bench barriers --device cuda --samples 1024
 
 # Style (ruff) on everything, types (mypy, settings in pyproject.toml) on the packages.
+# The configuration reference is generated from the config declarations (tests/test_docs.py checks it).
+docs: setup
+	$(BIN)/python -m fedlayer.config_reference > docs/configuration.md
+
 lint: setup
 	$(BIN)/ruff check fedlayer strategies tests
 	$(BIN)/ruff format --check fedlayer strategies tests

@@ -407,7 +407,7 @@ def declared(key: str) -> tuple[Any, str]:
 
 
 def describe_fields() -> list[tuple[str, str, str, str]]:
-    """(key, default, allowed, help) for every config key: the reference table in the README and `--help`."""
+    """(key, default, allowed, help) for every config key: docs/configuration.md (`fedlayer.config_reference`)."""
     rows = []
 
     def walk(cls, prefix):

@@ -1,4 +1,4 @@
-"""`fedlayer bench`: both benchmarks run end to end and report what the README quotes (never timed here)."""
+"""`fedlayer bench`: both benchmarks run end to end and report what docs/benchmarks.md quotes (never timed here)."""
 
 import statistics
 

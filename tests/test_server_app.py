@@ -155,7 +155,7 @@ def test_bad_strategy_or_groups_fail_before_training_and_leave_nothing(tmp_path,
 
 
 def test_barrier_cli_analyses_the_checkpoints_of_two_never_averaged_clients(tmp_path, capsys):
-    """The README's 'Analyse two checkpoints' flow: a `local` run's personal checkpoints are full models."""
+    """docs/run-directory.md, 'Barriers between two checkpoints': a `local` run's personal layers are full models."""
     from fedlayer.cli import main
 
     run, _ = run_in_process(tmp_path, "strategy.name=local", "analysis.every=0")
