@@ -114,6 +114,9 @@ class AnalysisConfig:
     bases: list = _spec(["a", "b"], choices=BASES, help="which model supplies the untouched layers")
     bn: str = _spec("interpolate", choices=BN_POLICIES, help="BatchNorm policy")
     random_directions: int = _spec(0, ge=0, help="random directions per layer (robustness baseline)")
+    vs_aggregate: bool = _spec(
+        False, help="also measure each sampled client against the new aggregate (rows with client_b = 'aggregate')"
+    )
 
 
 @dataclass

@@ -10,21 +10,22 @@ config from Flower's run-config.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
+import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import Strategy
 from rich.console import Console
 
 from fedlayer import protocol
-from fedlayer.analysis import resolve_groups
 from fedlayer.config import Config, config_from_flat, load_config
 from fedlayer.console import make_console
 from fedlayer.errors import FedlayerError, RunError
 from fedlayer.layers import model_layers
 from fedlayer.memory import keep_freed_memory
-from fedlayer.observer import RoundAnalysis, RoundRecorder
+from fedlayer.observer import RoundRecorder, barrier_analysis
 from fedlayer.plots.runs import plot_run
 from fedlayer.results import RunDirectory
 from fedlayer.resume import RoundOffset, RoundState, check_resumable, commit_round, load_round, read_state
@@ -63,19 +64,18 @@ class FederatedRun:
         self.partitions = partitions_for(cfg)  # loads the dataset: a missing one fails here
         self.model = new_model(cfg)
         self.layers = model_layers(self.model)
-        self.analysis = RoundAnalysis(cfg, self.model, self.layers, default_device())
-        if cfg.analysis.every:
-            resolve_groups(self.layers, cfg.analysis.groups, seed=cfg.seed)  # a bad group fails now
+        device = default_device()  # the server's GPU, if it has one, evaluates and analyses
         self.strategy = self._build_strategy()
         self.recorder = RoundRecorder(
             cfg,
             run_dir,
             self.model,
-            self.analysis,
             self.strategy,
+            device,
             on_commit=self._commit_round,
             on_round_end=self._report_round,
         )
+        self.analysis = barrier_analysis(cfg, self.strategy, self.model, device, on_round=self.recorder.on_analysis)
         self.node_to_partition: dict[int, int] = {}
         self.resumed = resumed  # the committed round this run continues from
         self.error: FedlayerError | None = None  # why the run stopped early (Flower may swallow it)
@@ -128,7 +128,7 @@ class FederatedRun:
             personal=s.personal,
             layers=self.layers,
             model_name=self.cfg.model.name,
-            measure=self.analysis.layer_barriers,
+            measure=self._layer_barriers,
             threshold=s.threshold,
             fraction_train=1.0,
             fraction_evaluate=1.0,
@@ -172,16 +172,21 @@ class FederatedRun:
             raise
         plot_run(self.run_dir.path)
 
-    def server_strategy(self, done: int = 0) -> Strategy:
-        """The strategy `Strategy.start` drives, outermost first:
+    def _layer_barriers(self, server_round: int, client_states: Mapping[str, Mapping[str, np.ndarray]]) -> dict:
+        """The barrier-aware strategy's measure: the analysis' single-layer barriers of this round."""
+        return self.analysis.layer_barriers(server_round, client_states)
 
-        RoundOffset   (resumed runs only) counts rounds from the last committed one, `done`
-        Guarded       records client faults and bad updates and leaves them out
-        Observed      hands the accepted replies to the recorder (metrics, barrier analysis)
-        LayerSelective / BarrierAware   averages the selected layers with the Flower strategy
+    def server_strategy(self, done: int = 0) -> Strategy:
+        """The strategy `Strategy.start` drives, outermost first.
+
+        - RoundOffset (resumed runs only) counts rounds from the last committed one, `done`;
+        - Guarded records client faults and bad updates and leaves them out;
+        - Observed hands the accepted replies to the recorder (metrics, client models);
+        - BarrierAnalysis measures the layer-wise barriers between the replying clients' models;
+        - LayerSelective (or BarrierAware) averages the selected layers with the Flower strategy.
         """
         fed = self.cfg.federation
-        observed = Observed(self.strategy, on_train=self.recorder.on_train, on_evaluate=self.recorder.on_evaluate)
+        observed = Observed(self.analysis, on_train=self.recorder.on_train, on_evaluate=self.recorder.on_evaluate)
         guarded = Guarded(
             observed, min_replies=fed.min_clients, on_failures=self.recorder.on_failures, timeout=fed.timeout
         )
@@ -190,7 +195,8 @@ class FederatedRun:
     def _commit_round(self, server_round: int, arrays: ArrayRecord) -> None:
         commit_round(self.run_dir, self.cfg, server_round, arrays, self.strategy.snapshot(self.node_to_partition))
 
-    def _report_round(self, server_round: int, metrics: Metrics, analysis_s: float | None) -> None:
+    def _report_round(self, server_round: int, metrics: Metrics) -> None:
+        analysis_s = self.analysis.seconds.get(server_round)
         self.round_finished_at[server_round] = now = time.perf_counter()
         elapsed = now - self.started
         analysis = f"  analysis {analysis_s:5.1f}s" if analysis_s is not None else ""

@@ -6,12 +6,14 @@
     result = strategy.start(grid=grid, initial_arrays=ArrayRecord(model.state_dict()), num_rounds=5)
 
 One strategy per module: `LayerSelective` (layerwise.py), `BarrierAware` (barrier_aware.py), the
-named presets and `build_strategy` (presets.py); the wrappers fedlayer's own ServerApp puts around
-them, `Observed` (observed.py: replies to callbacks) and `Guarded` (guarded.py: faults and bad
-updates); seeded, partition-ordered sampling (`SeededGrid`, sampling.py). The messages they exchange
+named presets and `build_strategy` (presets.py); `BarrierAnalysis` (barrier_analysis.py), the
+per-round barrier analysis around any strategy; the wrappers fedlayer's own ServerApp also puts
+around them, `Observed` (observed.py: replies to callbacks) and `Guarded` (guarded.py: faults and
+bad updates); seeded, partition-ordered sampling (`SeededGrid`, sampling.py). The messages they exchange
 with clients are `fedlayer.protocol`'s.
 """
 
+from strategies.barrier_analysis import BarrierAnalysis
 from strategies.barrier_aware import BarrierAware
 from strategies.guarded import Guarded
 from strategies.layerwise import LayerSelective, SelectiveState
@@ -23,6 +25,7 @@ from strategies.wrapper import StrategyWrapper
 
 __all__ = [
     "PRESETS",
+    "BarrierAnalysis",
     "BarrierAware",
     "Guarded",
     "LayerSelective",

@@ -53,8 +53,8 @@ def execute(run: FederatedRun, node_seed: int) -> None:
 def crash_after_commit(run: FederatedRun, server_round: int) -> None:
     report = run.recorder.on_round_end
 
-    def crashing(r, metrics, seconds):
-        report(r, metrics, seconds)
+    def crashing(r, metrics):
+        report(r, metrics)
         if r == server_round:
             raise Crash
 

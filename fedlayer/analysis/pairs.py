@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 import numbers
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -17,20 +17,25 @@ from fedlayer.analysis.evaluate import EvalInput
 from fedlayer.errors import ConfigError
 from fedlayer.protocol import client_order
 
+Pairs = str | int | Sequence[tuple[str, str]]
 
-def select_pairs(names: Iterable[object], pairs: str | int = "all", *, seed: int = 0) -> list[tuple[str, str]]:
+
+def select_pairs(names: Iterable[object], pairs: Pairs = "all", *, seed: int = 0) -> list[tuple[str, str]]:
     """Unordered pairs of distinct names, in sorted order ("client2" before "client10").
 
     pairs="all" (or 0) gives every pair; an integer N a seeded sample of N distinct pairs (all of
-    them if there are no more than N).
+    them if there are no more than N); a list of (a, b) name pairs gives exactly those, in that order.
 
     Raises
     ------
     ConfigError
-        If `pairs` is neither "all" nor a non-negative integer, or `seed` is negative.
+        If `pairs` is neither "all", a non-negative integer nor pairs of the given names, or `seed`
+        is negative.
     """
     check_non_negative("seed", seed)
     ordered = sorted({str(n) for n in names}, key=client_order)
+    if isinstance(pairs, Sequence) and not isinstance(pairs, str):
+        return _explicit_pairs(ordered, pairs)
     every = list(itertools.combinations(ordered, 2))
     if pairs == "all" or pairs == 0:
         return every
@@ -42,12 +47,25 @@ def select_pairs(names: Iterable[object], pairs: str | int = "all", *, seed: int
     return [every[i] for i in sorted(picked.tolist())]
 
 
+def _explicit_pairs(names: list[str], pairs: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The given pairs, checked: two distinct known names each."""
+    chosen = []
+    for pair in pairs:
+        if not (isinstance(pair, tuple | list) and len(pair) == 2 and pair[0] != pair[1]):
+            raise ConfigError(f"bad pair {pair!r}: give two distinct model names")
+        unknown = [str(name) for name in pair if str(name) not in names]
+        if unknown:
+            raise ConfigError(f"pair {tuple(pair)!r} names unknown models {unknown}; models: {', '.join(names)}")
+        chosen.append((str(pair[0]), str(pair[1])))
+    return chosen
+
+
 def pairwise_curves(
     model: nn.Module,
     states: Mapping[str, Mapping[str, torch.Tensor]],
     data: EvalInput,
     *,
-    pairs: str | int = "all",
+    pairs: Pairs = "all",
     seed: int = 0,
     bn: str = "interpolate",
     bn_data: torch.Tensor | EvalInput | None = None,
@@ -68,8 +86,9 @@ def pairwise_curves(
         State dicts by model name (at least two); names become the client_a and client_b columns.
     data : EvalInput
         The evaluation set: an (inputs, labels) pair of tensors or a DataLoader.
-    pairs : str or int, default "all"
-        "all" (or 0) for every pair, or N for a seeded sample of N distinct pairs (see `select_pairs`).
+    pairs : str, int or list of (str, str), default "all"
+        "all" (or 0) for every pair, N for a seeded sample of N distinct pairs, or the pairs to
+        measure, in that order (see `select_pairs`).
     seed : int, default 0
         Seeds both the pair sample and the curves.
     bn, bn_data, device, batch_size

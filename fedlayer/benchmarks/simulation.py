@@ -121,7 +121,7 @@ def _flower(cfg: Config, console: Console) -> tuple[float, list[float], list[flo
     ends = run.round_finished_at
     rounds = sorted(r for r in ends if r > 0)
     per_round = [ends[r] - ends[r - 1] for r in rounds]
-    analysis = [run.recorder.analysis.seconds.get(r, 0.0) for r in rounds]
+    analysis = [run.analysis.seconds.get(r, 0.0) for r in rounds]
     return ends[0] - started, per_round, analysis
 
 

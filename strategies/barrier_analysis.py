@@ -1,0 +1,244 @@
+"""BarrierAnalysis: layer-wise loss barriers between the clients' models, around ANY Flower strategy.
+
+Put it around the strategy of your own ServerApp and every `every` rounds it measures, before the
+strategy aggregates, the interpolation curves and barriers between the models the clients reply
+with (Adilova et al., ICLR 2024, https://arxiv.org/abs/2307.06966):
+
+    strategy = BarrierAnalysis(FedAvg(), model=Net(), data=(x_test, y_test), out_dir="analysis")
+    strategy.start(grid=grid, initial_arrays=ArrayRecord(Net().state_dict()), num_rounds=5)
+
+It changes nothing in what the wrapped strategy sees or returns. The tables (`barriers.parquet`,
+`curves.parquet`, the columns of fedlayer's run directories plus `round`) are rewritten atomically
+after every analysed round, so `fedlayer plot` and `fedlayer report` work on the folder. The
+measurement is the barrier engine's (`fedlayer.analysis.pairwise_curves`), or the `engine` given.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
+from torch import nn
+
+from fedlayer.analysis import EvalInput, pairwise_curves, resolve_groups
+from fedlayer.errors import ConfigError
+from fedlayer.layers import model_layers
+from fedlayer.results import write_parquet
+from strategies.sampling import client_label, split_replies
+from strategies.wrapper import StrategyWrapper
+
+AGGREGATE = "aggregate"  # the client_b of the rows that compare a client with the new aggregate
+Engine = Callable[..., tuple[pd.DataFrame, pd.DataFrame]]  # `fedlayer.analysis.pairwise_curves`
+OnRound = Callable[[int, pd.DataFrame, pd.DataFrame], None]
+
+
+class BarrierAnalysis(StrategyWrapper):
+    """Measure layer-wise barriers between the replying clients' models every `every` rounds.
+
+    Parameters
+    ----------
+    strategy : flwr.serverapp.strategy.Strategy
+        Any Message API strategy (FedAvg, FedAdam, `strategies.LayerSelective`, your own); it
+        aggregates exactly as it would without the analysis.
+    model : nn.Module
+        A model of the clients' architecture (copied, never changed).
+    data : tuple of tensors or DataLoader
+        The evaluation set the losses are measured on (inputs, integer labels).
+    every : int, default 1
+        Analyse rounds `every`, 2 * `every`, ...; 0 turns the analysis off (no work at all).
+    pairs : "all" or int, default "all"
+        Every pair of replying clients, or a sample of that many pairs seeded by (`seed`, round).
+    groups : str or list of str, default ("layers", "full")
+        Group specs (`fedlayer.analysis.resolve_groups`): single layers, the full model, orderings,
+        windows, layer selectors.
+    alphas : int or list of float, default 5
+        The interpolation grid (a count, or the points; 0, 0.5 and 1 are always on it).
+    bases : tuple of str, default ("a", "b")
+        Which model supplies the layers outside the group.
+    bn : {"interpolate", "recompute"}, default "interpolate"
+        The BatchNorm policy; "recompute" re-estimates running statistics on `bn_data`.
+    bn_data : tuple of tensors or DataLoader, optional
+        Training inputs for `bn = "recompute"`.
+    random_directions : int, default 0
+        Random directions per layer (the robustness baseline).
+    vs_aggregate : bool, default False
+        Also measure each replying client against the new aggregate (rows with client_b
+        "aggregate"): which layers averaging hurts for which clients.
+    seed : int, default 0
+        Seeds the pair sample and the random directions (with the round).
+    device : str or torch.device, optional
+        Where the engine evaluates (default: the model's device).
+    out_dir : str or Path, optional
+        Where `barriers.parquet` and `curves.parquet` are written after every analysed round.
+    on_round : callable, optional
+        `on_round(server_round, curves, barriers)` with each analysed round's new rows.
+    engine : callable, optional
+        The measurement, with `fedlayer.analysis.pairwise_curves`' signature (the default).
+
+    Attributes
+    ----------
+    curves, barriers : pandas.DataFrame
+        Every analysed round's rows so far.
+    seconds : dict of int to float
+        The analysis time of each analysed round.
+
+    Raises
+    ------
+    ConfigError
+        A bad group spec (checked when `every` is on), `every` below 0, or `bn = "recompute"`
+        without `bn_data`.
+    """
+
+    def __init__(
+        self,
+        strategy: Strategy,
+        model: nn.Module,
+        data: EvalInput,
+        *,
+        every: int = 1,
+        pairs: str | int = "all",
+        groups: str | Sequence[str] = ("layers", "full"),
+        alphas: int | Sequence[float] = 5,
+        bases: Sequence[str] = ("a", "b"),
+        bn: str = "interpolate",
+        bn_data: EvalInput | None = None,
+        random_directions: int = 0,
+        vs_aggregate: bool = False,
+        seed: int = 0,
+        device: str | torch.device | None = None,
+        out_dir: str | Path | None = None,
+        on_round: OnRound | None = None,
+        engine: Engine | None = None,
+    ) -> None:
+        super().__init__(strategy)
+        if isinstance(every, bool) or not isinstance(every, int) or every < 0:
+            raise ConfigError(f"bad every {every!r}: give a non-negative number of rounds (0 = off)")
+        if bn == "recompute" and bn_data is None:
+            raise ConfigError("bn = 'recompute' needs bn_data: training inputs to re-estimate BatchNorm statistics")
+        self.model = model
+        self.layers = model_layers(model)
+        self.groups = [groups] if isinstance(groups, str) else list(groups)
+        if every:
+            resolve_groups(self.layers, self.groups, seed=seed)  # a bad group fails now, not in round 1
+        self.data, self.bn_data = data, bn_data
+        self.every, self.pairs, self.alphas, self.bases = every, pairs, alphas, tuple(bases)
+        self.bn, self.random_directions, self.vs_aggregate = bn, random_directions, vs_aggregate
+        self.seed = seed
+        self.device = device if device is not None else next(model.parameters(), torch.empty(0)).device
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+        self.on_round = on_round
+        self.engine = engine or pairwise_curves
+        self.curves, self.barriers = pd.DataFrame(), pd.DataFrame()
+        self.seconds: dict[int, float] = {}
+        self._global: ArrayRecord | None = None
+
+    def due(self, server_round: int) -> bool:
+        """Whether this round is analysed."""
+        return bool(self.every) and server_round % self.every == 0
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        self._global = arrays
+        return super().configure_train(server_round, arrays, config, grid)
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        replies = list(replies)  # the wrapped strategy gets them as they came
+        if not self.due(server_round) or self._global is None:
+            return super().aggregate_train(server_round, replies)
+        valid, _ = split_replies(replies)
+        started = time.perf_counter()
+        base = self._global.to_torch_state_dict()
+        sent = {client_label(reply): _reply_state(reply) for reply in valid}
+        states = {client: {**base, **state} for client, state in sent.items()}
+        received = set.intersection(*(set(state) for state in sent.values())) if sent else set()
+        tables = [self._measure(server_round, states, pairs=self.pairs)] if len(states) >= 2 else []
+        arrays, metrics = super().aggregate_train(server_round, replies)
+        if self.vs_aggregate and arrays is not None and states:
+            states[AGGREGATE] = arrays.to_torch_state_dict()
+            against = [(client, AGGREGATE) for client in sent]
+            tables.append(self._measure(server_round, states, pairs=against))
+        if tables:
+            curves = pd.concat([t[0] for t in tables], ignore_index=True)
+            barriers = pd.concat([t[1] for t in tables], ignore_index=True)
+            self._publish(server_round, *(self._visible(t, received) for t in (curves, barriers)))
+            self.seconds[server_round] = time.perf_counter() - started
+        return arrays, metrics
+
+    def _measure(
+        self, server_round: int, states: Mapping[str, Mapping[str, torch.Tensor]], *, pairs: Any
+    ) -> tuple[pd.DataFrame, pd.DataFrame]:
+        return self.engine(
+            self.model,
+            dict(states),
+            self.data,
+            pairs=pairs or "all",
+            seed=self.seed * 100_003 + server_round,
+            groups=self.groups,
+            alphas=self.alphas,
+            bases=self.bases,
+            bn=self.bn,
+            bn_data=self.bn_data if self.bn == "recompute" else None,
+            random_directions=self.random_directions,
+            device=self.device,
+        )
+
+    def _visible(self, table: pd.DataFrame, received: set[str]) -> pd.DataFrame:
+        """Drop rows about layers the clients did not send (personal layers they keep themselves)."""
+        hidden = {layer.name for layer in self.layers if not set(layer.keys) <= received}
+        if not hidden or table.empty:
+            return table.reset_index(drop=True)
+        keep = [not (set(str(names).split("|")) & hidden) for names in table["layers"]]
+        return table[keep].reset_index(drop=True)
+
+    def _publish(self, server_round: int, curves: pd.DataFrame, barriers: pd.DataFrame) -> None:
+        curves.insert(0, "round", server_round)
+        barriers.insert(0, "round", server_round)
+        self.curves = pd.concat([self.curves, curves], ignore_index=True) if not self.curves.empty else curves
+        self.barriers = pd.concat([self.barriers, barriers], ignore_index=True) if not self.barriers.empty else barriers
+        if self.out_dir is not None:
+            write_parquet(self.curves, self.out_dir / "curves.parquet")
+            write_parquet(self.barriers, self.out_dir / "barriers.parquet")
+        if self.on_round is not None:
+            self.on_round(server_round, curves, barriers)
+
+    def round_barriers(self, server_round: int) -> pd.DataFrame:
+        """The barrier rows of one analysed round (empty if it was not analysed)."""
+        if self.barriers.empty:
+            return self.barriers
+        return self.barriers[self.barriers["round"] == server_round]
+
+    def layer_barriers(
+        self, server_round: int, client_states: Mapping[str, Mapping[str, np.ndarray]]
+    ) -> dict[str, float]:
+        """Mean midpoint loss barrier per single layer over client pairs and bases: `BarrierAware`'s measure.
+
+        Reuses this round's analysis when it measured single layers between clients; measures them otherwise.
+        """
+        table = self.round_barriers(server_round)
+        if not table.empty:
+            table = table[table["client_b"] != AGGREGATE]
+        if table.empty or not (table["kind"] == "layer").any():
+            states = {k: {n: torch.as_tensor(np.asarray(v)) for n, v in s.items()} for k, s in client_states.items()}
+            _, table = self.engine(
+                self.model, states, self.data, pairs=self.pairs or "all", seed=self.seed, groups="layers",
+                alphas=3, device=self.device,
+            )  # fmt: skip
+        layer_rows = table[table["kind"] == "layer"]
+        return layer_rows.groupby("group")["loss_barrier_mid"].mean().to_dict()
+
+
+def _reply_state(reply: Message) -> dict[str, torch.Tensor]:
+    """The model a client replied with (its only ArrayRecord; none: an empty state)."""
+    arrays = next(iter(reply.content.array_records.values()), ArrayRecord())
+    return arrays.to_torch_state_dict()
