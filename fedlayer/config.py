@@ -139,6 +139,31 @@ class SimulationConfig:
 class OutputConfig:
     dir: str = _spec("runs/latest", help="run directory")
     checkpoints: bool = _spec(True, help="save safetensors checkpoints each round")
+    overwrite: bool = _spec(
+        False, help="replace an earlier run in output.dir (otherwise a folder holding a run is refused; --overwrite)"
+    )
+
+
+@dataclass
+class CompareConfig:
+    strategies: list = _spec(
+        ["fedavg", "fedper", "lg-fedavg"],
+        help="strategies `fedlayer compare` runs side by side (presets or layer selectors; --strategies overrides)",
+    )
+    seeds: list[int] = _spec(
+        [], ge=0, help="seeds every strategy runs under ([] = the config's seed alone; --seeds N overrides)"
+    )
+    reference: str = _spec(
+        "fedavg",
+        help="the strategy the others are compared with (paired differences over seeds); one of compare.strategies",
+    )
+    target_accuracy: float = _spec(
+        0.0,
+        ge=0.0,
+        le=1.0,
+        help="mean personalised accuracy (a fraction) whose first round the summary reports per strategy "
+        "(0 = 90 % of the best strategy's final one)",
+    )
 
 
 @dataclass

@@ -59,6 +59,7 @@ OPERATIONAL = (
     "simulation.keep_freed_memory",
     "output.dir",
     "output.checkpoints",
+    "output.overwrite",
 )
 STATEFUL = ("FedAdam", "FedYogi", "FedAdagrad", "FedOpt", "FedAvgM", "AdaptiveClipping")  # names, or name parts
 

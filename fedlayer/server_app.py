@@ -29,6 +29,7 @@ from fedlayer.observer import RoundRecorder, barrier_analysis
 from fedlayer.plots.runs import plot_run
 from fedlayer.results import RunDirectory
 from fedlayer.resume import RoundOffset, RoundState, check_resumable, commit_round, load_round, read_state
+from fedlayer.runlock import claim
 from fedlayer.task import new_model, partitions_for
 from fedlayer.training import Metrics, default_device
 from strategies import (
@@ -45,6 +46,16 @@ from strategies import (
 DISCOVERY_TIMEOUT_S = 600.0
 
 
+def faithful(cfg: Config, run_dir: RunDirectory) -> Config:
+    """`cfg` as the run directory records it: where the run really went (`output.dir`, whatever --out
+    said) and a strategy file by its absolute path, so `--resume` works from any working directory."""
+    changes: dict = {"output": {"dir": str(run_dir.path)}}
+    module, sep, name = cfg.strategy.class_.rpartition(":")
+    if sep and module.endswith(".py"):
+        changes["strategy"] = {"class": f"{Path(module).expanduser().resolve()}:{name}"}
+    return cfg.replace(**changes)
+
+
 class FederatedRun:
     """One run of one config: validated inputs, the strategy, the recorder and the run directory."""
 
@@ -57,7 +68,7 @@ class FederatedRun:
         tag: str | None = None,
         resumed: RoundState | None = None,
     ):
-        self.cfg = cfg
+        self.cfg = faithful(cfg, run_dir)
         self.tag = tag  # names this run to the clients (their personal state) when runs share a grid
         self.run_dir = run_dir
         self.console = console
@@ -240,4 +251,7 @@ def main(grid: Grid, context: Context) -> None:
     cfg = config_from_flat(context.run_config)
     if cfg.simulation.keep_freed_memory:
         keep_freed_memory()  # this process evaluates and analyses every round
-    FederatedRun.prepare(cfg, Path(cfg.output.dir).resolve()).main(grid, context)
+    run = FederatedRun(cfg, RunDirectory(Path(cfg.output.dir).resolve()), make_console(stderr=True))
+    with claim(run.run_dir.path, overwrite=cfg.output.overwrite):
+        run.prepare_directory()
+        run.main(grid, context)

@@ -21,6 +21,8 @@ from rich.console import Console
 from fedlayer.config import Config
 from fedlayer.console import make_console
 from fedlayer.memory import keep_freed_memory
+from fedlayer.results import RunDirectory
+from fedlayer.runlock import claim
 
 if TYPE_CHECKING:
     from flwr.app import Context
@@ -103,12 +105,14 @@ def run_simulation(
 
     console = console or make_console(stderr=True)
     started = time.perf_counter()
-    run: FederatedRun = FederatedRun.prepare(cfg, out, console=console)  # validates everything, then creates the dir
-    console.print(
-        f"[bold]fedlayer[/] run -> {run.run_dir.path}  ({cfg.federation.clients} clients, "
-        f"{cfg.federation.rounds} rounds, strategy {run.strategy_label})"
-    )
-    return _simulate(run, started, verbose=verbose, console=console)
+    run = FederatedRun(cfg, RunDirectory(out or cfg.output.dir), console)  # validates everything first
+    with claim(run.run_dir.path, overwrite=cfg.output.overwrite, note=_noter(console)):
+        run.prepare_directory()
+        console.print(
+            f"[bold]fedlayer[/] run -> {run.run_dir.path}  ({cfg.federation.clients} clients, "
+            f"{cfg.federation.rounds} rounds, strategy {run.strategy_label})"
+        )
+        return _simulate(run, started, verbose=verbose, console=console)
 
 
 def resume_simulation(run_dir: str | Path, *, verbose: bool = False, console: Console | None = None) -> FederatedRun:
@@ -118,21 +122,27 @@ def resume_simulation(run_dir: str | Path, *, verbose: bool = False, console: Co
 
     console = console or make_console(stderr=True)
     started = time.perf_counter()
-    run: FederatedRun = FederatedRun.resume(run_dir, console=console)
-    resumed = run.resumed
-    assert resumed is not None  # FederatedRun.resume always continues a committed round
-    done, rounds = resumed.round, run.cfg.federation.rounds
-    if resumed.finished:
-        console.print(f"{run.run_dir.path} is finished: all {rounds} rounds are done; nothing to resume")
-        return run
-    console.print(
-        f"[bold]fedlayer[/] resume -> {run.run_dir.path}  (rounds {done + 1}..{rounds} of {rounds}, "
-        f"strategy {run.strategy_label})"
-    )
-    note = inexact_note(run.cfg)
-    if note:
-        console.print(f"[yellow]note[/]: {note}")
-    return _simulate(run, started, verbose=verbose, console=console)
+    with claim(run_dir, resume=True, note=_noter(console)):
+        run: FederatedRun = FederatedRun.resume(run_dir, console=console)
+        resumed = run.resumed
+        assert resumed is not None  # FederatedRun.resume always continues a committed round
+        done, rounds = resumed.round, run.cfg.federation.rounds
+        if resumed.finished:
+            console.print(f"{run.run_dir.path} is finished: all {rounds} rounds are done; nothing to resume")
+            return run
+        console.print(
+            f"[bold]fedlayer[/] resume -> {run.run_dir.path}  (rounds {done + 1}..{rounds} of {rounds}, "
+            f"strategy {run.strategy_label})"
+        )
+        note = inexact_note(run.cfg)
+        if note:
+            console.print(f"[yellow]note[/]: {note}")
+        return _simulate(run, started, verbose=verbose, console=console)
+
+
+def _noter(console: Console):
+    """How the run-directory lock tells the user what it did."""
+    return lambda text: console.print(f"[yellow]note[/]: {text}")
 
 
 def _simulate(run: FederatedRun, started: float, *, verbose: bool, console: Console) -> FederatedRun:

@@ -21,6 +21,19 @@ def add_config_arguments(parser, *, required: bool = True) -> None:
         help="override a config value, e.g. --set federation.rounds=10 (repeatable)",
     )
     parser.add_argument("--out", default=None, help="output directory (default: the config's output.dir)")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an earlier run in the output directory (default: refuse a folder that holds one)",
+    )
+
+
+def config_from_args(args):
+    """The experiment config of a command: CONFIG with its --set overrides and --overwrite."""
+    from fedlayer.config import load_config
+
+    overrides = [*args.overrides, *(["output.overwrite=true"] if args.overwrite else [])]
+    return load_config(args.config, overrides)
 
 
 def add_parser(sub) -> None:
@@ -40,12 +53,18 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from fedlayer.config import load_config
     from fedlayer.simulation import resume_simulation, run_simulation
 
     if args.resume is not None:
         given = [
-            what for what, value in (("CONFIG", args.config), ("--set", args.overrides), ("--out", args.out)) if value
+            what
+            for what, value in (
+                ("CONFIG", args.config),
+                ("--set", args.overrides),
+                ("--out", args.out),
+                ("--overwrite", args.overwrite),
+            )
+            if value
         ]
         if given:
             raise ConfigError(
@@ -56,6 +75,5 @@ def run(args) -> int:
         return 0
     if args.config is None:
         raise ConfigError("give an experiment CONFIG (TOML), or --resume RUN_DIR to continue a run")
-    cfg = load_config(args.config, args.overrides)
-    run_simulation(cfg, args.out, verbose=args.verbose)
+    run_simulation(config_from_args(args), args.out, verbose=args.verbose)
     return 0
