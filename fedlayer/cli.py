@@ -11,7 +11,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import signal
 import sys
+from pathlib import Path
 
 from fedlayer.errors import FedlayerError
 from fedlayer.memory import keep_freed_memory
@@ -50,10 +52,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def wants_kept_memory(args: argparse.Namespace) -> bool:
+    """`simulation.keep_freed_memory` of the command's config (a run's own config.toml on --resume);
+    True for commands without one, and when the config cannot be read (the command will say why)."""
+    from fedlayer.config import load_config
+
+    resume = getattr(args, "resume", None)
+    path = Path(resume) / "config.toml" if resume else getattr(args, "config", None)
+    if path is None:
+        return True
+    try:
+        return load_config(path, [] if resume else getattr(args, "overrides", [])).simulation.keep_freed_memory
+    except FedlayerError:
+        return True
+
+
+def _terminate(signum: int, frame: object) -> None:
+    """SIGTERM stops a run as Ctrl-C does: the last committed round stays, the command says how to go on."""
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
-    keep_freed_memory()  # first, before any thread allocates: see fedlayer.memory
     parser = build_parser()
     args = parser.parse_args(argv)
+    if wants_kept_memory(args):
+        keep_freed_memory()  # before any worker thread allocates: see fedlayer.memory
+    signal.signal(signal.SIGTERM, _terminate)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )

@@ -126,7 +126,9 @@ class SimulationConfig:
         1, ge=1, help="torch threads per client; results depend on it (summation order), not on num_cpus"
     )
     num_gpus: float = _spec(0.0, ge=0.0, help="GPU fraction per simulated client")
-    ray_address: str = _spec("", help="Ray cluster address ('' = start Ray on this machine)")
+    ray_address: str = _spec(
+        "", help="host:port of a running Ray cluster's head ('' = a fresh Ray instance on this machine, always)"
+    )
     keep_freed_memory: bool = _spec(
         True,
         help="tune glibc malloc to keep freed memory for reuse in fedlayer's own processes (the CLI, the "

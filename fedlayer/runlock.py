@@ -2,8 +2,9 @@
 
 `claim(path, ...)` checks, before any training, that the folder can be written, that no live
 process is writing it (the lock file `run.lock` names the process; a lock left by a dead process is
-taken over, with a note) and, for a new run, that it holds no earlier run (`config.toml` or
-`state.json`) unless `overwrite` clears it first. The lock is released when the run ends, however
+taken over, with a note) and, for a new run, that it holds no earlier run (a committed round,
+`state.json`, or a finished comparison, `comparison.parquet`) unless `overwrite` clears it first. A
+run that stopped before committing anything left nothing to lose: a new run may take its folder. The lock is released when the run ends, however
 it ends.
 """
 
@@ -23,7 +24,7 @@ from fedlayer.atomic import write_bytes
 from fedlayer.errors import RunError
 
 LOCK_FILE = "run.lock"
-RUN_MARKERS = ("config.toml", "state.json")  # what an earlier run leaves in its folder
+RUN_MARKERS = ("state.json", "comparison.parquet")  # a run with a committed round; a finished comparison
 
 
 def _alive(pid: int) -> bool:

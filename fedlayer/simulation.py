@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import socket
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -20,6 +21,7 @@ from rich.console import Console
 
 from fedlayer.config import Config
 from fedlayer.console import make_console
+from fedlayer.errors import ConfigError, RunError
 from fedlayer.memory import keep_freed_memory
 from fedlayer.results import RunDirectory
 from fedlayer.runlock import claim
@@ -33,6 +35,7 @@ if TYPE_CHECKING:
 
 ServerMain = Callable[["Grid", "Context"], None]  # what a ServerApp's @main() function is
 
+RAY_CONNECT_TIMEOUT_S = 10.0
 QUIET_ENV = {
     "FLWR_TELEMETRY_ENABLED": "0",
     "FLWR_DISABLE_UPDATE_CHECK": "1",
@@ -87,14 +90,43 @@ def _quiet_loggers(verbose: bool) -> Iterator[None]:
 
 
 def backend_config(cfg: Config, verbose: bool) -> dict:
-    """Flower's Ray backend settings: one torch thread per simulated client unless the config says more."""
-    init_args: dict = {"logging_level": "INFO" if verbose else "ERROR", "log_to_driver": verbose}
-    if cfg.simulation.ray_address:
-        init_args["address"] = cfg.simulation.ray_address
+    """Flower's Ray backend settings: one torch thread per simulated client unless the config says more.
+
+    An empty `simulation.ray_address` means a fresh Ray instance on this machine, always ("local"):
+    never a cluster that Ray's own files or RAY_ADDRESS name (which may have died long ago).
+    """
+    init_args: dict = {
+        "logging_level": "INFO" if verbose else "ERROR",
+        "log_to_driver": verbose,
+        "address": cfg.simulation.ray_address or "local",
+    }
     return {
         "client_resources": {"num_cpus": cfg.simulation.num_cpus, "num_gpus": cfg.simulation.num_gpus},
         "init_args": init_args,
     }
+
+
+def check_ray_address(address: str, timeout: float = RAY_CONNECT_TIMEOUT_S) -> None:
+    """Fail at once, naming the address, when the Ray cluster a config names cannot be reached.
+
+    Ray itself retries an unreachable cluster for minutes; a TCP connection to its head says in
+    seconds whether anything listens there. "" (a local instance), "local" and "auto" are not checked.
+    """
+    if address in ("", "local", "auto"):
+        return
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not port.isdigit():
+        raise ConfigError(
+            f"config key 'simulation.ray_address': invalid value {address!r}; expected host:port of a Ray "
+            "cluster's head (e.g. 127.0.0.1:6379), or '' for a Ray instance on this machine"
+        )
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise RunError(
+            f"cannot reach the Ray cluster at simulation.ray_address = {address!r}: {exc.strerror or exc}; "
+            "start it (ray start --head), fix the address, or leave it empty for a Ray instance on this machine"
+        ) from None
 
 
 def run_simulation(
@@ -161,6 +193,7 @@ def simulate(main: ServerMain, client_app: ClientApp, cfg: Config, *, verbose: b
     from flwr.serverapp import ServerApp
     from flwr.simulation import run_simulation as flower_run_simulation
 
+    check_ray_address(cfg.simulation.ray_address)
     server_app = ServerApp()
     server_app.main()(main)
     if cfg.simulation.keep_freed_memory:
