@@ -68,7 +68,7 @@ class FederatedRun:
         tag: str | None = None,
         resumed: RoundState | None = None,
     ):
-        self.cfg = faithful(cfg, run_dir)
+        self.cfg = cfg = faithful(cfg, run_dir)
         self.tag = tag  # names this run to the clients (their personal state) when runs share a grid
         self.run_dir = run_dir
         self.console = console

@@ -139,6 +139,7 @@ class BarrierAnalysis(StrategyWrapper):
         self.curves, self.barriers = pd.DataFrame(), pd.DataFrame()
         self.seconds: dict[int, float] = {}
         self._global: ArrayRecord | None = None
+        self._between_clients: tuple[int, pd.DataFrame] = (-1, pd.DataFrame())  # (round, its barriers)
 
     def due(self, server_round: int) -> bool:
         """Whether this round is analysed."""
@@ -162,23 +163,29 @@ class BarrierAnalysis(StrategyWrapper):
         sent = {client_label(reply): _reply_state(reply) for reply in valid}
         states = {client: {**base, **state} for client, state in sent.items()}
         received = set.intersection(*(set(state) for state in sent.values())) if sent else set()
-        tables = [self._measure(server_round, states, pairs=self.pairs)] if len(states) >= 2 else []
+        tables = [self._measure(server_round, states, self.pairs, received)] if len(states) >= 2 else []
+        self._between_clients = (server_round, tables[0][1] if tables else pd.DataFrame())  # for `layer_barriers`
+        seconds = time.perf_counter() - started
         arrays, metrics = super().aggregate_train(server_round, replies)
         if self.vs_aggregate and arrays is not None and states:
+            started = time.perf_counter()
             states[AGGREGATE] = arrays.to_torch_state_dict()
-            against = [(client, AGGREGATE) for client in sent]
-            tables.append(self._measure(server_round, states, pairs=against))
+            tables.append(self._measure(server_round, states, [(client, AGGREGATE) for client in sent], received))
+            seconds += time.perf_counter() - started
         if tables:
-            curves = pd.concat([t[0] for t in tables], ignore_index=True)
-            barriers = pd.concat([t[1] for t in tables], ignore_index=True)
-            self._publish(server_round, *(self._visible(t, received) for t in (curves, barriers)))
-            self.seconds[server_round] = time.perf_counter() - started
+            self._publish(
+                server_round,
+                pd.concat([curves for curves, _ in tables], ignore_index=True),
+                pd.concat([barriers for _, barriers in tables], ignore_index=True),
+            )
+            self.seconds[server_round] = seconds
         return arrays, metrics
 
     def _measure(
-        self, server_round: int, states: Mapping[str, Mapping[str, torch.Tensor]], *, pairs: Any
+        self, server_round: int, states: Mapping[str, Mapping[str, torch.Tensor]], pairs: Any, received: set[str]
     ) -> tuple[pd.DataFrame, pd.DataFrame]:
-        return self.engine(
+        """(curves, barriers) of one round's pairs, with a `round` column, about the layers clients sent."""
+        curves, barriers = self.engine(
             self.model,
             dict(states),
             self.data,
@@ -192,6 +199,10 @@ class BarrierAnalysis(StrategyWrapper):
             random_directions=self.random_directions,
             device=self.device,
         )
+        curves, barriers = (self._visible(table, received) for table in (curves, barriers))
+        curves.insert(0, "round", server_round)
+        barriers.insert(0, "round", server_round)
+        return curves, barriers
 
     def _visible(self, table: pd.DataFrame, received: set[str]) -> pd.DataFrame:
         """Drop rows about layers the clients did not send (personal layers they keep themselves)."""
@@ -202,8 +213,6 @@ class BarrierAnalysis(StrategyWrapper):
         return table[keep].reset_index(drop=True)
 
     def _publish(self, server_round: int, curves: pd.DataFrame, barriers: pd.DataFrame) -> None:
-        curves.insert(0, "round", server_round)
-        barriers.insert(0, "round", server_round)
         self.curves = pd.concat([self.curves, curves], ignore_index=True) if not self.curves.empty else curves
         self.barriers = pd.concat([self.barriers, barriers], ignore_index=True) if not self.barriers.empty else barriers
         if self.out_dir is not None:
@@ -212,23 +221,16 @@ class BarrierAnalysis(StrategyWrapper):
         if self.on_round is not None:
             self.on_round(server_round, curves, barriers)
 
-    def round_barriers(self, server_round: int) -> pd.DataFrame:
-        """The barrier rows of one analysed round (empty if it was not analysed)."""
-        if self.barriers.empty:
-            return self.barriers
-        return self.barriers[self.barriers["round"] == server_round]
-
     def layer_barriers(
         self, server_round: int, client_states: Mapping[str, Mapping[str, np.ndarray]]
     ) -> dict[str, float]:
         """Mean midpoint loss barrier per single layer over client pairs and bases: `BarrierAware`'s measure.
 
-        Reuses this round's analysis when it measured single layers between clients; measures them otherwise.
+        It is called while the wrapped strategy aggregates, after this round's analysis between the
+        clients: it reuses that when it measured single layers, and measures them otherwise.
         """
-        table = self.round_barriers(server_round)
-        if not table.empty:
-            table = table[table["client_b"] != AGGREGATE]
-        if table.empty or not (table["kind"] == "layer").any():
+        analysed, table = self._between_clients
+        if analysed != server_round or table.empty or not (table["kind"] == "layer").any():
             states = {k: {n: torch.as_tensor(np.asarray(v)) for n, v in s.items()} for k, s in client_states.items()}
             _, table = self.engine(
                 self.model, states, self.data, pairs=self.pairs or "all", seed=self.seed, groups="layers",

@@ -135,6 +135,11 @@ def test_barrier_aware_records_its_choices(tmp_path):
     assert set(history["layer"]) == {"fc1", "fc2", "fc3"}
     assert (history["averaged"] == (history["barrier"] < 0.05)).all()
     assert (run.run_dir.path / "choices.parquet").exists()
+    # the strategy decides on the round's own analysis: its barriers are the analysed single layers' means
+    analysed = pd.read_parquet(run.run_dir.path / "barriers.parquet").query("kind == 'layer'")
+    means = analysed.groupby(["round", "group"])["loss_barrier_mid"].mean()
+    for row in history.itertuples():
+        assert row.barrier == means[(row.round, row.layer)]
 
 
 @pytest.mark.parametrize(
