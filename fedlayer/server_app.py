@@ -214,9 +214,21 @@ class FederatedRun:
         label = "initial model" if server_round == 0 else f"round {server_round}/{self.cfg.federation.rounds}"
         self.console.print(
             f"  {label:<14} global test accuracy {100 * metrics.accuracy:5.1f}%  "
-            f"loss {metrics.loss:.3f}{analysis}  [{elapsed:6.1f}s]{self._left_out(server_round)}",
+            f"loss {metrics.loss:.3f}{self._personalised(server_round)}{analysis}  [{elapsed:6.1f}s]"
+            f"{self._left_out(server_round)}",
             soft_wrap=True,
         )
+
+    def _personalised(self, server_round: int) -> str:
+        """With personal layers, the clients' own models are what counts: their mean local test accuracy."""
+        if not self.strategy.personal_keys:
+            return ""
+        table = self.run_dir.table("metrics")
+        local = table[(table["round"] == server_round) & (table["split"] == "local-test") & (table["status"] == "ok")]
+        if local.empty:
+            return ""
+        accuracy = (local["accuracy"] * local["num_examples"]).sum() / local["num_examples"].sum()
+        return f"  personalised {100 * accuracy:5.1f}%"
 
     def _left_out(self, server_round: int) -> str:
         """The clients of this round that failed, timed out or were rejected (their reasons: metrics.parquet)."""

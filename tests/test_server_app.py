@@ -189,3 +189,15 @@ def test_barrier_cli_analyses_the_checkpoints_of_two_never_averaged_clients(tmp_
     barriers = pd.read_parquet(out / "barriers.parquet")
     assert {"layer", "full", "shallow"} <= set(barriers["kind"])
     assert (out / "curves.parquet").exists()
+
+
+@pytest.mark.parametrize(("strategy", "shown"), [("fedper", True), ("fedavg", False)])
+def test_the_progress_line_shows_personalised_accuracy_when_layers_stay_personal(tmp_path, capsys, strategy, shown):
+    run, _ = run_in_process(tmp_path, f"strategy.name={strategy}", "analysis.every=0", "federation.rounds=1")
+    printed = capsys.readouterr().err
+    line = next(line for line in printed.splitlines() if "round 1/1" in line)
+    assert ("personalised" in line) == shown
+    if shown:
+        local = pd.read_parquet(run.run_dir.table_path("metrics")).query("round == 1 and split == 'local-test'")
+        expected = (local["accuracy"] * local["num_examples"]).sum() / local["num_examples"].sum()
+        assert f"personalised {100 * expected:5.1f}%" in line
