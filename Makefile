@@ -26,7 +26,7 @@ data:
 	else echo "Fashion-MNIST missing: install dataset-fashion-mnist or set FEDLAYER_DATA"; fi
 
 demo: setup data
-	$(BIN)/fedlayer compare simulations/demo.toml --strategies fedavg,fedper,lg-fedavg
+	$(BIN)/fedlayer compare simulations/demo.toml
 
 test: setup data
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -2,11 +2,15 @@
 
 For one seed, all strategies run in turn inside ONE Flower simulation: the clients (and their data,
 partitions and initial model) are the same, only the server's strategy changes. Each run keeps its
-own run directory under `runs/<strategy>/seed-<seed>/`; `comparison.parquet` gathers them.
+own run directory under `runs/<folder>/seed-<seed>/` (`fedlayer.results.run_path`); the comparison
+directory gathers them in `comparison.parquet` (one row per strategy, seed and round) and
+`clients.parquet` (one row per strategy, seed, round and client), next to `config.toml`, the config it
+ran from with its `[compare]` section as resolved.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import time
 from collections.abc import Callable, Sequence
@@ -19,10 +23,24 @@ from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid
 from rich.console import Console
 
-from fedlayer.config import Config
+from fedlayer.analysis.summary import averaging_rows, check_reference, client_rows, worst_clients_mean
+from fedlayer.atomic import write_bytes
+from fedlayer.config import CompareConfig, Config
 from fedlayer.console import make_console
+from fedlayer.data.partition import Partitions
 from fedlayer.errors import ConfigError
-from fedlayer.results import COMPARISON, RunDirectory, read_optional, read_table, run_path, table_path, write_parquet
+from fedlayer.results import (
+    CLIENTS,
+    COMPARISON,
+    RunDirectory,
+    read_optional,
+    read_table,
+    run_folder_name,
+    run_path,
+    table_path,
+    write_parquet,
+)
+from fedlayer.runlock import claim
 from fedlayer.simulation import ServerMain
 
 Engine = Callable[[ServerMain, ClientApp, Config], None]
@@ -34,8 +52,22 @@ COMPARISON_COLUMNS = (
     "global_loss",
     "personal_accuracy_mean",
     "personal_accuracy_std",
+    "personal_accuracy_worst10",
     "full_barrier_mean",
     "layer_barrier_mean",
+)
+CLIENT_COLUMNS = (
+    "strategy",
+    "seed",
+    "round",
+    "client",
+    "train_examples",
+    "classes",
+    "majority_class",
+    "majority_share",
+    "accuracy",
+    "loss",
+    "test_examples",
 )
 
 
@@ -44,62 +76,140 @@ def strategy_config(cfg: Config, name: str, seed: int) -> Config:
     return cfg.replace(seed=seed, strategy={"name": name, "average": ""})
 
 
+def comparison_settings(
+    cfg: Config,
+    strategies: Sequence[str] | None = None,
+    seeds: Sequence[int] | None = None,
+    reference: str | None = None,
+) -> CompareConfig:
+    """The comparison to run: `cfg.compare` with each argument given in its place, checked.
+
+    Parameters
+    ----------
+    cfg : Config
+        The experiment; its `[compare]` section gives what is not passed here.
+    strategies : sequence of str, optional
+        Presets or selectors (default: compare.strategies).
+    seeds : sequence of int, optional
+        The seeds (default: compare.seeds, or the config's seed alone when that is empty).
+    reference : str, optional
+        The strategy the others are compared with (default: compare.reference).
+
+    Raises
+    ------
+    ConfigError
+        No strategy; a strategy or seed listed twice; a reference that is not among the strategies; two
+        strategies whose run folders would be one (`fedlayer.results.run_folder_name`).
+    """
+    chosen = cfg.compare
+    names = list(chosen.strategies if strategies is None else strategies)
+    runs = list(seeds if seeds is not None else chosen.seeds or [cfg.seed])
+    reference = chosen.reference if reference is None else reference
+    if not names:
+        raise ConfigError("no strategies to compare; set compare.strategies or give --strategies, e.g. fedavg,fedper")
+    if len(set(names)) != len(names):
+        raise ConfigError(f"strategies are listed twice: {', '.join(names)}")
+    if len(set(runs)) != len(runs):
+        raise ConfigError(f"seeds are listed twice: {', '.join(map(str, runs))}")
+    check_reference(reference, names)
+    folders: dict[str, str] = {}
+    for name in names:
+        folder = run_folder_name(name)
+        other = folders.setdefault(folder.lower(), name)
+        if other != name:
+            raise ConfigError(
+                f"strategies {other!r} and {name!r} would share the run folder runs/{folder}/ "
+                "(names are made safe for file systems); write one of them differently, e.g. as a re: selector"
+            )
+    return CompareConfig(strategies=names, seeds=runs, reference=reference, target_accuracy=chosen.target_accuracy)
+
+
 def run_comparison(
     cfg: Config,
-    strategies: Sequence[str],
-    seeds: Sequence[int],
-    out: str | Path,
+    strategies: Sequence[str] | None = None,
+    seeds: Sequence[int] | None = None,
+    out: str | Path | None = None,
     *,
+    reference: str | None = None,
     verbose: bool = False,
     console: Console | None = None,
     engine: Engine | None = None,
 ) -> pd.DataFrame:
     """Run every strategy under every seed; write and return the comparison table.
 
-    `engine(main, client_app, cfg)` runs one seed's ServerApp main against the clients; by default
-    Flower's simulation engine (`fedlayer.simulation.simulate`).
+    Parameters
+    ----------
+    cfg : Config
+        The experiment; its `[compare]` section says what to compare where the arguments do not.
+    strategies, seeds, reference : optional
+        In place of compare.strategies, compare.seeds and compare.reference (`comparison_settings`).
+    out : str or Path, optional
+        The comparison directory (default: output.dir).
+    verbose : bool
+        Show Flower's and Ray's logs.
+    console : rich Console, optional
+        Where progress goes (default: stderr).
+    engine : callable, optional
+        `engine(main, client_app, cfg)` runs one seed's ServerApp main against the clients; by default
+        Flower's simulation engine (`fedlayer.simulation.simulate`).
+
+    Returns
+    -------
+    DataFrame
+        comparison.parquet: one row per strategy, seed and round (COMPARISON_COLUMNS).
+
+    Raises
+    ------
+    FedlayerError
+        A bad comparison (`comparison_settings`) or a strategy, model or dataset that cannot be built:
+        before Ray starts or anything is written. A RunError when `out` holds a finished comparison and
+        output.overwrite is false, or another process writes it (`fedlayer.runlock.claim`).
     """
     from fedlayer.client_app import make_client_app
     from fedlayer.server_app import DISCOVERY_TIMEOUT_S, FederatedRun
     from fedlayer.simulation import simulate
     from strategies import query_partitions
 
+    settings = comparison_settings(cfg, strategies, seeds, reference)
+    cfg = cfg.replace(compare=dataclasses.asdict(settings))
     engine = engine or functools.partial(simulate, verbose=verbose)
     console = console or make_console(stderr=True)
-    out = Path(out).resolve()
-    if len(set(strategies)) != len(strategies):
-        raise ConfigError(f"strategies are listed twice: {', '.join(strategies)}")
+    out = Path(out if out is not None else cfg.output.dir).resolve()
     # Build every run first: a bad strategy name fails here, before Ray starts or anything is written.
     plan = {
         seed: [
             FederatedRun(strategy_config(cfg, name, seed), RunDirectory(run_path(out, name, seed)), console, tag=name)
-            for name in strategies
+            for name in settings.strategies
         ]
-        for seed in seeds
+        for seed in settings.seeds
     }
     started = time.perf_counter()
-    for seed, runs in plan.items():
-        console.print(
-            f"[bold]seed {seed}[/]: {', '.join(strategies)} on the same {cfg.federation.clients} "
-            "clients (one Flower simulation)"
-        )
-        for run in runs:
-            run.prepare_directory()
-
-        def main(grid: Grid, context: Context, runs=runs) -> None:
-            node_to_partition = query_partitions(grid, cfg.federation.clients, timeout=DISCOVERY_TIMEOUT_S)
+    note = functools.partial(console.print, markup=False, highlight=False)
+    with claim(out, overwrite=cfg.output.overwrite, note=note):  # a finished comparison there: --overwrite
+        write_bytes(out / "config.toml", cfg.to_toml().encode())
+        for seed, runs in plan.items():
+            console.print(
+                f"[bold]seed {seed}[/]: {', '.join(settings.strategies)} on the same {cfg.federation.clients} "
+                "clients (one Flower simulation)"
+            )
             for run in runs:
-                console.print(f" strategy [bold]{run.strategy_label}[/]")
-                run.start(grid, node_to_partition)
+                run.prepare_directory()
 
-        engine(main, make_client_app(runs[0].cfg), cfg)
-        for run in runs:
-            run.raise_if_failed()
-    table = comparison_table(out, strategies, seeds)
-    write_parquet(table, out / COMPARISON)
-    table.to_csv(out / "comparison.csv", index=False)
+            def main(grid: Grid, context: Context, runs=runs) -> None:
+                node_to_partition = query_partitions(grid, cfg.federation.clients, timeout=DISCOVERY_TIMEOUT_S)
+                for run in runs:
+                    console.print(f" strategy [bold]{run.strategy_label}[/]")
+                    run.start(grid, node_to_partition)
+
+            engine(main, make_client_app(runs[0].cfg), cfg)
+            for run in runs:
+                run.raise_if_failed()
+        table = comparison_table(out, settings.strategies, settings.seeds)
+        write_parquet(table, out / COMPARISON)
+        table.to_csv(out / "comparison.csv", index=False)
+        write_parquet(clients_table(out, settings.strategies, settings.seeds), out / CLIENTS)
     console.print(
-        f"compared {len(strategies)} strategies x {len(seeds)} seeds in "
+        f"compared {len(settings.strategies)} strategies x {len(settings.seeds)} seeds in "
         f"{time.perf_counter() - started:.0f}s; results in {out}"
     )
     return table
@@ -112,6 +222,21 @@ def comparison_table(out: Path, strategies: Sequence[str], seeds: Sequence[int])
         for seed in seeds:
             frames.append(_run_rows(run_path(out, name, seed), name, seed))
     return pd.concat(frames, ignore_index=True)[list(COMPARISON_COLUMNS)]
+
+
+def clients_table(out: Path, strategies: Sequence[str], seeds: Sequence[int]) -> pd.DataFrame:
+    """One row per (strategy, seed, round, client) with a personalised result, from each run's
+    metrics.parquet ("local-test" rows) and partitions.json (the client's training examples and label
+    distribution); see `fedlayer.analysis.summary.client_rows`."""
+    frames = []
+    for name in strategies:
+        for seed in seeds:
+            path = run_path(out, name, seed)
+            partitions = path / "partitions.json"
+            counts = Partitions.load(partitions).class_counts(split="train") if partitions.is_file() else None
+            rows = client_rows(read_table(table_path(path, "metrics")), counts)
+            frames.append(rows.assign(strategy=name, seed=seed))
+    return pd.concat(frames, ignore_index=True)[list(CLIENT_COLUMNS)]
 
 
 def _run_rows(path: Path, name: str, seed: int) -> pd.DataFrame:
@@ -129,8 +254,10 @@ def _run_rows(path: Path, name: str, seed: int) -> pd.DataFrame:
     )
     rows["personal_accuracy_mean"] = rows["round"].map(local.mean())
     rows["personal_accuracy_std"] = rows["round"].map(local.std(ddof=0))
+    rows["personal_accuracy_worst10"] = rows["round"].map(local.agg(worst_clients_mean))
     barriers = read_optional(table_path(path, "barriers"))
     if barriers is not None:
+        barriers = averaging_rows(barriers)
         for kind, column in (("full", "full_barrier_mean"), ("layer", "layer_barrier_mean")):
             rows[column] = rows["round"].map(
                 barriers[barriers["kind"] == kind].groupby("round")["loss_barrier_mid"].mean()

@@ -178,6 +178,7 @@ class Config:
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
     simulation: SimulationConfig = field(default_factory=SimulationConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+    compare: CompareConfig = field(default_factory=CompareConfig)
 
     def to_dict(self) -> dict[str, Any]:
         """Nested plain dict with TOML key names (`class`, not `class_`)."""
@@ -232,6 +233,17 @@ def _field_map(cls) -> dict[str, dataclasses.Field]:
     return {_toml_key(f.name): f for f in dataclasses.fields(cls)}
 
 
+def _kind(typ) -> type:
+    """The plain type of a field's annotation: `list` for `list[int]`."""
+    return typing.get_origin(typ) or typ
+
+
+def _item_type(typ) -> type:
+    """The item type of a list field: `list[int]` holds ints; a bare `list` holds strings."""
+    args = typing.get_args(typ)
+    return args[0] if args else str
+
+
 def _describe(f: dataclasses.Field, typ) -> str:
     meta = f.metadata
     if meta.get("choices"):
@@ -245,16 +257,45 @@ def _describe(f: dataclasses.Field, typ) -> str:
         int: "an integer",
         float: "a number",
         str: "a string",
-        list: "a list",
+        list: "a list of integers" if _item_type(typ) is int else "a list",
         dict: "a table",
-    }[typ]
+    }[_kind(typ)]
     return kind + (" " + " and ".join(bounds) if bounds else "")
 
 
+def _coerce_list(path: str, f: dataclasses.Field, typ, value) -> list:
+    """A list field's value: a TOML array or one comma-separated string of its items (strings, or integers
+    for `list[int]`); empty only where the field's default is."""
+    item = _item_type(typ)
+    if isinstance(value, str):
+        value = [v.strip() for v in value.split(",") if v.strip()]
+        if item is int:
+            value = [_integer(v) for v in value]
+    fits = isinstance(value, list) and all(isinstance(v, item) and not isinstance(v, bool) for v in value)
+    if not fits or (not value and _default(f)):
+        expected = _describe(f, typ) if item is int else "a list of strings"
+        if _default(f):
+            expected = expected.replace("a list", "a non-empty list", 1)
+        raise ConfigError(
+            f"config key {path!r}: invalid value {value!r}; expected {expected} (or a comma-separated string)"
+        )
+    return value
+
+
+def _integer(text: str) -> int | str:
+    """`text` as an integer, or unchanged when it is not one (the caller reports it)."""
+    try:
+        return int(text)
+    except ValueError:
+        return text
+
+
 def _coerce(path: str, f: dataclasses.Field, typ, value):
-    """Check one value against its field; return it in the field's type or raise a clear error."""
+    """Check one value against its field (`typ`: its annotation); return it in the field's type or raise a
+    clear error."""
     allowed = _describe(f, typ)
     bad = ConfigError(f"config key {path!r}: invalid value {value!r}; expected {allowed}")
+    hint, typ = typ, _kind(typ)
     if typ is bool:
         if not isinstance(value, bool):
             raise bad
@@ -271,13 +312,7 @@ def _coerce(path: str, f: dataclasses.Field, typ, value):
         if not isinstance(value, str):
             raise bad
     elif typ is list:
-        if isinstance(value, str):
-            value = [v.strip() for v in value.split(",") if v.strip()]
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value) or not value:
-            raise ConfigError(
-                f"config key {path!r}: invalid value {value!r}; expected a non-empty list of "
-                "strings (or a comma-separated string)"
-            )
+        value = _coerce_list(path, f, hint, value)
     elif typ is dict:
         if isinstance(value, str):
             try:
@@ -290,9 +325,9 @@ def _coerce(path: str, f: dataclasses.Field, typ, value):
     items = value if typ is list else [value]
     if meta.get("choices") is not None and any(v not in meta["choices"] for v in items):
         raise bad
-    if typ in (int, float):
+    if (_item_type(hint) if typ is list else typ) in (int, float):
         limits = {"ge": operator.ge, "gt": operator.gt, "le": operator.le, "lt": operator.lt}
-        if any(meta[name] is not None and not test(value, meta[name]) for name, test in limits.items()):
+        if any(meta[name] is not None and not test(v, meta[name]) for v in items for name, test in limits.items()):
             raise bad
     return value
 
@@ -316,7 +351,7 @@ def _build(cls, data: Mapping[str, Any], prefix: str):
         if dataclasses.is_dataclass(typ):
             kwargs[f.name] = _build(typ, data[key], f"{prefix}{key}.")
         else:
-            kwargs[f.name] = _coerce(prefix + key, f, typing.get_origin(typ) or typ, data[key])
+            kwargs[f.name] = _coerce(prefix + key, f, typ, data[key])
     return cls(**kwargs)
 
 
@@ -432,7 +467,7 @@ def declared(key: str) -> tuple[Any, str]:
     help_text = f.metadata.get("help", "")
     if f.metadata.get("choices"):
         typ = typing.get_type_hints(cls)[f.name]
-        help_text += ": " + _describe(f, typing.get_origin(typ) or typ)
+        help_text += ": " + _describe(f, typ)
     return default, help_text
 
 
@@ -448,9 +483,7 @@ def describe_fields() -> list[tuple[str, str, str, str]]:
                 walk(typ, f"{prefix}{key}.")
                 continue
             default = _default(f)
-            rows.append(
-                (prefix + key, repr(default), _describe(f, typing.get_origin(typ) or typ), f.metadata.get("help", ""))
-            )
+            rows.append((prefix + key, repr(default), _describe(f, typ), f.metadata.get("help", "")))
 
     walk(Config, "")
     return rows

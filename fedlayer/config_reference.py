@@ -52,6 +52,10 @@ SECTIONS = {
     "`shallow`, `deep`, `random`, `minimal`, sliding windows `window:w` and layer selectors.",
     "simulation": "Resources of each simulated client on Flower's simulation engine (Ray).",
     "output": "Where results go ([run-directory.md](run-directory.md)).",
+    "compare": "What `fedlayer compare CONFIG` runs and how its summary is computed: every strategy under "
+    "every seed, everything else equal; with two or more seeds each value comes with a 95 % confidence "
+    "interval, and each strategy's paired difference to `reference` with a paired t-test "
+    "([strategies.md](strategies.md#comparing-strategies)). Ignored by `fedlayer run`.",
 }
 
 
@@ -78,9 +82,9 @@ def _toml(value: object) -> str:
 
 def allowed_text(text: str, default: str = "") -> str:
     """'one of 'a', 'b'' -> 'one of `"a"`, `"b"`': quoted choices as TOML strings in code; a list
-    field (its default is a list) says that its items are checked."""
+    field (its default is a list) says that its items are checked (strings unless it says otherwise)."""
     text = re.sub(r"'([^']*)'", r'`"\1"`', text)
-    if default.startswith("["):
+    if default.startswith("[") and not text.startswith("a list of"):
         text = "a list, each item " + text if text.startswith("one of") else "a list of strings"
     return text
 

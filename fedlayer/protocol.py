@@ -78,6 +78,9 @@ def personal_state_key(run_tag: object) -> str:
     return f"{PERSONAL_STATE}:{run_tag or ''}"
 
 
+AGGREGATE_LABEL = "aggregate"  # names the aggregate where tables name clients (client_b of its analysis rows)
+
+
 def client_label(partition_id: int | None, node_id: int) -> str:
     """How fedlayer names a client in tables and logs: its partition id, else "node-<node id>"."""
     return str(partition_id) if partition_id is not None else f"node-{node_id}"

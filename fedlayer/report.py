@@ -1,9 +1,11 @@
 """Markdown reports of a run directory or a comparison directory, with freshly drawn figures.
 
 A run report holds the config, the partitions, the final metrics, a per-layer barrier summary and
-the run's figures; a comparison report holds the summary over seeds, the comparison figures and a
-link to each run's own report. Image links are relative to the report file, so the folder can be
-moved or published as a whole.
+the run's figures; an analysis folder's report (barrier tables alone, written inside a Flower app of
+one's own) holds the barrier sections and figures; a comparison report holds the summary over seeds
+(95 % confidence intervals and paired t-tests against the reference from two seeds on), the
+comparison figures and a link to each run's own report. Image links are relative to the report
+file, so the folder can be moved or published as a whole.
 """
 
 from __future__ import annotations
@@ -18,12 +20,17 @@ import pandas as pd
 
 from fedlayer.analysis.summary import (
     FULL_ROW,
+    SIGNIFICANT_MARK,
+    averaging_rows,
     barrier_grid,
     choices_summary,
+    difference_cells,
     layer_summary,
     pairs_note,
+    summarise,
     summary_cells,
-    summary_table,
+    summary_notes,
+    summary_title,
 )
 from fedlayer.atomic import write_bytes
 from fedlayer.config import Config
@@ -31,7 +38,16 @@ from fedlayer.data.partition import Partitions
 from fedlayer.plots.compare import plot_comparison
 from fedlayer.plots.runs import draw_run
 from fedlayer.protocol import client_order
-from fedlayer.results import RunRecord, comparison_runs, describe_run, directory_kind, read_comparison, read_run
+from fedlayer.results import (
+    CLIENTS,
+    RunRecord,
+    comparison_runs,
+    describe_run,
+    directory_kind,
+    read_compare_settings,
+    read_comparison,
+    read_run,
+)
 
 FIGURE_CAPTIONS = {
     "accuracy": "Test accuracy per round",
@@ -42,6 +58,7 @@ FIGURE_CAPTIONS = {
     "directions": "Each layer moved towards the other model against random directions of the same norm",
     "barrier_heatmaps": "Layer-wise midpoint loss barrier per strategy",
     "final": "Final-round accuracy per strategy",
+    "clients": "Personalised accuracy of every client in the final round, per strategy",
 }
 
 
@@ -50,7 +67,7 @@ def write_report(path: str | Path, out: str | Path | None = None) -> Path:
     path = Path(path)
     kind = directory_kind(path)
     out = Path(out) if out is not None else path / "report.md"
-    if kind == "run":
+    if kind in ("run", "analysis"):
         run = read_run(path)
         text = run_report(run, draw_run(run), out)
     else:
@@ -68,6 +85,11 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]], *, 
     align = [":---" if j < left else "---:" for j in range(len(headers))]
     lines = [headers, align, *rows]
     return "\n".join("| " + " | ".join(cell(v) for v in line) + " |" for line in lines)
+
+
+def _plain(text: str) -> str:
+    """`text` with Markdown's emphasis marker escaped: a '*' (significance, a glob selector) shows as such."""
+    return text.replace("*", "\\*")
 
 
 def _number(value: float, digits: int = 3, scale: float = 1.0) -> str:
@@ -92,10 +114,20 @@ def _figures(paths: Sequence[Path], out: Path) -> list[str]:
 def run_report(run: RunRecord, figures: Sequence[Path], out: Path) -> str:
     path = run.path.resolve()
     name = f"{path.parent.name}/{path.name}" if path.name.startswith("seed-") else path.name  # a comparison's run
-    lines = [f"# Run report: {name}", ""]
+    if run.metrics is None:
+        lines = [
+            f"# Barrier analysis report: {name}",
+            "",
+            "This folder holds barrier tables alone (no config.toml, no metrics.parquet), as fedlayer's "
+            "analysis wrapper writes them inside a Flower app of your own: the report shows the barriers.",
+            "",
+        ]
+    else:
+        lines = [f"# Run report: {name}", ""]
     if run.config is not None:
         lines += [describe_run(run.config), ""]
-    lines += _metrics_section(run.metrics)
+    if run.metrics is not None:
+        lines += _metrics_section(run.metrics)
     lines += _barrier_section(run.barriers, run.config)
     if run.choices is not None and not run.choices.empty:
         lines += _choices_section(run.choices)
@@ -171,7 +203,7 @@ def _barrier_section(barriers: pd.DataFrame | None, config: Config | None) -> li
     ]
     lines += [
         f"Midpoint barrier B_mid = L(θ(½)) − ½(L_A + L_B) of each single layer (and of the full model) "
-        f"between client models, {pairs_note(barriers)}; "
+        f"between client models, {pairs_note(averaging_rows(barriers))}; "
         f"analysed rounds {', '.join(map(str, grid.columns))}.",
         "",
         markdown_table(
@@ -230,20 +262,45 @@ def _partitions_section(parts: Partitions) -> list[str]:
 # -- comparison report ------------------------------------------------------------------------------
 def comparison_report(compare_dir: Path, figures: Sequence[Path], out: Path) -> str:
     comparison = read_comparison(compare_dir)
-    headers, rows, best = summary_cells(summary_table(comparison))
-    cells = [[f"**{cell}**" if (i, j) in best else cell for j, cell in enumerate(row)] for i, row in enumerate(rows)]
+    settings = read_compare_settings(compare_dir, comparison)
+    summary = summarise(comparison, settings.reference, settings.target_accuracy)
+    headers, rows, best = summary_cells(summary)
+    cells = [
+        [f"**{_plain(cell)}**" if (i, j) in best else _plain(cell) for j, cell in enumerate(row)]
+        for i, row in enumerate(rows)
+    ]
     lines = [
         f"# Comparison report: {compare_dir.resolve().name}",
         "",
         "## Summary",
         "",
-        "Final round, mean ± std over seeds (a run's barriers: its last analysed round). Bold: the best "
-        "value of each column (highest accuracy, lowest barrier). Barriers are midpoint loss barriers "
-        "between client models.",
+        f"{_plain(summary_title(summary))}.",
         "",
         markdown_table(headers, cells),
         "",
+        *(line for note in summary_notes(summary) for line in (_plain(note), "")),
     ]
+    headers, rows = difference_cells(summary)
+    if rows and summary.seeds > 1:
+        lines += [
+            f"## Paired differences to {summary.reference}",
+            "",
+            f"Final round, strategy − {summary.reference} seed by seed: the mean difference, its 95 % confidence "
+            "interval and the paired t-test (t with n − 1 degrees of freedom, two-sided p; "
+            f"{_plain(SIGNIFICANT_MARK)}: p < 0.05).",
+            "",
+            markdown_table(headers, [[_plain(cell) for cell in row] for row in rows], left=2),
+            "",
+        ]
+    if (compare_dir / CLIENTS).is_file():
+        lines += [
+            "## Clients",
+            "",
+            f"[{CLIENTS}]({_link(compare_dir / CLIENTS, out)}) has one row per strategy, seed, round and client: "
+            "the client's personalised accuracy and loss on its local test split, its training examples and "
+            "its label distribution (classes present, majority class and its share).",
+            "",
+        ]
     lines += _figures(figures, out)
     lines += ["## Runs", ""]
     for strategy, seed, run in comparison_runs(compare_dir, comparison):

@@ -14,13 +14,23 @@ Layout of a run directory:
     state.json           the last committed round (written last: the commit of a round)
     plots/               PNG figures
 
-A comparison directory holds comparison.parquet (one row per strategy, seed and round) and one run
-directory per (strategy, seed) at runs/<strategy>/seed-<seed>/. Everything that draws or reports on
-results reads them through `read_run` and `read_comparison`.
+A comparison directory holds comparison.parquet (one row per strategy, seed and round), clients.parquet
+(one row per strategy, seed, round and client), config.toml (the config it ran from, its [compare] section
+as resolved) and one run directory per (strategy, seed) at runs/<folder>/seed-<seed>/, where <folder> is
+the strategy's name made safe for any file system (`run_folder_name`: first:2 -> first_2).
+
+An analysis folder holds barriers.parquet and/or curves.parquet alone (no config.toml, no metrics.parquet):
+what fedlayer's barrier-analysis strategy wrapper writes inside a Flower app of one's own. Its figures and
+report show the barriers only.
+
+Everything that draws or reports on results reads them through `read_run`, `read_comparison`,
+`read_clients` and `read_compare_settings`.
 """
 
 from __future__ import annotations
 
+import hashlib
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,13 +38,18 @@ from pathlib import Path
 import pandas as pd
 
 from fedlayer.atomic import atomic_target, write_bytes
-from fedlayer.config import Config, load_config
+from fedlayer.config import CompareConfig, Config, load_config
 from fedlayer.errors import DataError, FedlayerError
 
 TABLES = ("metrics", "barriers", "curves", "choices")
 RUN_MARKER = "metrics.parquet"
+ANALYSIS_TABLES = ("barriers", "curves")
+ANALYSIS_COLUMNS = ("round", "client_a", "client_b")
 COMPARISON = "comparison.parquet"
 COMPARISON_REQUIRED = ("strategy", "seed", "round", "global_accuracy", "personal_accuracy_mean")
+CLIENTS = "clients.parquet"
+MAX_FOLDER_NAME = 64
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
 def write_parquet(frame: pd.DataFrame, path: str | Path) -> Path:
@@ -189,24 +204,70 @@ def describe_setting(config: Config | None) -> str:
     return f"{model.name}{norm} on {data.dataset} · {data.partition}{detail} · {config.federation.clients} clients"
 
 
+def check_analysis_tables(run: RunRecord) -> None:
+    """A folder's barrier tables must say which round and client pair each row is about, as a run's do.
+
+    Raises
+    ------
+    DataError
+        If barriers.parquet or curves.parquet lacks one of `ANALYSIS_COLUMNS` (e.g. the tables of
+        `fedlayer barrier`, which compares two checkpoints and draws its own figures).
+    """
+    for name in ANALYSIS_TABLES:
+        table = getattr(run, name)
+        missing = [c for c in ANALYSIS_COLUMNS if table is not None and c not in table.columns]
+        if missing:
+            raise DataError(
+                f"{table_path(run.path, name)} lacks the columns {', '.join(missing)}; figures and reports "
+                f"of a run or analysis folder need {', '.join(ANALYSIS_COLUMNS)} (the tables of "
+                "`fedlayer barrier` have none: that command draws their figures itself)"
+            )
+
+
 # -- reading comparisons ---------------------------------------------------------------------------
 def directory_kind(path: str | Path) -> str:
-    """'run' (holds metrics.parquet) or 'comparison' (holds comparison.parquet); anything else is a DataError."""
+    """What a folder holds: 'comparison' (comparison.parquet), 'run' (metrics.parquet) or 'analysis'
+    (barriers.parquet or curves.parquet alone); anything else is a DataError."""
     path = Path(path)
     if (path / COMPARISON).is_file():
         return "comparison"
     if (path / RUN_MARKER).is_file():
         return "run"
+    if any(table_path(path, name).is_file() for name in ANALYSIS_TABLES):
+        return "analysis"
     what = "a directory" if path.is_dir() else "a path that does not exist" if not path.exists() else "a file"
     raise DataError(
-        f"{str(path)!r} is {what}, not a run directory (with {RUN_MARKER}) "
-        f"or a comparison directory (with {COMPARISON})"
+        f"{str(path)!r} is {what}, not a run directory (with {RUN_MARKER}), a comparison directory "
+        f"(with {COMPARISON}) or an analysis folder (with {' or '.join(f'{n}.parquet' for n in ANALYSIS_TABLES)})"
     )
 
 
+def run_folder_name(strategy: str) -> str:
+    """The folder of a strategy's runs in a comparison: its name where that is safe on every file system
+    (letters, digits, '.', '_', '-': fedavg, lg-fedavg), else each run of other characters replaced by '_'
+    (first:2 -> first_2, re:^(conv1|fc2)$ -> re_conv1_fc2_). A leading '.' becomes '_' (no hidden
+    folders), and a name longer than MAX_FOLDER_NAME is cut and ends with a hash of the full name.
+    The tables keep the strategy's real name; `fedlayer.compare` refuses two strategies of one folder."""
+    name = _UNSAFE.sub("_", str(strategy))
+    name = "_" + name[1:] if name.startswith(".") else name
+    if len(name) > MAX_FOLDER_NAME:
+        digest = hashlib.sha256(str(strategy).encode()).hexdigest()[:8]
+        name = f"{name[: MAX_FOLDER_NAME - 9]}-{digest}"
+    return name
+
+
 def run_path(compare_dir: str | Path, strategy: str, seed: int) -> Path:
-    """The run directory of one (strategy, seed) of a comparison."""
-    return Path(compare_dir) / "runs" / str(strategy) / f"seed-{seed}"
+    """The run directory of one (strategy, seed) of a comparison: runs/<run_folder_name>/seed-<seed>."""
+    return Path(compare_dir) / "runs" / run_folder_name(strategy) / f"seed-{seed}"
+
+
+def find_run(compare_dir: str | Path, strategy: str, seed: int) -> Path | None:
+    """The run directory of one (strategy, seed) if it holds a run: at `run_path`, or where comparisons
+    made before folder names were made safe put it (runs/<strategy>/seed-<seed>); else None."""
+    for path in (run_path(compare_dir, strategy, seed), Path(compare_dir) / "runs" / str(strategy) / f"seed-{seed}"):
+        if (path / RUN_MARKER).is_file():
+            return path
+    return None
 
 
 def read_comparison(compare_dir: str | Path) -> pd.DataFrame:
@@ -224,5 +285,24 @@ def read_comparison(compare_dir: str | Path) -> pd.DataFrame:
 def comparison_runs(compare_dir: str | Path, comparison: pd.DataFrame) -> list[tuple[str, int, Path]]:
     """(strategy, seed, run directory) for each run of the comparison whose directory holds a run."""
     pairs = comparison[["strategy", "seed"]].drop_duplicates().itertuples(index=False)
-    found = [(s, int(seed), run_path(compare_dir, s, seed)) for s, seed in pairs]
-    return [(s, seed, path) for s, seed, path in found if (path / RUN_MARKER).is_file()]
+    found = [(s, int(seed), find_run(compare_dir, s, int(seed))) for s, seed in pairs]
+    return [(s, seed, path) for s, seed, path in found if path is not None]
+
+
+def read_clients(compare_dir: str | Path) -> pd.DataFrame | None:
+    """clients.parquet of a comparison (one row per strategy, seed, round and client), or None when the
+    comparison has none (made before fedlayer wrote it)."""
+    return read_optional(Path(compare_dir) / CLIENTS)
+
+
+def read_compare_settings(compare_dir: str | Path, comparison: pd.DataFrame) -> CompareConfig:
+    """The [compare] section a comparison ran with, from its config.toml; for a comparison without one
+    (made before fedlayer wrote it), its strategies and seeds as the table has them, the reference
+    'fedavg' when it is one of them (else the first strategy) and the default target."""
+    config = read_config(compare_dir)
+    if config is not None:
+        return config.compare
+    strategies = list(dict.fromkeys(comparison["strategy"]))
+    reference = "fedavg" if "fedavg" in strategies else strategies[0]
+    seeds = sorted(int(seed) for seed in comparison["seed"].unique())
+    return CompareConfig(strategies=strategies, seeds=seeds, reference=reference)

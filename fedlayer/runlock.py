@@ -1,11 +1,11 @@
-"""One run per folder: a run directory is claimed by one live process, and an old run is never silently overwritten.
+"""One run per folder: a run directory is claimed by one live process; an old run is never silently overwritten.
 
 `claim(path, ...)` checks, before any training, that the folder can be written, that no live
 process is writing it (the lock file `run.lock` names the process; a lock left by a dead process is
 taken over, with a note) and, for a new run, that it holds no earlier run (a committed round,
 `state.json`, or a finished comparison, `comparison.parquet`) unless `overwrite` clears it first. A
-run that stopped before committing anything left nothing to lose: a new run may take its folder. The lock is released when the run ends, however
-it ends.
+run that stopped before committing anything left nothing to lose: a new run may take its folder.
+The lock is released when the run ends, however it ends.
 """
 
 from __future__ import annotations
@@ -96,9 +96,11 @@ def claim(
     earlier = [name for name in RUN_MARKERS if (folder / name).exists()]
     if earlier and not resume:
         if not overwrite:
+            what, resumable = ("a run", True) if "state.json" in earlier else ("a comparison", False)
+            continue_it = f"continue it with `fedlayer run --resume {folder}`, " if resumable else ""
             raise RunError(
-                f"{folder} already holds a run ({', '.join(earlier)}); continue it with "
-                f"`fedlayer run --resume {folder}`, give another --out, or pass --overwrite to replace it"
+                f"{folder} already holds {what} ({', '.join(earlier)}); {continue_it}give another --out, "
+                "or pass --overwrite to replace it"
             )
         _clear(folder, keep=lock)
         if note is not None:

@@ -31,11 +31,11 @@ from torch import nn
 from fedlayer.analysis import EvalInput, pairwise_curves, resolve_groups
 from fedlayer.errors import ConfigError
 from fedlayer.layers import model_layers
+from fedlayer.protocol import AGGREGATE_LABEL
 from fedlayer.results import write_parquet
 from strategies.sampling import client_label, split_replies
 from strategies.wrapper import StrategyWrapper
 
-AGGREGATE = "aggregate"  # the client_b of the rows that compare a client with the new aggregate
 Engine = Callable[..., tuple[pd.DataFrame, pd.DataFrame]]  # `fedlayer.analysis.pairwise_curves`
 OnRound = Callable[[int, pd.DataFrame, pd.DataFrame], None]
 
@@ -169,8 +169,8 @@ class BarrierAnalysis(StrategyWrapper):
         arrays, metrics = super().aggregate_train(server_round, replies)
         if self.vs_aggregate and arrays is not None and states:
             started = time.perf_counter()
-            states[AGGREGATE] = arrays.to_torch_state_dict()
-            tables.append(self._measure(server_round, states, [(client, AGGREGATE) for client in sent], received))
+            states[AGGREGATE_LABEL] = arrays.to_torch_state_dict()
+            tables.append(self._measure(server_round, states, [(client, AGGREGATE_LABEL) for client in sent], received))
             seconds += time.perf_counter() - started
         if tables:
             self._publish(

@@ -1,5 +1,6 @@
 """Figures and reports drawn from stored tables alone: a synthetic run directory (3 rounds, 3 clients,
-4 layers) and a comparison directory (2 strategies x 2 seeds, each with its run directory)."""
+4 layers), an analysis folder (its barrier tables alone) and a comparison directory (2 strategies x
+2 seeds, each with its run directory, and clients.parquet)."""
 
 from __future__ import annotations
 
@@ -16,9 +17,17 @@ import pytest
 from pngs import is_figure
 from rich.console import Console
 
-from fedlayer.analysis.summary import FULL_ROW, barrier_grid, layer_order, summary_table
+from fedlayer.analysis.summary import (
+    FULL_ROW,
+    barrier_grid,
+    layer_order,
+    summarise,
+    summary_table,
+    worst_clients_mean,
+)
 from fedlayer.cli import main
 from fedlayer.commands.compare import print_summary
+from fedlayer.compare import clients_table
 from fedlayer.config import load_config
 from fedlayer.data.partition import ClientPartition, Partitions
 from fedlayer.errors import DataError, FedlayerError
@@ -26,13 +35,15 @@ from fedlayer.plots.compare import accuracy_figure, comparison_setting, plot_com
 from fedlayer.plots.directions import directions_figure
 from fedlayer.plots.runs import plot_run
 from fedlayer.report import write_report
-from fedlayer.results import describe_run, read_run, write_parquet
+from fedlayer.results import describe_run, directory_kind, read_run, write_parquet
 
 LAYERS = ["conv1", "conv2", "fc1", "fc2"]
 CLIENTS = ["0", "1", "2"]
 ROUNDS = 3
 ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0)
 RUN_PLOTS = {"accuracy.png", "barrier_heatmap.png", "barrier_curves.png", "groups.png", "directions.png"}
+ANALYSIS_PLOTS = RUN_PLOTS - {"accuracy.png"}
+COMPARISON_PLOTS = ["accuracy.png", "barrier_heatmaps.png", "final.png", "clients.png"]
 
 
 def _metrics(rng, shift: float = 0.0) -> pd.DataFrame:
@@ -207,6 +218,7 @@ def make_comparison(path):
                     "global_loss": glob["loss"],
                     "personal_accuracy_mean": local.mean(),
                     "personal_accuracy_std": local.std(),
+                    "personal_accuracy_worst10": worst_clients_mean(local),
                     "full_barrier_mean": here.loc[here["kind"] == "full", "loss_barrier_mid"].mean(),
                     "layer_barrier_mean": here.loc[here["kind"] == "layer", "loss_barrier_mid"].mean(),
                 }
@@ -214,6 +226,7 @@ def make_comparison(path):
     table = pd.DataFrame(rows)
     write_parquet(table, path / "comparison.parquet")
     table.to_csv(path / "comparison.csv", index=False)
+    write_parquet(clients_table(path, ["fedavg", "fedper"], [0, 1]), path / "clients.parquet")
     return path
 
 
@@ -236,16 +249,62 @@ def test_read_run_gives_the_typed_config_and_each_table(run_dir):
     assert run.partitions == run_dir / "partitions.json"
 
 
-def test_read_run_of_a_barrier_folder_has_no_config_and_is_not_plotted_as_a_run(run_dir, tmp_path):
-    folder = tmp_path / "barrier"  # what `fedlayer barrier` writes: curves and barriers only
-    folder.mkdir()
+def _analysis_folder(run_dir, path):
+    """What the barrier-analysis wrapper writes inside a Flower app of one's own: the two barrier tables alone."""
+    path.mkdir()
     for name in ("curves", "barriers"):
-        (folder / f"{name}.parquet").write_bytes((run_dir / f"{name}.parquet").read_bytes())
+        (path / f"{name}.parquet").write_bytes((run_dir / f"{name}.parquet").read_bytes())
+    return path
+
+
+def test_read_run_of_an_analysis_folder_has_no_config_and_no_metrics(run_dir, tmp_path):
+    folder = _analysis_folder(run_dir, tmp_path / "analysis")
     run = read_run(folder)
     assert run.config is None and run.metrics is None and run.partitions is None
     assert describe_run(run.config) == "" and not run.curves.empty
-    with pytest.raises(DataError, match="it has no metrics.parquet"):
+    assert directory_kind(folder) == "analysis"
+
+
+def test_plot_and_report_of_an_analysis_folder_draw_and_summarise_its_barriers(run_dir, tmp_path, capsys):
+    folder = _analysis_folder(run_dir, tmp_path / "analysis")
+    assert main(["plot", str(folder)]) == 0
+    printed = capsys.readouterr().out.split()
+    assert {p.rsplit("/", 1)[1] for p in printed} == ANALYSIS_PLOTS
+    assert all(is_figure(folder / "plots" / name) for name in ANALYSIS_PLOTS)
+    assert main(["report", str(folder)]) == 0
+    text = (folder / "report.md").read_text()
+    assert text.startswith("# Barrier analysis report: analysis")
+    assert "## Layer-wise barriers" in text and "| conv2 |" in text and f"| {FULL_ROW} |" in text
+    assert "## Final metrics" not in text and "```toml" not in text
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
+    assert {link.rsplit("/", 1)[1] for link in links} == ANALYSIS_PLOTS
+    assert all((folder / link).is_file() for link in links)
+
+
+def test_analysis_figures_leave_out_rows_against_the_aggregate(run_dir, tmp_path):
+    folder = _analysis_folder(run_dir, tmp_path / "analysis")
+    barriers = pd.read_parquet(folder / "barriers.parquet")
+    against = barriers.assign(client_b="aggregate", loss_barrier_mid=barriers["loss_barrier_mid"] + 100.0)
+    write_parquet(pd.concat([barriers, against], ignore_index=True), folder / "barriers.parquet")
+    pd.testing.assert_frame_equal(barrier_grid(pd.read_parquet(folder / "barriers.parquet")), barrier_grid(barriers))
+    assert "mean over 3 client pairs" in write_report(folder).read_text()
+
+
+def test_barrier_tables_without_rounds_or_clients_are_refused_with_a_data_error(run_dir, tmp_path, capsys):
+    folder = tmp_path / "pair"  # what `fedlayer barrier` writes: two checkpoints, no round or clients
+    folder.mkdir()
+    for name in ("curves", "barriers"):
+        table = pd.read_parquet(run_dir / f"{name}.parquet").drop(columns=["round", "client_a", "client_b"])
+        write_parquet(table, folder / f"{name}.parquet")
+    with pytest.raises(DataError, match="lacks the columns round, client_a, client_b"):
         plot_run(folder)
+    assert main(["report", str(folder)]) == 2
+    assert "fedlayer barrier" in capsys.readouterr().err
+
+
+def test_an_empty_folder_is_not_plotted_as_a_run(tmp_path):
+    with pytest.raises(DataError, match="none of metrics.parquet, barriers.parquet, curves.parquet"):
+        plot_run(tmp_path)
 
 
 def test_unreadable_run_directory_or_config_is_a_data_error_naming_it(run_dir, tmp_path):
@@ -316,15 +375,17 @@ def test_plot_command_redraws_a_run_from_stored_tables(run_dir, capsys):
 def test_plot_command_on_a_comparison_draws_it_and_its_runs(compare_dir, capsys):
     assert main(["plot", str(compare_dir)]) == 0
     printed = capsys.readouterr().out
-    for name in ("accuracy.png", "barrier_heatmaps.png", "final.png"):
+    for name in COMPARISON_PLOTS:
         assert is_figure(compare_dir / "plots" / name) and str(compare_dir / "plots" / name) in printed
     assert is_figure(compare_dir / "runs" / "fedper" / "seed-1" / "plots" / "barrier_heatmap.png")
 
 
-def test_plot_comparison_writes_its_three_figures(compare_dir):
+def test_plot_comparison_writes_its_four_figures(compare_dir):
     paths = plot_comparison(compare_dir)
-    assert [p.name for p in paths] == ["accuracy.png", "barrier_heatmaps.png", "final.png"]
+    assert [p.name for p in paths] == COMPARISON_PLOTS
     assert all(is_figure(p) for p in paths)
+    (compare_dir / "clients.parquet").unlink()  # a comparison made before clients.parquet: no clients figure
+    assert [p.name for p in plot_comparison(compare_dir)] == COMPARISON_PLOTS[:3]
 
 
 def test_comparison_figures_name_the_setting_the_strategies_share(compare_dir, tmp_path):
@@ -350,7 +411,7 @@ def test_directory_that_is_neither_run_nor_comparison_exits_2(tmp_path, capsys):
     (tmp_path / "notes.txt").write_text("nothing here")
     assert main(["plot", str(tmp_path)]) == 2
     err = capsys.readouterr().err
-    assert "metrics.parquet" in err and "comparison.parquet" in err
+    assert "metrics.parquet" in err and "comparison.parquet" in err and "barriers.parquet" in err
     assert main(["report", str(tmp_path / "missing")]) == 2
     with pytest.raises(FedlayerError, match="comparison.parquet"):
         write_report(tmp_path)
@@ -376,12 +437,13 @@ def test_summary_table_has_final_round_mean_and_std_per_strategy(compare_dir):
 
 
 def test_print_summary_bolds_the_best_strategy(compare_dir):
-    console = Console(record=True, width=160, file=io.StringIO(), force_terminal=True)
-    print_summary(summary_table(pd.read_parquet(compare_dir / "comparison.parquet")), console)
+    console = Console(record=True, width=200, file=io.StringIO(), force_terminal=True)
+    print_summary(summarise(pd.read_parquet(compare_dir / "comparison.parquet"), "fedavg"), console)
     styled = console.export_text(styles=True)
-    assert "fedavg" in styled and "±" in styled
-    assert re.search(r"\x1b\[1m75\.0 ± 0\.0", styled)  # fedper has the best global accuracy
+    assert "differs from the reference fedavg" in styled and "±" in styled
+    assert re.search(r"\x1b\[1m75\.0 ± 0\.0 \*", styled)  # fedper: the best global accuracy, 5 points up each seed
     assert not re.search(r"\x1b\[1m70\.0", styled)
+    assert "Paired differences to fedavg" in styled and "95 % confidence interval" in styled
 
 
 def test_run_report_has_config_tables_and_existing_images(run_dir):
@@ -408,10 +470,29 @@ def test_report_elsewhere_links_relative_to_the_report(run_dir, tmp_path):
 def test_comparison_report_has_summary_plots_and_run_links(compare_dir):
     text = write_report(compare_dir).read_text()
     assert "| strategy |" in text and "fedper" in text and "±" in text
+    assert "## Paired differences to fedavg" in text and "95 % confidence interval" in text
+    assert "| fedper | global accuracy (%) | +5.0 pp |" in text
+    assert "## Clients" in text
     targets = re.findall(r"\]\(([^)]+)\)", text)
-    assert "plots/final.png" in targets
+    assert {"plots/final.png", "plots/clients.png", "clients.parquet"} <= set(targets)
     assert "runs/fedavg/seed-1/report.md" in targets
     assert all((compare_dir / t).exists() for t in targets)
+
+
+def test_comparison_report_takes_the_reference_from_the_comparisons_config(compare_dir):
+    config = load_config(None, ["compare.strategies=fedavg,fedper", "compare.reference=fedper"])
+    (compare_dir / "config.toml").write_text(config.to_toml())
+    text = write_report(compare_dir).read_text()
+    assert "differs from the reference fedper" in text and "## Paired differences to fedper" in text
+    assert "| fedavg | global accuracy (%) | -5.0 pp |" in text
+
+
+def test_report_of_a_one_seed_comparison_says_no_interval_can_be_given(compare_dir):
+    comparison = pd.read_parquet(compare_dir / "comparison.parquet")
+    write_parquet(comparison[comparison["seed"] == 0], compare_dir / "comparison.parquet")
+    text = write_report(compare_dir).read_text()
+    assert "One seed: no confidence interval and no paired test can be given" in text
+    assert "±" not in text.split("## Figures")[0] and "Paired differences" not in text
 
 
 def test_run_report_without_analysis_says_so(tmp_path):

@@ -1,8 +1,10 @@
 """Summaries of stored result tables for figures, reports and the terminal: pandas in, pandas (or text) out.
 
 Barrier tables become layer x round grids and per-layer summaries, a barrier-aware strategy's
-choices become per-layer counts, and a comparison table becomes the per-strategy summary over seeds.
-Nothing here draws or reads files, so figures and reports show the same numbers.
+choices become per-layer counts, and a comparison table becomes the per-strategy summary over seeds:
+the mean with its 95 % Student-t confidence interval, and each strategy's paired difference to a
+reference strategy with a paired t-test. A run's metrics and partitions become its per-client rows.
+Nothing here draws or reads files, so the terminal, figures and reports show the same numbers.
 """
 
 from __future__ import annotations
@@ -13,6 +15,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from scipy import stats
+
+from fedlayer.errors import ConfigError
+from fedlayer.protocol import AGGREGATE_LABEL, client_order
 
 FULL_ROW = "full model"
 
@@ -24,10 +30,13 @@ def layer_order(barriers: pd.DataFrame) -> list[str]:
 
 
 def averaging_rows(table: pd.DataFrame) -> pd.DataFrame:
-    """Rows on the averaging direction (random-direction baselines left out) of a barrier or curves table."""
-    if "direction" not in table.columns:
-        return table
-    return table[table["direction"] == -1]
+    """Rows between two client models on the averaging direction of a barrier or curves table: random-direction
+    baselines and rows against the aggregate (client_b = AGGREGATE_LABEL) left out."""
+    if "direction" in table.columns:
+        table = table[table["direction"] == -1]
+    if "client_b" in table.columns:
+        table = table[table["client_b"].astype(str) != AGGREGATE_LABEL]
+    return table
 
 
 def barrier_grid(barriers: pd.DataFrame, metric: str = "loss_barrier_mid") -> pd.DataFrame:
@@ -100,10 +109,177 @@ def choices_summary(choices: pd.DataFrame) -> pd.DataFrame:
     )
 
 
+# -- statistics over seeds ------------------------------------------------------------------------------
+CONFIDENCE = 0.95
+SIGNIFICANCE = 0.05
+CONSTANT_TOLERANCE = 1e-9  # differences whose spread is below this share of their size count as constant
+
+
+def mean_ci(values: Sequence[float] | np.ndarray | pd.Series) -> tuple[float, float]:
+    """The mean of the finite `values` and the half-width of its 95 % confidence interval.
+
+    Parameters
+    ----------
+    values : sequence of float
+        One value per seed; NaN values (not measured) are left out.
+
+    Returns
+    -------
+    tuple of float
+        (mean, half-width) with half-width = t(0.975, n − 1) · s / √n (Student t, s the sample standard
+        deviation); the half-width is NaN for fewer than two values, the mean NaN for none.
+    """
+    x = np.asarray(values, dtype=float)
+    x = x[np.isfinite(x)]
+    if len(x) == 0:
+        return math.nan, math.nan
+    if len(x) < 2:
+        return float(x.mean()), math.nan
+    quantile = float(stats.t.ppf(0.5 + CONFIDENCE / 2, len(x) - 1))
+    return float(x.mean()), quantile * float(x.std(ddof=1)) / math.sqrt(len(x))
+
+
+@dataclass(frozen=True)
+class PairedTest:
+    """A paired t-test of d = values − reference over the seeds both have.
+
+    Attributes
+    ----------
+    n : int
+        Seeds with a finite value on both sides.
+    difference, ci : float
+        Mean of d and the half-width of its 95 % confidence interval (NaN for n < 2).
+    t, p : float
+        t = mean(d) / (s_d / √n) with n − 1 degrees of freedom, and its two-sided p-value; NaN for n < 2
+        or when every d is 0; ±inf and 0 when d is the same non-zero number for every seed (up to
+        rounding: a spread below CONSTANT_TOLERANCE of the largest |d|).
+    """
+
+    n: int
+    difference: float
+    ci: float
+    t: float
+    p: float
+
+    @property
+    def significant(self) -> bool:
+        """Whether p < 0.05 (never for a NaN p)."""
+        return bool(self.p < SIGNIFICANCE)
+
+
+def paired_t_test(values: Sequence[float] | np.ndarray, reference: Sequence[float] | np.ndarray) -> PairedTest:
+    """The paired t-test of `values` against `reference`, seed by seed (position i of both is seed i).
+
+    Parameters
+    ----------
+    values, reference : sequence of float
+        One value per seed, in the same seed order; pairs with a NaN on either side are left out.
+
+    Returns
+    -------
+    PairedTest
+    """
+    a, b = np.asarray(values, dtype=float), np.asarray(reference, dtype=float)
+    d = (a - b)[np.isfinite(a) & np.isfinite(b)]
+    difference, ci = mean_ci(d)
+    n = len(d)
+    if n < 2:
+        return PairedTest(n, difference, ci, math.nan, math.nan)
+    sd = float(d.std(ddof=1))
+    if sd <= CONSTANT_TOLERANCE * float(np.abs(d).max()):  # the same difference for every seed, up to rounding
+        if difference == 0.0:
+            return PairedTest(n, difference, ci, math.nan, math.nan)
+        return PairedTest(n, difference, ci, math.copysign(math.inf, difference), 0.0)
+    t = difference / (sd / math.sqrt(n))
+    return PairedTest(n, difference, ci, t, float(2 * stats.t.sf(abs(t), n - 1)))
+
+
+# -- per-client results ------------------------------------------------------------------------------------
+WORST_FRACTION = 0.1
+
+
+def worst_clients_mean(accuracies: Sequence[float] | np.ndarray | pd.Series, fraction: float = WORST_FRACTION) -> float:
+    """The mean of the lowest ⌈fraction · n⌉ of the finite `accuracies` (at least one): with the default,
+    the mean accuracy of the worst 10 % of clients (the lowest decile). NaN when there is none."""
+    x = np.sort(np.asarray(accuracies, dtype=float))
+    x = x[np.isfinite(x)]
+    if len(x) == 0:
+        return math.nan
+    return float(x[: max(1, math.ceil(fraction * len(x) - 1e-9))].mean())
+
+
+def client_profiles(train_counts: pd.DataFrame) -> pd.DataFrame:
+    """Per client (a string id, as in metrics.parquet): its training examples and label distribution.
+
+    Parameters
+    ----------
+    train_counts : DataFrame
+        Clients x classes training sample counts (`Partitions.class_counts(split="train")`).
+
+    Returns
+    -------
+    DataFrame
+        client, train_examples, classes (classes present), majority_class and majority_share (the
+        fraction of its training examples in its largest class).
+    """
+    totals = train_counts.sum(axis=1)
+    return pd.DataFrame(
+        {
+            "client": train_counts.index.astype(str),
+            "train_examples": totals.to_numpy(dtype=np.int64),
+            "classes": (train_counts > 0).sum(axis=1).to_numpy(dtype=np.int64),
+            "majority_class": train_counts.idxmax(axis=1).to_numpy(dtype=np.int64),
+            "majority_share": (train_counts.max(axis=1) / totals.where(totals > 0)).to_numpy(dtype=float),
+        }
+    )
+
+
+def client_rows(metrics: pd.DataFrame, train_counts: pd.DataFrame | None) -> pd.DataFrame:
+    """Per round and client with a result: the personalised model's accuracy and loss on its local test
+    split, joined with the client's profile (`client_profiles`; NaN columns without `train_counts`).
+
+    Parameters
+    ----------
+    metrics : DataFrame
+        A run's metrics.parquet; its "local-test" rows with a finite accuracy are used.
+    train_counts : DataFrame or None
+        The run's clients x classes training counts, None when it has no partitions.json.
+
+    Returns
+    -------
+    DataFrame
+        round, client, train_examples, classes, majority_class, majority_share, accuracy, loss and
+        test_examples, sorted by round and client.
+    """
+    local = metrics[(metrics["split"] == "local-test") & metrics["accuracy"].notna()]
+    rows = local[["round", "client", "accuracy", "loss", "num_examples"]].rename(
+        columns={"num_examples": "test_examples"}
+    )
+    rows = rows.assign(client=rows["client"].astype(str))
+    if train_counts is not None:
+        rows = rows.merge(client_profiles(train_counts), on="client", how="left")
+    else:
+        rows = rows.assign(train_examples=math.nan, classes=math.nan, majority_class=math.nan, majority_share=math.nan)
+    rows = rows.sort_values(
+        ["round", "client"], key=lambda c: c.map(lambda v: tuple(client_order(v))) if c.name == "client" else c
+    )
+    columns = ["round", "client", "train_examples", "classes", "majority_class", "majority_share"]
+    return rows[[*columns, "accuracy", "loss", "test_examples"]].reset_index(drop=True)
+
+
+def final_client_rows(clients: pd.DataFrame) -> pd.DataFrame:
+    """The rows of each (strategy, seed)'s last round in a clients table (clients.parquet)."""
+    last = clients.groupby(["strategy", "seed"])["round"].transform("max")
+    return clients[clients["round"] == last]
+
+
 # -- comparison tables --------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Metric:
-    """A summary column: where it comes from, how it is shown, and which direction is best."""
+    """A summary column: where it comes from, how it is shown, and which direction is best.
+
+    `unit` is what a difference of two values is in (percentage points for accuracies).
+    """
 
     name: str
     column: str
@@ -111,13 +287,19 @@ class Metric:
     higher_is_better: bool
     scale: float
     digits: int
+    unit: str
 
 
+ROUNDS_TO_TARGET = "rounds_to_target"
+TARGET_SHARE = 0.9  # compare.target_accuracy = 0: this share of the best strategy's final accuracy
 SUMMARY_METRICS = (
-    Metric("global_accuracy", "global_accuracy", "global accuracy (%)", True, 100.0, 1),
-    Metric("personal_accuracy", "personal_accuracy_mean", "personalised accuracy (%)", True, 100.0, 1),
-    Metric("full_barrier", "full_barrier_mean", "full-model barrier", False, 1.0, 3),
-    Metric("layer_barrier", "layer_barrier_mean", "mean layer barrier", False, 1.0, 3),
+    Metric("global_accuracy", "global_accuracy", "global accuracy (%)", True, 100.0, 1, "pp"),
+    Metric("personal_accuracy", "personal_accuracy_mean", "personalised accuracy (%)", True, 100.0, 1, "pp"),
+    Metric("client_std", "personal_accuracy_std", "std over clients (pp)", False, 100.0, 1, "pp"),
+    Metric("worst_clients", "personal_accuracy_worst10", "worst 10 % of clients (%)", True, 100.0, 1, "pp"),
+    Metric(ROUNDS_TO_TARGET, "personal_accuracy_mean", "rounds to target", False, 1.0, 1, "rounds"),
+    Metric("full_barrier", "full_barrier_mean", "full-model barrier", False, 1.0, 3, "nats"),
+    Metric("layer_barrier", "layer_barrier_mean", "mean layer barrier", False, 1.0, 3, "nats"),
 )
 
 
@@ -126,46 +308,314 @@ def strategies(comparison: pd.DataFrame) -> list[str]:
     return list(dict.fromkeys(comparison["strategy"]))
 
 
-def summary_table(comparison: pd.DataFrame) -> pd.DataFrame:
-    """Per strategy: seeds, final round, and mean and std over seeds (ddof 1) of each SUMMARY_METRICS value.
+def check_reference(reference: str, names: Sequence[str]) -> None:
+    """The reference strategy must be one of the compared ones.
 
-    A run's value is its last measured one: the final round, or for barriers analysed every N rounds
-    the last analysed round.
+    Raises
+    ------
+    ConfigError
+        Naming the reference and the strategies.
+    """
+    if reference not in names:
+        raise ConfigError(
+            f"compare.reference {reference!r} is not among the compared strategies ({', '.join(names)}); "
+            "set compare.reference (or --reference) to one of them, or add it to the strategies"
+        )
+
+
+def _last(run: pd.DataFrame, column: str) -> float:
+    values = run[column].dropna() if column in run else pd.Series(dtype=float)
+    return float(values.iloc[-1]) if len(values) else math.nan
+
+
+def _first_round_reaching(run: pd.DataFrame, column: str, target: float) -> float:
+    if column not in run or not np.isfinite(target):
+        return math.nan
+    reached = run.loc[run[column] >= target, "round"]
+    return float(reached.min()) if len(reached) else math.nan
+
+
+def run_values(comparison: pd.DataFrame, target: float = math.nan) -> pd.DataFrame:
+    """One row per (strategy, seed): its final round and each SUMMARY_METRICS value.
+
+    A run's value is its last measured one (the final round, or for barriers analysed every N rounds the
+    last analysed round); its rounds to target is the first round whose mean personalised accuracy is at
+    least `target` (NaN when it never is).
     """
     finals = []
     for (strategy, seed), run in comparison.sort_values("round", kind="stable").groupby(["strategy", "seed"]):
-        record = {"strategy": strategy, "seed": seed, "round": int(run["round"].max())}
+        record = {"strategy": strategy, "seed": int(seed), "round": int(run["round"].max())}
         for metric in SUMMARY_METRICS:
-            values = run[metric.column].dropna() if metric.column in run else pd.Series(dtype=float)
-            record[metric.name] = float(values.iloc[-1]) if len(values) else math.nan
+            if metric.name == ROUNDS_TO_TARGET:
+                record[metric.name] = _first_round_reaching(run, metric.column, target)
+            else:
+                record[metric.name] = _last(run, metric.column)
         finals.append(record)
-    finals = pd.DataFrame(finals)
-    names = [m.name for m in SUMMARY_METRICS]
-    stats = finals.groupby("strategy")[names].agg(["mean", "std"])
-    stats.columns = [f"{name}_{stat}" for name, stat in stats.columns]
-    counts = finals.groupby("strategy").agg(seeds=("seed", "nunique"), round=("round", "max"))
-    table = counts.join(stats).reindex(strategies(comparison))
-    return table.reset_index(names="strategy")
+    return pd.DataFrame(finals)
 
 
-def summary_cells(table: pd.DataFrame) -> tuple[list[str], list[list[str]], set[tuple[int, int]]]:
-    """Headers, 'mean ± std' text cells, and the (row, column) cells holding each column's best mean
-    (highest accuracy, lowest barrier; ties all count): the one formatting shared by the terminal and
-    Markdown."""
-    headers = ["strategy", "seeds", "round", *(m.label for m in SUMMARY_METRICS)]
-    rows = [[str(s), str(n), str(r)] for s, n, r in zip(table["strategy"], table["seeds"], table["round"], strict=True)]
+def resolve_target(comparison: pd.DataFrame, target_accuracy: float = 0.0) -> float:
+    """The accuracy whose first round the summary reports: `target_accuracy` (compare.target_accuracy)
+    when positive, else TARGET_SHARE (90 %) of the best strategy's final mean personalised accuracy
+    (mean over seeds); NaN when no personalised accuracy was measured."""
+    if target_accuracy > 0:
+        return float(target_accuracy)
+    best = run_values(comparison).groupby("strategy")["personal_accuracy"].mean().max()
+    return float(TARGET_SHARE * best) if np.isfinite(best) else math.nan
+
+
+def summary_table(comparison: pd.DataFrame, target_accuracy: float = 0.0) -> pd.DataFrame:
+    """Per strategy (in run order): seeds, final round, and for each SUMMARY_METRICS value over seeds its
+    mean, std (ddof 1), 95 % confidence half-width `_ci` (NaN with one seed) and count `_n` of seeds
+    with a value (for rounds to target: the seeds that reached it).
+
+    Parameters
+    ----------
+    comparison : DataFrame
+        comparison.parquet.
+    target_accuracy : float, default 0.0
+        compare.target_accuracy (see `resolve_target`).
+    """
+    return _summary(run_values(comparison, resolve_target(comparison, target_accuracy)), strategies(comparison))
+
+
+def _summary(finals: pd.DataFrame, names: list[str]) -> pd.DataFrame:
+    records = []
+    for name in names:
+        runs = finals[finals["strategy"] == name]
+        record: dict[str, object] = {"strategy": name, "seeds": runs["seed"].nunique(), "round": runs["round"].max()}
+        for metric in SUMMARY_METRICS:
+            values = runs[metric.name]
+            record[f"{metric.name}_mean"], record[f"{metric.name}_ci"] = mean_ci(values)
+            record[f"{metric.name}_std"] = float(values.std()) if values.notna().sum() > 1 else math.nan
+            record[f"{metric.name}_n"] = int(values.notna().sum())
+        records.append(record)
+    return pd.DataFrame(records)
+
+
+def paired_differences(comparison: pd.DataFrame, reference: str, target_accuracy: float = 0.0) -> pd.DataFrame:
+    """Each other strategy against `reference`, seed by seed, for every SUMMARY_METRICS value.
+
+    Parameters
+    ----------
+    comparison : DataFrame
+        comparison.parquet.
+    reference : str
+        The strategy compared with (compare.reference); a ConfigError when it is not in the table.
+    target_accuracy : float, default 0.0
+        compare.target_accuracy (see `resolve_target`).
+
+    Returns
+    -------
+    DataFrame
+        One row per (strategy, metric) with a value on both sides for at least one seed: n, difference
+        (mean of strategy − reference, in the stored unit), ci (its 95 % half-width), t, p, significant.
+    """
+    finals = run_values(comparison, resolve_target(comparison, target_accuracy))
+    return _differences(finals, strategies(comparison), reference)
+
+
+def _differences(finals: pd.DataFrame, names: list[str], reference: str) -> pd.DataFrame:
+    check_reference(reference, names)
+    base = finals[finals["strategy"] == reference].set_index("seed")
+    rows = []
+    for name in names:
+        if name == reference:
+            continue
+        runs = finals[finals["strategy"] == name].set_index("seed")
+        seeds = runs.index.intersection(base.index)
+        for metric in SUMMARY_METRICS:
+            test = paired_t_test(runs.loc[seeds, metric.name], base.loc[seeds, metric.name])
+            if test.n:
+                rows.append(
+                    {"strategy": name, "metric": metric.name, "n": test.n, "difference": test.difference,
+                     "ci": test.ci, "t": test.t, "p": test.p, "significant": test.significant}
+                )  # fmt: skip
+    columns = ["strategy", "metric", "n", "difference", "ci", "t", "p", "significant"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+@dataclass(frozen=True)
+class ComparisonSummary:
+    """Everything the terminal and the report say about a comparison.
+
+    Attributes
+    ----------
+    table : DataFrame
+        `summary_table`: per strategy, each value's mean, std, confidence half-width and count over seeds.
+    differences : DataFrame
+        `paired_differences` against `reference`.
+    reference : str
+        The strategy the others are compared with.
+    target : float
+        The resolved target accuracy for rounds to target (NaN when there is none).
+    target_accuracy : float
+        compare.target_accuracy as given (0 = TARGET_SHARE of the best strategy's final accuracy).
+    """
+
+    table: pd.DataFrame
+    differences: pd.DataFrame
+    reference: str
+    target: float
+    target_accuracy: float
+
+    @property
+    def seeds(self) -> int:
+        """The most seeds any strategy ran."""
+        return int(self.table["seeds"].max())
+
+
+def summarise(comparison: pd.DataFrame, reference: str, target_accuracy: float = 0.0) -> ComparisonSummary:
+    """The summary over seeds and the paired differences to `reference` of a comparison table.
+
+    Parameters
+    ----------
+    comparison : DataFrame
+        comparison.parquet.
+    reference : str
+        compare.reference: one of the table's strategies (else a ConfigError naming both).
+    target_accuracy : float, default 0.0
+        compare.target_accuracy.
+    """
+    names = strategies(comparison)
+    check_reference(reference, names)
+    target = resolve_target(comparison, target_accuracy)
+    finals = run_values(comparison, target)
+    return ComparisonSummary(
+        _summary(finals, names), _differences(finals, names, reference), reference, target, target_accuracy
+    )
+
+
+# -- text shared by the terminal and Markdown ----------------------------------------------------------------
+SIGNIFICANT_MARK = "*"
+
+
+def _uniform(table: pd.DataFrame, column: str) -> int | None:
+    """The one value of `column` when every strategy has the same, else None."""
+    values = set(table[column])
+    return int(values.pop()) if len(values) == 1 else None
+
+
+def summary_title(summary: ComparisonSummary) -> str:
+    """What the summary table shows: the round and seeds (when every strategy has the same), the interval and
+    the marks."""
+    last, seeds = _uniform(summary.table, "round"), _uniform(summary.table, "seeds")
+    when = f"Round {last}" if last is not None else "Final round"
+    if summary.seeds < 2:
+        return f"{when}, one seed (bold: best)"
+    return (
+        f"{when}, mean ± 95 % confidence interval over {f'{seeds} ' if seeds is not None else ''}seeds (bold: best; "
+        f"{SIGNIFICANT_MARK}: differs from the reference {summary.reference}, paired t-test, p < {SIGNIFICANCE})"
+    )
+
+
+def summary_cells(summary: ComparisonSummary) -> tuple[list[str], list[list[str]], set[tuple[int, int]]]:
+    """Headers, text cells ('mean ± ci', a SIGNIFICANT_MARK where the paired difference to the reference is
+    significant) and the (row, column) cells holding each column's best mean (highest accuracy, lowest
+    spread, rounds and barrier; ties all count): the one formatting shared by the terminal and Markdown.
+
+    The seeds and round columns are there only when strategies differ in them (else `summary_title` says).
+    """
+    table = summary.table
+    target = f"{summary.target * 100:.1f}%" if np.isfinite(summary.target) else "target"  # one word: no wrap
+    labels = [f"rounds to {target}" if m.name == ROUNDS_TO_TARGET else m.label for m in SUMMARY_METRICS]
+    fixed = ["strategy", *(column for column in ("seeds", "round") if _uniform(table, column) is None)]
+    headers = [*fixed, *labels]
+    marked = summary.differences[summary.differences["significant"]]
+    significant = set(zip(marked["strategy"], marked["metric"], strict=True))
+    rows = [[str(record[column]) for column in fixed] for record in table.to_dict("records")]
     best = set()
-    for j, metric in enumerate(SUMMARY_METRICS, start=3):
-        means, stds = table[f"{metric.name}_mean"], table[f"{metric.name}_std"]
-        for row, mean, std in zip(rows, means, stds, strict=True):
-            row.append(mean_std(mean, std, metric.scale, metric.digits))
+    for j, metric in enumerate(SUMMARY_METRICS, start=len(fixed)):
+        means = table[f"{metric.name}_mean"]
+        for row, record in zip(rows, table.to_dict("records"), strict=True):
+            cell = _value_cell(metric, record)
+            if (record["strategy"], metric.name) in significant:
+                cell += f" {SIGNIFICANT_MARK}"
+            row.append(cell)
         if means.notna().any():
             top = means.max() if metric.higher_is_better else means.min()
             best |= {(i, j) for i, mean in enumerate(means) if np.isclose(mean, top)}
     return headers, rows, best
 
 
+def _value_cell(metric: Metric, record: dict) -> str:
+    mean, ci, n = (record[f"{metric.name}_{stat}"] for stat in ("mean", "ci", "n"))
+    seeds = record["seeds"]
+    if metric.name == ROUNDS_TO_TARGET and n < seeds:
+        return "not reached" if n == 0 else f"{mean:.{metric.digits}f} ({n} of {seeds} seeds)"
+    return mean_std(mean, ci, metric.scale, metric.digits)
+
+
+def difference_cells(summary: ComparisonSummary) -> tuple[list[str], list[list[str]]]:
+    """Headers and text cells of the paired differences to the reference: strategy, value, mean difference
+    (in percentage points for accuracies), its 95 % confidence interval, t, p (marked when p < 0.05) and
+    the seeds paired."""
+    metrics = {m.name: m for m in SUMMARY_METRICS}
+    headers = ["strategy", "value", f"difference to {summary.reference}", "95 % CI", "t", "p", "seeds"]
+    rows = []
+    for row in summary.differences.itertuples(index=False):
+        metric = metrics[row.metric]
+        label = "rounds to target" if metric.name == ROUNDS_TO_TARGET else metric.label
+        low, high = row.difference - row.ci, row.difference + row.ci
+        rows.append(
+            [
+                str(row.strategy),
+                label,
+                f"{_signed(row.difference, metric)} {metric.unit}",
+                f"[{_signed(low, metric)}, {_signed(high, metric)}]" if np.isfinite(row.ci) else "–",
+                f"{row.t:.2f}" if not math.isnan(row.t) else "–",  # ±inf: the same difference every seed
+                _p_value(row.p) + (f" {SIGNIFICANT_MARK}" if row.significant else ""),
+                str(row.n),
+            ]
+        )
+    return headers, rows
+
+
+def _p_value(p: float) -> str:
+    if not np.isfinite(p):
+        return "–"
+    return "< 0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def _signed(value: float, metric: Metric) -> str:
+    return f"{value * metric.scale:+.{metric.digits}f}" if np.isfinite(value) else "–"
+
+
+def summary_notes(summary: ComparisonSummary) -> list[str]:
+    """Sentences that say what the summary's numbers are (the same under the terminal table and in reports)."""
+    notes = []
+    if summary.seeds < 2:
+        notes.append(
+            "One seed: no confidence interval and no paired test can be given. Run two or more seeds "
+            "(compare.seeds in the config, or --seeds N) for them."
+        )
+    else:
+        notes.append(
+            "± is the half-width of the 95 % confidence interval of the mean over seeds (Student t, n − 1 "
+            f"degrees of freedom). {SIGNIFICANT_MARK}: the paired difference to {summary.reference} over seeds "
+            f"is significant at 5 % (paired t-test; the differences are listed below)."
+        )
+    notes.append(
+        "Personalised accuracy: each client's model on its own local test split, mean over clients; std over "
+        "clients and worst 10 % of clients (the mean accuracy of the lowest-scoring tenth, at least one "
+        "client) say how evenly it is shared."
+    )
+    if np.isfinite(summary.target):
+        why = (
+            "compare.target_accuracy"
+            if summary.target_accuracy > 0
+            else f"{TARGET_SHARE * 100:.0f} % of the best strategy's final mean personalised accuracy"
+        )
+        notes.append(
+            f"Rounds to {summary.target * 100:.1f} % ({why}): the first round whose mean personalised "
+            "accuracy reaches it."
+        )
+    notes.append("Barriers: midpoint loss barriers between client models (nats), in a run's last analysed round.")
+    return notes
+
+
 def mean_std(mean: float, std: float, scale: float = 1.0, digits: int = 3) -> str:
+    """'mean ± spread' scaled and rounded; the mean alone when the spread is NaN, '–' without a mean."""
     if not np.isfinite(mean):
         return "–"
     text = f"{mean * scale:.{digits}f}"

@@ -1,12 +1,14 @@
 """Figures (PNG) drawn from stored tables alone, one module per family of figures.
 
-    runs         plot_run / plot_directory: every figure a run (or a comparison and its runs) allows
+    runs         plot_run / plot_directory: every figure a run, an analysis folder (barrier tables
+                 alone), or a comparison and its runs allows
     accuracy     test accuracy per round of one run
     barriers     layer x round barrier heatmap, loss along the interpolation, per-layer barrier bars
     groups       barriers of cumulative layer groups and sliding windows
     choices      which layers barrier-aware averaging averaged each round
     directions   each layer moved towards the other model against random directions
     compare      a comparison's accuracy, side-by-side heatmaps and final accuracy
+    clients      the distribution of client accuracies per strategy in a comparison's final round
     partitions   the label distribution of a partition
     heatmaps     the heatmap drawing and colour scale shared by runs and comparisons
 

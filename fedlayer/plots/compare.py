@@ -1,8 +1,10 @@
-"""Figures of a comparison directory (strategies x seeds), read through `fedlayer.results.read_comparison`.
+"""Figures of a comparison directory (strategies x seeds), read through `fedlayer.results.read_comparison`
+and `read_clients`.
 
 accuracy.png (accuracy per round per strategy, a band over seeds), barrier_heatmaps.png (each
-strategy's layer x round heatmap side by side, from its runs' barriers.parquet) and final.png
-(final accuracy per strategy).
+strategy's layer x round heatmap side by side, from its runs' barriers.parquet), final.png (final
+accuracy per strategy, 95 % confidence intervals over seeds) and clients.png (every client's final
+personalised accuracy per strategy, from clients.parquet).
 """
 
 from __future__ import annotations
@@ -16,19 +18,31 @@ from matplotlib.ticker import MaxNLocator
 
 from fedlayer.analysis.summary import barrier_grid, seed_mean_grid, strategies, summary_table
 from fedlayer.plots import save_figure, titles
+from fedlayer.plots.clients import client_accuracy_figure
 from fedlayer.plots.heatmaps import barrier_panels, heatmap_size
-from fedlayer.results import describe_setting, read_comparison, read_config, read_optional, run_path, table_path
+from fedlayer.results import (
+    describe_setting,
+    find_run,
+    read_clients,
+    read_comparison,
+    read_config,
+    read_optional,
+    table_path,
+)
 
 
 def plot_comparison(compare_dir: str | Path) -> list[Path]:
-    """Redraw accuracy.png, barrier_heatmaps.png (if any run has barriers) and final.png into <dir>/plots/."""
+    """Redraw accuracy.png, barrier_heatmaps.png (if any run has barriers), final.png and clients.png (if
+    the comparison has clients.parquet) into <dir>/plots/; return their paths."""
     compare_dir = Path(compare_dir)
     comparison = read_comparison(compare_dir)
     context = comparison_setting(compare_dir, comparison)
+    clients = read_clients(compare_dir)
     builders = {
         "accuracy": lambda: accuracy_figure(comparison, context),
         "barrier_heatmaps": lambda: barrier_heatmaps_figure(compare_dir, comparison, context),
         "final": lambda: final_figure(summary_table(comparison), context),
+        "clients": lambda: client_accuracy_figure(clients, context) if clients is not None else None,
     }
     paths = []
     for name, build in builders.items():
@@ -39,9 +53,14 @@ def plot_comparison(compare_dir: str | Path) -> list[Path]:
 
 
 def comparison_setting(compare_dir: Path, comparison: pd.DataFrame) -> str:
-    """The shared setting (model, data, split, clients), read from the first run's config; "" without one."""
-    first = comparison.iloc[0]
-    return describe_setting(read_config(run_path(compare_dir, first["strategy"], int(first["seed"]))))
+    """The shared setting (model, data, split, clients), read from the comparison's config (else its first
+    run's); "" without one."""
+    config = read_config(compare_dir)
+    if config is None:
+        first = comparison.iloc[0]
+        run = find_run(compare_dir, first["strategy"], int(first["seed"]))
+        config = read_config(run) if run is not None else None
+    return describe_setting(config)
 
 
 # -- figures ----------------------------------------------------------------------------------------------
@@ -99,7 +118,8 @@ def strategy_grids(compare_dir: Path, comparison: pd.DataFrame) -> dict[str, tup
     for name in strategies(comparison):
         per_seed = []
         for seed in dict.fromkeys(comparison.loc[comparison["strategy"] == name, "seed"]):
-            barriers = read_optional(table_path(run_path(compare_dir, name, seed), "barriers"))
+            run = find_run(compare_dir, name, int(seed))
+            barriers = read_optional(table_path(run, "barriers")) if run is not None else None
             grid = barrier_grid(barriers) if barriers is not None else pd.DataFrame()
             if not grid.empty:
                 per_seed.append(grid)
@@ -128,7 +148,8 @@ def barrier_heatmaps_figure(compare_dir: Path, comparison: pd.DataFrame, context
 
 
 def final_figure(table: pd.DataFrame, context: str = "") -> Figure:
-    """Final-round global and personalised accuracy per strategy, error bars = std over seeds."""
+    """Final-round global and personalised accuracy per strategy (`summary_table`), error bars = the 95 %
+    confidence interval of the mean over seeds (none with one seed)."""
     fig = Figure(figsize=(max(5.0, 1.3 * len(table) + 2.5), 4.2), layout="constrained")
     ax = fig.subplots()
     x = np.arange(len(table))
@@ -138,11 +159,11 @@ def final_figure(table: pd.DataFrame, context: str = "") -> Figure:
         ("personal_accuracy", "personalised models, local test sets", "#dd8452", width / 2),
     )
     for name, label, colour, offset in bars:
-        mean, std = table[f"{name}_mean"] * 100, table[f"{name}_std"].fillna(0) * 100
-        ax.bar(x + offset, mean, width, yerr=std, capsize=3, color=colour, label=label)
-        for xi, m, s in zip(x + offset, mean, std, strict=True):
+        mean, ci = table[f"{name}_mean"] * 100, table[f"{name}_ci"].fillna(0) * 100
+        ax.bar(x + offset, mean, width, yerr=ci, capsize=3, color=colour, label=label)
+        for xi, m, c in zip(x + offset, mean, ci, strict=True):
             if np.isfinite(m):
-                ax.text(xi, m + s + 1, f"{m:.1f}", ha="center", va="bottom", fontsize=8)
+                ax.text(xi, m + c + 1, f"{m:.1f}", ha="center", va="bottom", fontsize=8)
     long = len(table) > 5 or table["strategy"].str.len().max() > 10
     ax.set_xticks(x)
     ax.set_xticklabels(table["strategy"], rotation=30 if long else 0, ha="right" if long else "center")
@@ -157,5 +178,6 @@ def final_figure(table: pd.DataFrame, context: str = "") -> Figure:
         frameon=False,
     )
     rounds = sorted(set(table["round"]))
-    titles(fig, f"Final accuracy (round {', '.join(map(str, rounds))}), mean ± std over seeds", context)
+    spread = "mean ± 95 % confidence interval over seeds" if table["seeds"].max() > 1 else "one seed"
+    titles(fig, f"Final accuracy (round {', '.join(map(str, rounds))}), {spread}", context)
     return fig

@@ -1,10 +1,12 @@
-"""Every figure of a run directory, drawn from its stored tables alone, and of a comparison with its runs.
+"""Every figure of a run directory or an analysis folder, drawn from its stored tables alone, and of a
+comparison with its runs.
 
 accuracy.png (global and personalised test accuracy per round), barrier_heatmap.png (layer x round
 midpoint loss barriers), barrier_curves.png (loss along alpha in the last analysed round), and when
 their tables hold them choices.png (barrier-aware averaging), groups.png (cumulative groups and
 sliding windows) and directions.png (averaging against random directions). A figure whose data is
-absent is skipped, so a run without analysis still plots.
+absent is skipped, so a run without analysis still plots, and an analysis folder (barriers.parquet and
+curves.parquet alone, written inside a Flower app of one's own) gets its barrier figures.
 """
 
 from __future__ import annotations
@@ -23,8 +25,10 @@ from fedlayer.plots.compare import plot_comparison
 from fedlayer.plots.directions import directions_figure
 from fedlayer.plots.groups import groups_figure
 from fedlayer.results import (
+    ANALYSIS_TABLES,
     RUN_MARKER,
     RunRecord,
+    check_analysis_tables,
     comparison_runs,
     describe_run,
     directory_kind,
@@ -34,21 +38,32 @@ from fedlayer.results import (
 
 
 def plot_run(run_dir: str | Path) -> list[Path]:
-    """Redraw every figure a run directory's tables allow into <run_dir>/plots/; return their paths."""
+    """Redraw every figure a run directory's (or an analysis folder's) tables allow into <run_dir>/plots/;
+    return their paths."""
     return draw_run(read_run(run_dir))
 
 
 def draw_run(run: RunRecord) -> list[Path]:
-    """Draw the figures of a run already read; a folder without metrics.parquet is not a run (DataError)."""
-    if run.metrics is None:
-        raise DataError(f"{str(run.path)!r} is not a run directory: it has no {RUN_MARKER}")
+    """Draw the figures of a run or analysis folder already read.
+
+    Raises
+    ------
+    DataError
+        If the folder holds none of metrics.parquet, barriers.parquet and curves.parquet, or its barrier
+        tables lack the round and client columns (`fedlayer.results.check_analysis_tables`).
+    """
+    if run.metrics is None and all(getattr(run, name) is None for name in ANALYSIS_TABLES):
+        tables = ", ".join([RUN_MARKER, *(f"{name}.parquet" for name in ANALYSIS_TABLES)])
+        raise DataError(f"{str(run.path)!r} is not a run directory or an analysis folder: it has none of {tables}")
+    check_analysis_tables(run)
     return [save_figure(fig, run.path / "plots" / f"{name}.png") for name, fig in _figures(run)]
 
 
 def plot_directory(path: str | Path) -> list[Path]:
-    """Redraw every figure of a run, or of a comparison and each of its runs, from the stored tables."""
+    """Redraw every figure of a run, an analysis folder, or a comparison and each of its runs, from the
+    stored tables."""
     path = Path(path)
-    if directory_kind(path) == "run":
+    if directory_kind(path) in ("run", "analysis"):
         return plot_run(path)
     drawn = plot_comparison(path)
     for _, _, run in comparison_runs(path, read_comparison(path)):
