@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import random
+from typing import cast
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
@@ -28,8 +29,8 @@ from flwr.clientapp import ClientApp
 
 from fedlayer import protocol
 from fedlayer.config import Config, config_from_flat, config_hash
-from fedlayer.task import client_data, configure_process, head_parameter_names, new_model
-from fedlayer.training import TrainSettings, default_device, evaluate, seed_everything, train_local
+from fedlayer.task import client_data, configure_process, head_parameter_names, new_model, train_settings
+from fedlayer.training import default_device, evaluate, seed_everything, train_local
 
 
 @functools.lru_cache(maxsize=2)
@@ -99,16 +100,10 @@ class FedlayerClient:
                 f"in round {server_round} for partition {pid}"
             )
         generator = seed_everything(cfg.seed, pid, server_round)
-        settings = TrainSettings(
-            epochs=fed.local_epochs,
-            batch_size=fed.batch_size,
-            optimizer=fed.optimizer,
-            lr=fed.lr,
-            momentum=fed.momentum,
-            weight_decay=fed.weight_decay,
-            proximal_mu=float(config.get(protocol.PROXIMAL_MU, fed.proximal_mu)),
+        settings = train_settings(
+            cfg,
+            proximal_mu=float(cast(float, config.get(protocol.PROXIMAL_MU, fed.proximal_mu))),
             mode=str(config.get(protocol.TRAIN_MODE, "standard")),
-            head_epochs=fed.head_epochs,
         )
         data = client_data(cfg, pid)
         metrics = train_local(

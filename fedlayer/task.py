@@ -23,6 +23,7 @@ from fedlayer.errors import FedlayerError
 from fedlayer.layers import Layer, model_layers, select_layers
 from fedlayer.memory import keep_freed_memory
 from fedlayer.models import build_model
+from fedlayer.training import TrainSettings
 
 
 @dataclass(frozen=True)
@@ -123,6 +124,22 @@ def new_model(cfg: Config) -> torch.nn.Module:
     data = dataset_for(cfg)
     torch.manual_seed(cfg.seed)
     return build_model(cfg.model.name, data.input_shape, data.num_classes, norm=cfg.model.norm)
+
+
+def train_settings(cfg: Config, *, proximal_mu: float | None = None, mode: str = "standard") -> TrainSettings:
+    """How a client trains locally, from `cfg.federation` (the server may send its own `proximal_mu` and `mode`)."""
+    fed = cfg.federation
+    return TrainSettings(
+        epochs=fed.local_epochs,
+        batch_size=fed.batch_size,
+        optimizer=fed.optimizer,
+        lr=fed.lr,
+        momentum=fed.momentum,
+        weight_decay=fed.weight_decay,
+        proximal_mu=fed.proximal_mu if proximal_mu is None else proximal_mu,
+        mode=mode,
+        head_epochs=fed.head_epochs,
+    )
 
 
 def head_parameter_names(model: torch.nn.Module) -> list[str]:

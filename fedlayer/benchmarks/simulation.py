@@ -52,23 +52,15 @@ def _init_worker(cfg: Config) -> None:
 
 def _client_round(job: tuple[dict[str, torch.Tensor], int, int]):
     """One client's round: load the global state, train, evaluate locally; return state and metrics."""
-    from fedlayer.task import client_data, head_parameter_names, new_model
-    from fedlayer.training import TrainSettings, evaluate, seed_everything, train_local
+    from fedlayer.task import client_data, head_parameter_names, new_model, train_settings
+    from fedlayer.training import evaluate, seed_everything, train_local
 
     state, pid, server_round = job
     cfg = _WORKER_CFG
     assert cfg is not None, "a pool started with _init_worker runs the clients"
     model = new_model(cfg)
     model.load_state_dict(state)
-    fed = cfg.federation
-    settings = TrainSettings(
-        epochs=fed.local_epochs,
-        batch_size=fed.batch_size,
-        optimizer=fed.optimizer,
-        lr=fed.lr,
-        momentum=fed.momentum,
-        weight_decay=fed.weight_decay,
-    )
+    settings = train_settings(cfg)
     data = client_data(cfg, pid)
     generator = seed_everything(cfg.seed, pid, server_round)
     trained = train_local(
