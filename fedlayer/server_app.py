@@ -220,15 +220,15 @@ class FederatedRun:
         )
 
     def _personalised(self, server_round: int) -> str:
-        """With personal layers, the clients' own models are what counts: their mean local test accuracy."""
+        """With personal layers, the clients' own models are what counts: their mean local test accuracy
+        (over clients, as the comparison's personal_accuracy_mean)."""
         if not self.strategy.personal_keys:
             return ""
         table = self.run_dir.table("metrics")
         local = table[(table["round"] == server_round) & (table["split"] == "local-test") & (table["status"] == "ok")]
         if local.empty:
             return ""
-        accuracy = (local["accuracy"] * local["num_examples"]).sum() / local["num_examples"].sum()
-        return f"  personalised {100 * accuracy:5.1f}%"
+        return f"  personalised {100 * local['accuracy'].mean():5.1f}%"
 
     def _left_out(self, server_round: int) -> str:
         """The clients of this round that failed, timed out or were rejected (their reasons: metrics.parquet)."""
