@@ -35,11 +35,11 @@ gpu-check: setup
 	$(BIN)/python -m pytest tests/test_cuda.py tests/test_analysis_curves.py -k cuda -p no:cacheprovider
 	$(BIN)/fedlayer bench barriers --device cuda --samples 1024
 
-# Style (ruff) on everything, types (mypy, settings in pyproject.toml) on the packages.
 # The configuration reference is generated from the config declarations (tests/test_docs.py checks it).
 docs: setup
 	$(BIN)/python -m fedlayer.config_reference > docs/configuration.md
 
+# Style (ruff) on everything, types (mypy, settings in pyproject.toml) on the packages.
 lint: setup
 	$(BIN)/ruff check fedlayer strategies tests
 	$(BIN)/ruff format --check fedlayer strategies tests
