@@ -104,7 +104,7 @@ def claim(
             )
         _clear(folder, keep=lock)
         if note is not None:
-            note(f"cleared the earlier run in {folder} (--overwrite)")
+            note(f"cleared the earlier run in {folder} (output.overwrite, or --overwrite)")
     mine = {
         "pid": os.getpid(),
         "host": socket.gethostname(),
