@@ -1,11 +1,12 @@
 """Markdown reports of a run directory or a comparison directory, with freshly drawn figures.
 
-A run report holds the config, the partitions, the final metrics, a per-layer barrier summary and
-the run's figures; an analysis folder's report (barrier tables alone, written inside a Flower app of
-one's own) holds the barrier sections and figures; a comparison report holds the summary over seeds
-(95 % confidence intervals and paired t-tests against the reference from two seeds on), the
-comparison figures and a link to each run's own report. Image links are relative to the report
-file, so the folder can be moved or published as a whole.
+A run report holds the config, which layers were averaged and which stayed personal (per round when
+that changes), the partitions, the final metrics, a per-layer barrier summary and the run's figures;
+an analysis folder's report (barrier tables alone, written inside a Flower app of one's own) holds the
+barrier sections and figures; a comparison report holds the summary over seeds (95 % confidence
+intervals and paired t-tests against the reference from two seeds on), the comparison figures and a
+link to each run's own report. Image links are relative to the report file, so the folder can be
+moved or published as a whole.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from fedlayer.analysis.summary import (
     summary_title,
 )
 from fedlayer.atomic import write_bytes
+from fedlayer.averaged import averaged_layers, periods
 from fedlayer.config import Config
 from fedlayer.data.partition import Partitions
 from fedlayer.plots.compare import plot_comparison
@@ -48,6 +50,7 @@ from fedlayer.results import (
     read_comparison,
     read_run,
 )
+from strategies.presets import get_preset
 
 FIGURE_CAPTIONS = {
     "accuracy": "Test accuracy per round",
@@ -124,11 +127,13 @@ def run_report(run: RunRecord, figures: Sequence[Path], out: Path) -> str:
         ]
     else:
         lines = [f"# Run report: {name}", ""]
+    averaged = averaged_layers(run)
     if run.config is not None:
         lines += [describe_run(run.config), ""]
+        lines += _averaging_section(run.config, averaged)
     if run.metrics is not None:
         lines += _metrics_section(run.metrics)
-    lines += _barrier_section(run.barriers, run.config)
+    lines += _barrier_section(run.barriers, run.config, averaged)
     if run.choices is not None and not run.choices.empty:
         lines += _choices_section(run.choices)
     lines += _figures(figures, out)
@@ -137,6 +142,26 @@ def run_report(run: RunRecord, figures: Sequence[Path], out: Path) -> str:
     if run.config is not None:
         lines += ["## Configuration", "", "```toml", run.config.to_toml().strip(), "```", ""]
     return "\n".join(lines)
+
+
+def _averaging_section(config: Config, averaged: pd.DataFrame | None) -> list[str]:
+    """Which layers the strategy averaged and which stayed personal: one row per run of rounds with the
+    same choice (a barrier-aware strategy's choices change from round to round)."""
+    s = config.strategy
+    keeper = "the server, per client" if s.personal == "server" else "each client"
+    selector = f"`{_plain(s.average or get_preset(s.name).average)}`"
+    if get_preset(s.name).barrier_aware:
+        rule = (
+            f"{s.name} chooses every round: a layer of {selector} is averaged when its measured barrier between "
+            f"the clients is below {s.threshold} (choices.parquet)"
+        )
+    else:
+        rule = f"{s.name} averages the layers {selector} selects, every round"
+    lines = ["## Averaged and personal layers", "", f"{rule}; personal layers are kept by {keeper}.", ""]
+    if averaged is None:
+        return lines + ["No round has recorded its choice yet.", ""]
+    rows = [[p.rounds, ", ".join(p.averaged) or "–", ", ".join(p.personal) or "–"] for p in periods(averaged)]
+    return lines + [markdown_table(["rounds", "averaged", "kept personal"], rows, left=3), ""]
 
 
 def _metrics_section(metrics: pd.DataFrame) -> list[str]:
@@ -189,43 +214,58 @@ def _metrics_section(metrics: pd.DataFrame) -> list[str]:
     return lines
 
 
-def _barrier_section(barriers: pd.DataFrame | None, config: Config | None) -> list[str]:
+def _barrier_section(barriers: pd.DataFrame | None, config: Config | None, averaged: pd.DataFrame | None) -> list[str]:
+    """The per-layer barrier table: each base apart in the last analysed round and at its worst (the two
+    bases can differ in sign, which their mean hides), the mean over rounds and bases, and in how many
+    analysed rounds the run averaged the layer."""
     lines = ["## Layer-wise barriers", ""]
     grid = barrier_grid(barriers) if barriers is not None else pd.DataFrame()
-    if grid.empty:
+    if barriers is None or grid.empty:
         every = f" (analysis.every = {config.analysis.every})" if config is not None else ""
         return lines + [f"No single-layer or full-model barriers were measured in this run{every}.", ""]
     last = grid.columns[-1]
     summary = layer_summary(barriers)
-    rows = [
-        [name, _number(s["last"]), _number(s["mean"]), _number(s["max"]), _number(s["error_last"], 2)]
+    rows = averaging_rows(barriers)
+    bases = {base: barrier_grid(part).reindex(index=summary.index) for base, part in rows.groupby("base")}
+    worst = pd.concat(bases.values(), axis=1).max(axis=1)
+    headers = [
+        "layer",
+        *(f"loss barrier, round {last}, base {base}" for base in bases),
+        "loss barrier, worst over rounds and bases",
+        "loss barrier, mean over rounds and bases",
+        f"error barrier (pp), round {last}, mean of bases",
+    ]
+    cells = [
+        [
+            name,
+            *(_number(grid_.loc[name, last]) for grid_ in bases.values()),
+            _number(worst[name]),
+            _number(s["mean"]),
+            _number(s["error_last"], 2),
+        ]
         for name, s in summary.iterrows()
     ]
+    if averaged is not None:
+        headers.append(f"averaged in (of {grid.shape[1]} analysed rounds)")
+        shown = averaged.reindex(columns=grid.columns)
+        for row in cells:
+            row.append(str(int(shown.loc[row[0]].sum())) if row[0] in shown.index else "")
     lines += [
         f"Midpoint barrier B_mid = L(θ(½)) − ½(L_A + L_B) of each single layer (and of the full model) "
-        f"between client models, {pairs_note(averaging_rows(barriers))}; "
-        f"analysed rounds {', '.join(map(str, grid.columns))}.",
+        f"between client models, {pairs_note(rows)}; analysed rounds {', '.join(map(str, grid.columns))}. "
+        "On base a the other layers are model A's, on base b model B's; the base columns show each apart.",
         "",
-        markdown_table(
-            [
-                "layer",
-                f"loss barrier, round {last}",
-                "loss barrier, mean over rounds",
-                "loss barrier, max over rounds",
-                f"error barrier (pp), round {last}",
-            ],
-            rows,
-        ),
+        markdown_table(headers, cells),
         "",
     ]
-    if FULL_ROW in summary.index:
-        layers = summary["last"].drop(index=FULL_ROW)
-        if layers.notna().any():
-            lines += [
-                f"In round {last} the full-model barrier is {_number(summary.loc[FULL_ROW, 'last'])}; the largest "
-                f"single-layer barrier is {_number(layers.max())} ({layers.idxmax()}).",
-                "",
-            ]
+    at_last = pd.DataFrame({base: grid_[last] for base, grid_ in bases.items()}).drop(index=FULL_ROW, errors="ignore")
+    if FULL_ROW in summary.index and at_last.notna().any().any():
+        layer, base = at_last.stack().idxmax()
+        lines += [
+            f"In round {last} the full-model barrier is {_number(summary.loc[FULL_ROW, 'last'])}; the largest "
+            f"single-layer barrier is {_number(at_last.loc[layer, base])} ({layer}, base {base}).",
+            "",
+        ]
     return lines
 
 

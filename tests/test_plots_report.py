@@ -14,6 +14,7 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
+from matplotlib.colors import to_hex
 from pngs import is_figure
 from rich.console import Console
 
@@ -25,14 +26,18 @@ from fedlayer.analysis.summary import (
     summary_table,
     worst_clients_mean,
 )
+from fedlayer.averaged import averaged_layers
 from fedlayer.cli import main
 from fedlayer.commands.compare import print_summary
 from fedlayer.compare import clients_table
 from fedlayer.config import load_config
 from fedlayer.data.partition import ClientPartition, Partitions
 from fedlayer.errors import DataError, FedlayerError
+from fedlayer.plots.barriers import barrier_curves_figure, barrier_heatmap_figure, curves_figure, distinct_paths
 from fedlayer.plots.compare import accuracy_figure, comparison_setting, plot_comparison, strategy_grids
 from fedlayer.plots.directions import directions_figure
+from fedlayer.plots.groups import groups_figure
+from fedlayer.plots.marks import AVERAGED_COLOR, PERSONAL_TEXT
 from fedlayer.plots.runs import plot_run
 from fedlayer.report import write_report
 from fedlayer.results import describe_run, directory_kind, read_run, write_parquet
@@ -498,3 +503,142 @@ def test_report_of_a_one_seed_comparison_says_no_interval_can_be_given(compare_d
 def test_run_report_without_analysis_says_so(tmp_path):
     text = write_report(make_run(tmp_path / "run", analysis=False)).read_text()
     assert "analysis.every" in text and "barrier_heatmap.png" not in text
+
+
+# -- the variable under study: averaged and personal layers, both bases, legible curves ----------------------
+def _texts(fig) -> list[str]:
+    return [text.get_text() for ax in fig.axes for text in ax.texts]
+
+
+def _styled(labels) -> dict[str, tuple[str, str, str]]:
+    """Per label text: its colour (hex), weight and style, as the marks set them."""
+    return {t.get_text(): (to_hex(t.get_color()), t.get_fontweight(), t.get_fontstyle()) for t in labels}
+
+
+AVERAGED_STYLE = (to_hex(AVERAGED_COLOR), "bold", "normal")
+PERSONAL_STYLE = (to_hex(PERSONAL_TEXT), "normal", "italic")
+PLAIN_STYLE = (to_hex("black"), "normal", "normal")
+
+
+def _hatched(fig) -> int:
+    return sum(1 for ax in fig.axes for patch in ax.patches if patch.get_hatch())
+
+
+def test_heatmap_shows_each_base_in_its_own_panel(run_dir):
+    barriers = pd.read_parquet(run_dir / "barriers.parquet")
+    at = (barriers["group"] == "conv1") & (barriers["round"] == 2) & (barriers["kind"] == "layer")
+    barriers.loc[at & (barriers["base"] == "a"), "loss_barrier_mid"] = -0.49  # opposite signs, as seen in a run
+    barriers.loc[at & (barriers["base"] == "b"), "loss_barrier_mid"] = 0.44
+    fig = barrier_heatmap_figure(barriers)
+    titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
+    assert titles == ["mean over 3 client pairs, base a", "mean over 3 client pairs, base b"]
+    assert {"-0.49", "0.44"} <= set(_texts(fig)) and "-0.03" not in _texts(fig)  # not their mean
+    assert "per base" in fig.texts[0].get_text()
+    only_a = barrier_heatmap_figure(barriers[barriers["base"] == "a"])
+    assert [ax.get_title() for ax in only_a.axes if ax.get_title()] == ["mean over 3 client pairs, base a"]
+
+
+def test_a_fixed_selection_is_marked_in_every_layer_wise_figure(tmp_path):
+    run = read_run(make_run(tmp_path / "run", strategy="fedper"))  # fedper: the body averaged, fc2 personal
+    averaged = averaged_layers(run)
+    assert list(averaged.index) == LAYERS and list(averaged.columns) == [1, 2, 3]
+    assert averaged.loc["fc2"].eq(False).all() and averaged.drop(index="fc2").all().all()
+    expected = {"conv1": AVERAGED_STYLE, "conv2": AVERAGED_STYLE, "fc1": AVERAGED_STYLE, "fc2": PERSONAL_STYLE}
+
+    heatmap = barrier_heatmap_figure(run.barriers, averaged=averaged)
+    labels = _styled(heatmap.axes[0].get_yticklabels())
+    assert labels == expected and _styled(heatmap.axes[1].get_yticklabels()) == {FULL_ROW: PLAIN_STYLE}
+    assert _hatched(heatmap) == 2 * ROUNDS  # fc2 in every round, on both bases' panels
+    legend = _styled(heatmap.legends[0].get_texts())
+    assert legend == {"averaged": AVERAGED_STYLE, "kept personal (hatched)": PERSONAL_STYLE}
+
+    curves = barrier_curves_figure(run.curves, averaged=averaged)
+    entries = _styled(curves.axes[0].get_legend().get_texts())
+    assert {name: entries[name] for name in LAYERS} == expected
+    assert entries["averaged"] == AVERAGED_STYLE and entries["kept personal"] == PERSONAL_STYLE
+
+    directions = directions_figure(run.curves, averaged=averaged)
+    assert _styled(directions.axes[-1].get_xticklabels())["conv1"] == AVERAGED_STYLE  # the layer with directions
+    assert "averaged" in [t.get_text() for t in directions.axes[0].get_legend().get_texts()]
+
+    windows = groups_figure(run.barriers, averaged=averaged).axes[1]
+    starts = _styled(windows.get_xticklabels())  # a window is averaged when all its layers are
+    assert starts == {"conv1": AVERAGED_STYLE, "conv2": AVERAGED_STYLE, "fc1": PLAIN_STYLE}
+    assert "partly averaged" in [t.get_text() for t in windows.get_legend().get_texts()]
+
+
+def test_barrier_aware_marks_follow_its_choice_in_each_round(tmp_path):
+    run = read_run(make_run(tmp_path / "run", strategy="barrier-aware", choices=True))
+    averaged = averaged_layers(run)  # averaged when 0.03 * round * (layer position + 1) < 0.1
+    assert averaged.to_dict("index") == {
+        "conv1": {1: True, 2: True, 3: True},
+        "conv2": {1: True, 2: False, 3: False},
+        "fc1": {1: True, 2: False, 3: False},
+        "fc2": {1: False, 2: False, 3: False},
+    }
+    fig = barrier_heatmap_figure(run.barriers, averaged=averaged)
+    labels = _styled(fig.axes[0].get_yticklabels())
+    assert [labels[name] for name in LAYERS] == [AVERAGED_STYLE, PLAIN_STYLE, PLAIN_STYLE, PERSONAL_STYLE]
+    assert _hatched(fig) == 2 * 7  # the personal cells of the three rounds, per base
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == [
+        "averaged",
+        "partly averaged",
+        "kept personal (hatched)",
+    ]
+    last_round = _styled(barrier_curves_figure(run.curves, averaged=averaged).axes[0].get_legend().get_texts())
+    assert [last_round[name] for name in LAYERS] == [AVERAGED_STYLE, *[PERSONAL_STYLE] * 3]
+    text = write_report(run.path).read_text()
+    assert "a layer of `all` is averaged when its measured barrier between the clients is below 0.1" in text
+    assert "| 1 | conv1, conv2, fc1 | fc2 |" in text and "| 2–3 | conv1 | conv2, fc1, fc2 |" in text
+
+
+def test_figures_of_a_folder_without_averaging_carry_no_marks(run_dir, tmp_path):
+    run = read_run(_analysis_folder(run_dir, tmp_path / "analysis"))
+    assert averaged_layers(run) is None
+    fig = barrier_heatmap_figure(run.barriers, averaged=None)
+    assert _hatched(fig) == 0 and not fig.legends
+    assert set(_styled(fig.axes[0].get_yticklabels()).values()) == {PLAIN_STYLE}
+
+
+def test_run_report_names_the_averaged_and_personal_layers_and_each_base(tmp_path):
+    text = write_report(make_run(tmp_path / "run", strategy="fedper")).read_text()
+    section = text.split("## Averaged and personal layers")[1].split("##")[0]
+    assert "fedper averages the layers `body` selects, every round" in section
+    assert "| rounds | averaged | kept personal |" in section and "| 1–3 | conv1, conv2, fc1 | fc2 |" in section
+    assert f"loss barrier, round {ROUNDS}, base a | loss barrier, round {ROUNDS}, base b" in text
+    assert re.search(r"\| fc2 \|( [-0-9.]+ \|){5} 0 \|", text)  # averaged in none of the 3 analysed rounds
+    assert re.search(rf"\| conv1 \|( [-0-9.]+ \|){{5}} {ROUNDS} \|", text)
+
+
+def _one_pair(run_dir) -> pd.DataFrame:
+    """Curves of one round and client pair, as `fedlayer barrier` writes them for two checkpoints."""
+    curves = pd.read_parquet(run_dir / "curves.parquet")
+    one = curves[(curves["round"] == ROUNDS) & (curves["client_a"] == "0") & (curves["client_b"] == "1")]
+    return one.drop(columns=["round", "client_a", "client_b"])
+
+
+def test_checkpoint_curves_draw_each_family_apart_once_with_the_full_models_chord(run_dir):
+    curves = _one_pair(run_dir)
+    assert set(distinct_paths(curves)["group"]) == set(curves["group"]) - {"shallow:4", "deep:4"}  # = full
+    fig = curves_figure(curves)
+    panels = [ax for ax in fig.axes if ax.get_title()]
+    assert [ax.get_title().split(",")[0] for ax in panels] == [
+        "single layers", "cumulative groups", "windows and selected groups"
+    ] * 2  # fmt: skip
+    chord = "full model's chord (1−α)·c(0) + α·c(1)"
+    for ax in panels:
+        labels = [line.get_label() for line in ax.get_lines()]
+        assert len(labels) == len(set(labels)) and FULL_ROW in labels and chord in labels
+        assert not {"shallow:4", "deep:4"} & set(labels)
+    single, cumulative, windows = panels[:3]
+    line = {line.get_label(): line for ax in panels[:3] for line in ax.get_lines()}
+    assert {line[name].get_linestyle() for name in LAYERS} == {"-"}
+    assert {line[f"window:2@{name}"].get_linestyle() for name in LAYERS[:3]} == {"--"}
+    assert line[chord].get_linestyle() == "--" and line[chord].get_color() == "black"
+    base_a = curves[curves["base"] == "a"]
+    assert list(line[chord].get_ydata()) == pytest.approx([base_a["loss_a"].mean(), base_a["loss_b"].mean()])
+    assert "random directions (mean)" in [x.get_label() for x in single.get_lines()]
+    assert {x.get_label() for x in cumulative.get_lines()} >= {"shallow:1", "deep:3"}
+    assert len({to_hex(line[name].get_color()) for name in LAYERS}) == len(LAYERS)
+    legends = [ax.get_legend() for ax in fig.axes if ax.get_legend()]
+    assert len(legends) == 3 and "conv1" in [t.get_text() for t in legends[0].get_texts()]

@@ -7,9 +7,10 @@ import argparse
 DESCRIPTION = """\
 Interpolate between two checkpoints of one model, group by group on both bases, and measure the
 loss and error barriers (the README's "Concepts and definitions") on a seeded sample of test images. Writes
-curves.parquet, barriers.parquet, barriers.png (per-layer midpoint loss barriers), curves.png and,
-with --random-directions, directions.png (each layer towards B against random directions) into --out,
-and prints the barriers.
+curves.parquet, barriers.parquet, barriers.png (per-layer midpoint loss barriers), curves.png (the loss
+along α on each base, one panel per family of groups: single layers, cumulative groups, windows and
+selected groups, each against the full model and its chord) and, with --random-directions,
+directions.png (each layer towards B against random directions) into --out, and prints the barriers.
 """
 
 

@@ -3,7 +3,8 @@
     runs         plot_run / plot_directory: every figure a run, an analysis folder (barrier tables
                  alone), or a comparison and its runs allows
     accuracy     test accuracy per round of one run
-    barriers     layer x round barrier heatmap, loss along the interpolation, per-layer barrier bars
+    barriers     layer x round barrier heatmap per base, loss along the interpolation, per-layer barrier
+                 bars, and the curves of two checkpoints by family of groups
     groups       barriers of cumulative layer groups and sliding windows
     choices      which layers barrier-aware averaging averaged each round
     directions   each layer moved towards the other model against random directions
@@ -11,6 +12,7 @@
     clients      the distribution of client accuracies per strategy in a comparison's final round
     partitions   the label distribution of a partition
     heatmaps     the heatmap drawing and colour scale shared by runs and comparisons
+    marks        how layer-wise figures mark the layers a run averaged and those it kept personal
 
 Figures are `matplotlib.figure.Figure` objects built without pyplot, so drawing them needs no
 display, registers nothing globally and never changes a notebook's backend; `save_figure` renders

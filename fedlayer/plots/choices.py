@@ -11,9 +11,7 @@ from matplotlib.patches import Patch
 from fedlayer.analysis.summary import choices_grids
 from fedlayer.plots import titles
 from fedlayer.plots.heatmaps import annotated, heatmap_size, round_ticks
-
-AVERAGED_COLOR = "#1b9e77"
-PERSONAL_COLOR = "#d9d9d9"
+from fedlayer.plots.marks import AVERAGED_COLOR, PERSONAL_COLOR
 
 
 def choices_figure(choices: pd.DataFrame, threshold: float | None = None, context: str = "") -> Figure:

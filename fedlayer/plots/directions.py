@@ -1,6 +1,7 @@
 """Is the averaging direction special? Per layer, the loss when the layer moves towards the other model
 against the loss when it moves as far along seeded random directions of the same norm (the paper's
-robustness figure), drawn from a curves table with `random-direction` rows.
+robustness figure), drawn from a curves table with `random-direction` rows; in a run's figure the layer
+names say which layers the run averaged and which stayed personal (`fedlayer.plots.marks`).
 """
 
 from __future__ import annotations
@@ -9,17 +10,20 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from fedlayer.averaged import status
 from fedlayer.plots import titles
+from fedlayer.plots.marks import legend_entries, mark_texts, style_legend
 
 AVERAGING_COLOR = "tab:red"
 RANDOM_COLOR = "tab:gray"
 
 
-def directions_figure(curves: pd.DataFrame, context: str = "") -> Figure | None:
+def directions_figure(curves: pd.DataFrame, context: str = "", averaged: pd.DataFrame | None = None) -> Figure | None:
     """One panel per alpha strictly above 0 (½: the layer averaged, 1: swapped in, or moved as far at
     random): bars per layer for the averaging direction and for the random directions (mean, with
     the range over draws), in the last analysed round, on base a (b if the table has only b); the
-    base model's own loss as a line.
+    base model's own loss as a line. With `averaged` (`fedlayer.averaged.averaged_layers`), the layer
+    names are styled by whether the run averaged them in that round.
     None when the table has no random directions.
     """
     base = "a" if "a" in set(curves["base"]) else "b"  # the model whose layer moves
@@ -60,8 +64,14 @@ def directions_figure(curves: pd.DataFrame, context: str = "") -> Figure | None:
         ax.set_title(f"α = {alpha:g}: {_what(alpha, own, other)}, or moved as far at random", fontsize="medium")
         ax.set_ylabel("test loss (cross-entropy)")
         ax.grid(alpha=0.3, axis="y")
-    axes[0, 0].legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1))
     axes[-1, 0].set_xticks(positions, layers, rotation=60, ha="right", fontsize=8)
+    rounds = [last] if last is not None else None
+    seen = mark_texts(axes[-1, 0].get_xticklabels(), lambda layer: status(averaged, [layer], rounds))
+    handles, _ = axes[0, 0].get_legend_handles_labels()
+    legend = axes[0, 0].legend(
+        handles=[*handles, *legend_entries(seen)], fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1)
+    )
+    style_legend(legend)
     round_note = f", round {int(last)}" if last is not None else ""
     titles(
         fig, f"Model {own} with one layer moved: towards model {other} against random directions{round_note}", context

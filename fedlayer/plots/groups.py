@@ -1,5 +1,6 @@
 """Barriers of layer groups in the last analysed round: cumulative groups per ordering (the paper's group
-experiment) and sliding windows of consecutive layers."""
+experiment) and sliding windows of consecutive layers, each window's first layer styled by whether the run
+averaged the layers the windows starting there cover (`fedlayer.plots.marks`)."""
 
 from __future__ import annotations
 
@@ -9,16 +10,18 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from fedlayer.analysis.summary import FULL_ROW, averaging_rows, pairs_note
+from fedlayer.averaged import status
+from fedlayer.layers import ORDERINGS
 from fedlayer.plots import titles
 from fedlayer.plots.heatmaps import MIDPOINT
+from fedlayer.plots.marks import legend_entries, mark_texts, style_legend
 
-CUMULATIVE_KINDS = ("shallow", "deep", "random", "minimal")
 
-
-def groups_figure(barriers: pd.DataFrame, context: str = "") -> Figure | None:
-    """Midpoint loss barrier of cumulative layer groups (per ordering) and of sliding windows, last round."""
+def groups_figure(barriers: pd.DataFrame, context: str = "", averaged: pd.DataFrame | None = None) -> Figure | None:
+    """Midpoint loss barrier of cumulative layer groups (per ordering) and of sliding windows, last round;
+    with `averaged` (`fedlayer.averaged.averaged_layers`), the windows' first layers marked."""
     plain = averaging_rows(barriers)
-    rows = plain[plain["kind"].isin([*CUMULATIVE_KINDS, "window"])]
+    rows = plain[plain["kind"].isin([*ORDERINGS, "window"])]
     if rows.empty:
         return None
     last = int(rows["round"].max())
@@ -29,7 +32,7 @@ def groups_figure(barriers: pd.DataFrame, context: str = "") -> Figure | None:
     axes = list(fig.subplots(1, len(panels), squeeze=False)[0])
     if not cumulative.empty:
         ax = axes.pop(0)
-        for kind in [k for k in CUMULATIVE_KINDS if k in set(cumulative["kind"])]:
+        for kind in [k for k in ORDERINGS if k in set(cumulative["kind"])]:
             line = cumulative[cumulative["kind"] == kind].groupby("n_layers")["loss_barrier_mid"].mean()
             ax.plot(line.index, line.to_numpy(), marker="o", label=kind)
         full = plain[(plain["kind"] == "full") & (plain["round"] == last)]["loss_barrier_mid"]
@@ -51,13 +54,19 @@ def groups_figure(barriers: pd.DataFrame, context: str = "") -> Figure | None:
         ax.set_xticklabels(starts, rotation=45, ha="right", fontsize=8)
         ax.set_xlabel("first layer of the window")
         ax.set_title("sliding windows of consecutive layers", fontsize="medium")
-        _barrier_axis(ax)
+        covered = {first: "|".join(part["layers"]).split("|") for first, part in table.groupby(start)}
+        seen = mark_texts(ax.get_xticklabels(), lambda first: status(averaged, covered.get(first, []), [last]))
+        if seen:
+            ax.set_xlabel("first layer of the window (styled by whether the window's layers were averaged)")
+        _barrier_axis(ax, legend_entries(seen))
     titles(fig, f"Midpoint loss barrier of layer groups, round {last}", f"{pairs_note(rows)}\n{context}")
     return fig
 
 
-def _barrier_axis(ax) -> None:
+def _barrier_axis(ax, marks: list | None = None) -> None:
+    """The zero line, labels and legend of a panel; `marks` are the averaging entries (`legend_entries`)."""
     ax.axhline(0, color="0.5", linewidth=0.8)
     ax.set_ylabel(MIDPOINT)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize="small")
+    handles, _ = ax.get_legend_handles_labels()
+    style_legend(ax.legend(handles=[*handles, *(marks or [])], fontsize="small"))

@@ -1,7 +1,8 @@
 """Layer x round heatmaps of midpoint barriers, shared by a run's heatmap and a comparison's side-by-side ones.
 
 One colour scale centred at 0 for all panels, the full model in its own strip under the layers, cell
-values written in when they fit, and integer round ticks on a categorical axis.
+values written in when they fit, integer round ticks on a categorical axis, and where the run averaged
+layers, its averaged and personal layers marked (`fedlayer.plots.marks`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, NullLocator
 
 from fedlayer.analysis.summary import FULL_ROW
+from fedlayer.averaged import PERSONAL, status
+from fedlayer.plots.marks import hatch_personal, legend_entries, mark_texts, style_legend
 
 BARRIER_CMAP = matplotlib.colormaps["RdBu_r"].with_extremes(bad="0.85")
 MIDPOINT = "loss barrier at α = ½"
@@ -57,10 +60,16 @@ def norm_label(norm: Normalize) -> str:
     return MIDPOINT
 
 
-def barrier_panels(fig: Figure, grids: Mapping[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
+def barrier_panels(
+    fig: Figure,
+    grids: Mapping[str, pd.DataFrame],
+    averaged: Mapping[str, pd.DataFrame | None] | None = None,
+) -> dict[str, pd.DataFrame]:
     """Draw `barrier_grid` tables side by side (titled by their keys) on one colour scale centred at 0,
     with the colour bar in its own column. Rows are aligned across panels (layers in first-seen order,
-    the longest grid first; a row a panel lacks is grey). Returns the aligned grids."""
+    the longest grid first; a row a panel lacks is grey). `averaged` gives, per panel key, the run's
+    `fedlayer.averaged.averaged_layers` table: its personal cells are hatched, its layer names styled,
+    and a legend under the panels says so. Returns the aligned grids."""
     longest = max(grids.values(), key=len)
     names = [*longest.index, *(r for g in grids.values() for r in g.index)]
     rows = [r for r in dict.fromkeys(names) if r != FULL_ROW]
@@ -68,8 +77,12 @@ def barrier_panels(fig: Figure, grids: Mapping[str, pd.DataFrame]) -> dict[str, 
     aligned = {title: g.reindex(index=rows + full) for title, g in grids.items()}
     norm = barrier_norm(list(aligned.values()))
     outer = fig.add_gridspec(1, len(aligned) + 1, width_ratios=[*[1.0] * len(aligned), 0.045])
+    seen: set[str] = set()
     for i, (title, grid) in enumerate(aligned.items()):
-        _draw_grid(fig, outer[i], grid, norm, n_layers=len(rows), ylabels=i == 0, title=title)
+        marks = (averaged or {}).get(title)
+        seen |= _draw_grid(fig, outer[i], grid, norm, n_layers=len(rows), ylabels=i == 0, title=title, averaged=marks)
+    if seen:
+        style_legend(fig.legend(handles=legend_entries(seen, cells=True), loc="outside lower center", ncols=3))
     mappable = ScalarMappable(norm=norm, cmap=BARRIER_CMAP)
     bar = fig.colorbar(mappable, cax=fig.add_subplot(outer[-1]), label=norm_label(norm))
     # plain numbers at 0, ±0.1, ±1, ±10 ... rather than powers of ten (barrier_norm always sets vmax)
@@ -82,12 +95,22 @@ def barrier_panels(fig: Figure, grids: Mapping[str, pd.DataFrame]) -> dict[str, 
 
 
 def _draw_grid(
-    fig: Figure, cell, grid: pd.DataFrame, norm: Normalize, *, n_layers: int, ylabels: bool, title: str
-) -> None:
-    """One heatmap in gridspec `cell`: the layer rows on top, the full-model row in its own strip below."""
+    fig: Figure,
+    cell,
+    grid: pd.DataFrame,
+    norm: Normalize,
+    *,
+    n_layers: int,
+    ylabels: bool,
+    title: str,
+    averaged: pd.DataFrame | None,
+) -> set[str]:
+    """One heatmap in gridspec `cell`: the layer rows on top, the full-model row in its own strip below;
+    with `averaged`, personal cells hatched and layer names styled. Returns the averaging statuses marked."""
     parts = [p for p in (list(grid.index[:n_layers]), list(grid.index[n_layers:])) if p]
     sub = cell.subgridspec(len(parts), 1, height_ratios=[len(p) for p in parts])
     annotate = annotated(grid)
+    seen: set[str] = set()
     for i, part in enumerate(parts):
         ax = fig.add_subplot(sub[i])
         values = grid.reindex(index=part).to_numpy(dtype=float)
@@ -97,6 +120,10 @@ def _draw_grid(
         ax.tick_params(length=0)
         if annotate:
             _annotate(ax, values, norm)
+        if averaged is not None and part[0] != FULL_ROW:
+            if hatch_personal(ax, averaged.reindex(index=part, columns=grid.columns).to_numpy(dtype=float)):
+                seen.add(PERSONAL)
+            seen |= mark_texts(ax.get_yticklabels(), lambda name: status(averaged, [name], grid.columns))
         if i < len(parts) - 1:
             ax.set_xticks([])
         else:
@@ -104,6 +131,7 @@ def _draw_grid(
             ax.set_xlabel("round")
         if i == 0 and title:
             ax.set_title(title, fontsize="medium")
+    return seen
 
 
 def _annotate(ax, values: np.ndarray, norm: Normalize) -> None:

@@ -4,7 +4,8 @@ comparison with its runs.
 accuracy.png (global and personalised test accuracy per round), barrier_heatmap.png (layer x round
 midpoint loss barriers), barrier_curves.png (loss along alpha in the last analysed round), and when
 their tables hold them choices.png (barrier-aware averaging), groups.png (cumulative groups and
-sliding windows) and directions.png (averaging against random directions). A figure whose data is
+sliding windows) and directions.png (averaging against random directions). Every figure with layers
+marks which the run averaged and which stayed personal (`fedlayer.averaged`). A figure whose data is
 absent is skipped, so a run without analysis still plots, and an analysis folder (barriers.parquet and
 curves.parquet alone, written inside a Flower app of one's own) gets its barrier figures.
 """
@@ -16,6 +17,7 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
+from fedlayer.averaged import averaged_layers
 from fedlayer.errors import DataError
 from fedlayer.plots import save_figure
 from fedlayer.plots.accuracy import accuracy_figure
@@ -75,13 +77,14 @@ def _figures(run: RunRecord) -> Iterator[tuple[str, Figure]]:
     """(name, figure) for each figure with data, built one at a time so each is saved and freed at once."""
     context = describe_run(run.config)
     threshold = run.config.strategy.threshold if run.config is not None else None
+    averaged = averaged_layers(run)
     figures = {
         "accuracy": (run.metrics, lambda t: accuracy_figure(t, context)),
-        "barrier_heatmap": (run.barriers, lambda t: barrier_heatmap_figure(t, context)),
-        "barrier_curves": (run.curves, lambda t: barrier_curves_figure(t, context)),
+        "barrier_heatmap": (run.barriers, lambda t: barrier_heatmap_figure(t, context, averaged)),
+        "barrier_curves": (run.curves, lambda t: barrier_curves_figure(t, context, averaged)),
         "choices": (run.choices, lambda t: choices_figure(t, threshold, context)),
-        "groups": (run.barriers, lambda t: groups_figure(t, context)),
-        "directions": (run.curves, lambda t: directions_figure(t, context)),
+        "groups": (run.barriers, lambda t: groups_figure(t, context, averaged)),
+        "directions": (run.curves, lambda t: directions_figure(t, context, averaged)),
     }
     for name, (table, build) in figures.items():
         fig = build(table) if table is not None and not table.empty else None
