@@ -10,7 +10,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 import socket
+import sys
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -53,10 +56,27 @@ def quiet_logs(verbose: bool) -> Iterator[None]:
 
     Flower logs each ClientApp exception with its traceback as an error; fedlayer reports those
     clients itself (progress line, metrics.parquet), so Flower is turned down to critical only.
+    What Flower does print is printed once, without colour codes unless stderr is a terminal.
     The environment (`QUIET_ENV`, inherited by Ray's workers) is restored afterwards.
     """
-    with _environment(QUIET_ENV), _quiet_loggers(verbose):
+    with _environment(QUIET_ENV), _quiet_loggers(verbose), _plain_flower_log():
         yield
+
+
+@contextlib.contextmanager
+def _plain_flower_log() -> Iterator[None]:
+    """Flower's log lines through its own handler only (not the root logger's as well, which the CLI
+    configures), coloured only on a terminal."""
+    from flwr.common.logger import update_console_handler
+
+    flower = logging.getLogger("flwr")
+    propagate, flower.propagate = flower.propagate, False
+    update_console_handler(colored=sys.stderr.isatty())
+    try:
+        yield
+    finally:
+        flower.propagate = propagate
+        update_console_handler(colored=True)
 
 
 @contextlib.contextmanager
@@ -89,21 +109,51 @@ def _quiet_loggers(verbose: bool) -> Iterator[None]:
                 lg.setLevel(level)
 
 
-def backend_config(cfg: Config, verbose: bool) -> dict:
-    """Flower's Ray backend settings: one torch thread per simulated client unless the config says more.
+def backend_config(cfg: Config) -> dict:
+    """Flower's Ray backend settings: one torch thread per simulated client unless the config says more."""
+    return {"client_resources": {"num_cpus": cfg.simulation.num_cpus, "num_gpus": cfg.simulation.num_gpus}}
+
+
+def ray_init_args(cfg: Config, verbose: bool) -> dict:
+    """How `start_ray` calls `ray.init`.
 
     An empty `simulation.ray_address` means a fresh Ray instance on this machine, always ("local"):
-    never a cluster that Ray's own files or RAY_ADDRESS name (which may have died long ago).
+    never a cluster that Ray's own files or RAY_ADDRESS name (which may have died long ago). The
+    workers get the driver's `sys.path` (as Flower gives them), so a user's strategy or model file
+    imports there too.
     """
-    init_args: dict = {
+    pythonpath = os.pathsep.join([*sys.path, *filter(None, [os.environ.get("PYTHONPATH")])])
+    return {
+        "address": cfg.simulation.ray_address or "local",
+        "include_dashboard": False,
         "logging_level": "INFO" if verbose else "ERROR",
         "log_to_driver": verbose,
-        "address": cfg.simulation.ray_address or "local",
+        "runtime_env": {"env_vars": {"PYTHONPATH": pythonpath}},
     }
-    return {
-        "client_resources": {"num_cpus": cfg.simulation.num_cpus, "num_gpus": cfg.simulation.num_gpus},
-        "init_args": init_args,
-    }
+
+
+@contextlib.contextmanager
+def started_ray(cfg: Config, verbose: bool) -> Iterator[None]:
+    """Ray, started here rather than by Flower (which then uses it), and shut down afterwards.
+
+    SIGINT is ignored while Ray starts, so the processes it starts on this machine ignore it too: a
+    Ctrl-C in a terminal reaches every process of the terminal's process group, and a Ray worker
+    killed in the middle of a message would leave Flower waiting for its reply forever. The driver
+    alone acts on Ctrl-C (`fedlayer.interrupt`) and stops them.
+    """
+    import ray
+
+    ignored = threading.current_thread() is threading.main_thread()  # signal handlers are the main thread's
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if ignored else None
+    try:
+        ray.init(**ray_init_args(cfg, verbose))
+    finally:
+        if ignored:
+            signal.signal(signal.SIGINT, previous)
+    try:
+        yield
+    finally:
+        ray.shutdown()
 
 
 def check_ray_address(address: str, timeout: float = RAY_CONNECT_TIMEOUT_S) -> None:
@@ -177,11 +227,28 @@ def _noter(console: Console):
     return lambda text: console.print(f"[yellow]note[/]: {text}")
 
 
+def _how_to_continue(run: FederatedRun) -> str:
+    """What an interrupted run kept, and the command that continues it (or why none can)."""
+    from fedlayer.resume import check_resumable, read_state
+
+    try:
+        saved = read_state(run.run_dir)
+        check_resumable(run.cfg, saved, run.run_dir)
+    except RunError as exc:
+        return str(exc)
+    folder = run.run_dir.path
+    return f"round {saved.round} of {saved.rounds} is kept in {folder}; continue with `fedlayer run --resume {folder}`"
+
+
 def _simulate(run: FederatedRun, started: float, *, verbose: bool, console: Console) -> FederatedRun:
     from fedlayer.client_app import make_client_app
 
     console.print("starting Flower's simulation engine (Ray)...")
-    simulate(run.main, make_client_app(run.cfg), run.cfg, verbose=verbose)
+    try:
+        simulate(run.main, make_client_app(run.cfg), run.cfg, verbose=verbose)
+    except KeyboardInterrupt:
+        console.print(f"[yellow]interrupted[/]: {_how_to_continue(run)}")
+        raise
     run.raise_if_failed()
     console.print(f"done in {time.perf_counter() - started:.1f}s; results in {run.run_dir.path}")
     return run
@@ -189,20 +256,24 @@ def _simulate(run: FederatedRun, started: float, *, verbose: bool, console: Cons
 
 def simulate(main: ServerMain, client_app: ClientApp, cfg: Config, *, verbose: bool = False) -> None:
     """Run a ServerApp main function against `cfg.federation.clients` simulated nodes of `client_app` on
-    Flower's simulation engine (Ray backend, `cfg.simulation` resources), logs quiet unless `verbose`."""
+    Flower's simulation engine (Ray backend, `cfg.simulation` resources), logs quiet unless `verbose`.
+    Ctrl-C or SIGTERM stop it promptly (`fedlayer.interrupt`) and raise KeyboardInterrupt."""
     from flwr.serverapp import ServerApp
     from flwr.simulation import run_simulation as flower_run_simulation
 
+    from fedlayer.interrupt import Interruptible
+
     check_ray_address(cfg.simulation.ray_address)
+    server = Interruptible(main)
     server_app = ServerApp()
-    server_app.main()(main)
+    server_app.main()(server.serve)
     if cfg.simulation.keep_freed_memory:
         keep_freed_memory()  # before Ray starts: its worker processes inherit the settings
-    with quiet_logs(verbose):
+    with quiet_logs(verbose), started_ray(cfg, verbose), server.signals():
         flower_run_simulation(
             server_app=server_app,
             client_app=client_app,
             num_supernodes=cfg.federation.clients,
-            backend_config=backend_config(cfg, verbose),
+            backend_config=backend_config(cfg),
             verbose_logging=verbose,
         )

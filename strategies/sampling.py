@@ -21,6 +21,7 @@ from flwr.serverapp import Grid
 
 from fedlayer import protocol
 from fedlayer.errors import ConfigError, RunError, choices_message
+from strategies.grid import GridWrapper
 
 PHASES = ("train", "evaluate")
 
@@ -52,13 +53,13 @@ def clients_per_round(num_clients: int, fraction: float) -> int:
     return max(1, math.floor(num_clients * fraction + 1e-9))
 
 
-class SeededGrid(Grid):
+class SeededGrid(GridWrapper):
     """A Grid whose `get_node_ids()` is the seeded sample of clients for the current round.
 
     The sample is `random.Random(f"{seed}-{round}").sample(sorted partition ids, k)` with
     k = `clients_per_round(clients, fraction)`: the same partitions for the same seed, whatever the node
     ids. Evaluation uses the training sample unless `fraction_evaluate` is given (then its own draw,
-    seeded with f"{seed}-{round}-evaluate"). Everything else is delegated to the wrapped grid.
+    seeded with f"{seed}-{round}-evaluate"). Everything else is the wrapped grid's.
 
     The round is set with `set_round(round, phase)`; fedlayer's strategy wrappers do that in their
     `configure_train`/`configure_evaluate`, so `Observed(...)`/`LayerSelective(...).start(grid=...)`
@@ -98,7 +99,7 @@ class SeededGrid(Grid):
         *,
         fraction_evaluate: float | None = None,
     ) -> None:
-        self.grid = grid
+        super().__init__(grid)
         self.seed = seed
         self.fraction = fraction
         self.fraction_evaluate = fraction_evaluate
@@ -135,33 +136,6 @@ class SeededGrid(Grid):
                 "(fedlayer's strategy wrappers do it in configure_train/configure_evaluate)"
             )
         return [self.node_of[pid] for pid in self.sample(self.server_round, self.phase)]
-
-    # everything else is the wrapped grid's
-    def set_run(self, run) -> None:
-        self.grid.set_run(run)
-
-    @property
-    def run(self):
-        return self.grid.run
-
-    def create_message(
-        self, content: RecordDict, message_type: str, dst_node_id: int, group_id: str, ttl: float | None = None
-    ) -> Message:
-        return self.grid.create_message(content, message_type, dst_node_id, group_id, ttl)
-
-    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
-        return self.grid.push_messages(messages)
-
-    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        return self.grid.pull_messages(message_ids)
-
-    def send_and_receive(
-        self,
-        messages: Iterable[Message],
-        *,
-        timeout: float | None = None,
-    ) -> Iterable[Message]:
-        return self.grid.send_and_receive(messages, timeout=timeout)
 
 
 def query_partitions(grid: Grid, expected: int, *, timeout: float = 120.0, poll: float = 0.5) -> dict[int, int]:

@@ -263,3 +263,32 @@ def test_a_run_killed_with_sigkill_resumes_to_the_uninterrupted_tables(tmp_path,
     assert state_round(run_dir) == 4
     for name in ("metrics", "barriers", "curves"):
         pd.testing.assert_frame_equal(tables(ray_reference)[name], tables(run_dir)[name], check_exact=True, obj=name)
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_a_run_at_once_quietly_and_it_resumes_to_the_uninterrupted_tables(tmp_path, ray_reference):
+    """SIGINT to the whole process group, as a terminal's Ctrl-C sends it (Ray's processes included)."""
+    config = write_config(tmp_path, "interrupted", "simulation.num_cpus=1")
+    run_dir = tmp_path / "interrupted"
+    process = fedlayer("run", str(config))
+    deadline = time.monotonic() + 200
+    while not ((run_dir / "state.json").exists() and state_round(run_dir) >= 1):
+        assert process.poll() is None, "the run ended before it could be interrupted"
+        assert time.monotonic() < deadline, "no round 1 within 200 s"
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGINT)
+    try:
+        output, _ = process.communicate(timeout=60)  # a hang guard: it waited for the round timeout (600 s) before
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        raise
+    assert process.returncode == 130, output[-3000:]
+    kept = state_round(run_dir)
+    assert 1 <= kept < 4
+    said = " ".join(output.split())  # the console wraps long lines
+    assert f"round {kept} of 4 is kept in {run_dir}; continue with `fedlayer run --resume {run_dir}`" in said
+    for noise in ("timeout", "Traceback", "Error", "\x1b["):
+        assert noise not in output, output[-3000:]
+    finish(fedlayer("run", "--resume", str(run_dir)))
+    for name in ("metrics", "barriers", "curves"):
+        pd.testing.assert_frame_equal(tables(ray_reference)[name], tables(run_dir)[name], check_exact=True, obj=name)
