@@ -14,6 +14,12 @@ Layout of a run directory:
     state.json           the last committed round (written last: the commit of a round)
     plots/               PNG figures
 
+Tables that grow by rounds (metrics, barriers, curves) are part tables (`PartTable`): while a run goes on,
+TABLE.parquet is a directory of one Parquet part per round (round-000001.parquet, written once,
+atomically), which pandas and pyarrow read as one table; the run's last round compacts it into one
+Parquet file at the same path. So a round's commit costs the same in round 1,000 as in round 10. Tables
+set whole (choices) are single files, rewritten atomically.
+
 A comparison directory holds comparison.parquet (one row per strategy, seed and round), clients.parquet
 (one row per strategy, seed, round and client), config.toml (the config it ran from, its [compare] section
 as resolved) and one run directory per (strategy, seed) at runs/<folder>/seed-<seed>/, where <folder> is
@@ -30,14 +36,19 @@ Everything that draws or reports on results reads them through `read_run`, `read
 from __future__ import annotations
 
 import hashlib
+import os
 import re
+import shutil
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
-from fedlayer.atomic import atomic_target, write_bytes
+from fedlayer.atomic import atomic_swap, atomic_target, readable, settle, write_bytes
 from fedlayer.config import CompareConfig, Config, load_config
 from fedlayer.errors import DataError, FedlayerError
 
@@ -49,6 +60,7 @@ COMPARISON = "comparison.parquet"
 COMPARISON_REQUIRED = ("strategy", "seed", "round", "global_accuracy", "personal_accuracy_mean")
 CLIENTS = "clients.parquet"
 MAX_FOLDER_NAME = 64
+PART = re.compile(r"round-(\d+)\.parquet")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
@@ -60,22 +72,151 @@ def write_parquet(frame: pd.DataFrame, path: str | Path) -> Path:
 
 
 def read_table(path: str | Path) -> pd.DataFrame:
+    """A stored table, whole: one Parquet file, or a part table's directory (a run not finished) read as one."""
     path = Path(path)
-    if not path.exists():
+    if not table_exists(path):
         raise FedlayerError(f"table {str(path)!r} does not exist")
-    return pd.read_parquet(path)
+    return pd.read_parquet(readable(path))
+
+
+def table_exists(path: str | Path) -> bool:
+    """Whether a table is stored at `path`, as a file or a part table's directory (even mid-compaction)."""
+    return readable(path).exists()
 
 
 def table_path(run_dir: str | Path, name: str) -> Path:
     return Path(run_dir) / f"{name}.parquet"
 
 
+# -- part tables: a Parquet part per round, compacted at the end ----------------------------------
+def part_name(server_round: int) -> str:
+    return f"round-{server_round:06d}.parquet"
+
+
+class PartTable:
+    """A table that grows by rounds, at `path`: while it grows, a directory of one Parquet part per round
+    (`round-000001.parquet`, each written once, atomically), which pandas and pyarrow read as one table;
+    once complete, `compact()` makes it one Parquet file at the same path.
+
+    Every part has one schema, so that the directory reads as one table: new rows are cast to it, and
+    rows that need a wider one (a column null so far and now a string, a new column, integers that
+    become floats) rebuild the table in the wider schema. So does the first part (its directory appears
+    whole) and appending to a compacted table (a resumed run). A rebuild, like a compaction, is swapped
+    in atomically (`fedlayer.atomic.atomic_swap`): a crash leaves the table before or after it.
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self._schema: pa.Schema | None = None  # the parts' schema, once read or written here
+
+    def append(self, frame: pd.DataFrame) -> None:
+        """Add `frame`'s rows (with a `round` column), a part per round; a round's part written earlier
+        in this round gets them too."""
+        if frame.empty:
+            return
+        new = pa.Table.from_pandas(frame, preserve_index=False).replace_schema_metadata(None)
+        schema = self._part_schema()
+        if schema is not None and _widen(schema, new.schema).equals(schema):
+            for server_round, rows in _by_round(_cast(new, schema)):
+                part = self.path / part_name(server_round)
+                if part.exists():
+                    rows = pa.concat_tables([pq.read_table(part), rows])
+                with atomic_target(part) as tmp:
+                    pq.write_table(rows, tmp)
+            return
+        settle(self.path)
+        tables = [pq.read_table(self.path).replace_schema_metadata(None), new] if self.path.exists() else [new]
+        wider = _widen(*(table.schema for table in tables))
+        with atomic_swap(self.path) as staged:
+            staged.mkdir()
+            for server_round, rows in _by_round(pa.concat_tables([_cast(table, wider) for table in tables])):
+                pq.write_table(rows, staged / part_name(server_round))
+        self._schema = wider
+
+    def compact(self) -> None:
+        """Rewrite the parts as one Parquet file at the same path (nothing to do when it is one)."""
+        settle(self.path)
+        if self.path.is_dir():
+            table = pq.read_table(self.path)
+            with atomic_swap(self.path) as staged:
+                pq.write_table(table, staged)
+
+    def truncate(self, upto: int) -> None:
+        """Drop the rows of rounds after `upto` (a resumed run redoes them), settling an interrupted swap."""
+        settle(self.path)
+        if self.path.is_dir():
+            parts = _parts(self.path)
+            for server_round, part in parts:
+                if server_round > upto:
+                    part.unlink()
+            if all(server_round > upto for server_round, _ in parts):
+                shutil.rmtree(self.path)
+        elif self.path.is_file():
+            truncate_file(self.path, upto)
+
+    def _part_schema(self) -> pa.Schema | None:
+        """The schema of the parts (read from one of them once); None when the table is not a directory."""
+        if not self.path.is_dir():
+            return None
+        if self._schema is None:
+            with os.scandir(self.path) as entries:
+                part = next((entry.path for entry in entries if PART.fullmatch(entry.name)), None)
+            self._schema = pq.read_schema(part).remove_metadata() if part is not None else None
+        return self._schema
+
+
+def truncate_file(path: Path, upto: int) -> None:
+    """Drop the rows of rounds after `upto` from a one-file table (removed when none is left)."""
+    table = pq.read_table(path)
+    kept = table.filter(pc.field("round") <= upto)
+    if kept.num_rows == 0:
+        path.unlink()
+    elif kept.num_rows < table.num_rows:
+        with atomic_target(path) as tmp:
+            pq.write_table(kept, tmp)
+
+
+def _parts(path: Path) -> list[tuple[int, Path]]:
+    """(round, file) of each part of a part table's directory, by round."""
+    found = ((PART.fullmatch(entry.name), entry.path) for entry in os.scandir(path))
+    return sorted((int(match.group(1)), Path(file)) for match, file in found if match)
+
+
+def _widen(*schemas: pa.Schema) -> pa.Schema:
+    """The narrowest schema all of `schemas` cast to (null -> any type, int -> float, new columns added)."""
+    return pa.unify_schemas(list(schemas), promote_options="permissive").remove_metadata()
+
+
+def _cast(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """`table` in `schema`: its columns cast and ordered, a column it lacks all null."""
+    columns = [
+        table[field.name].cast(field.type) if field.name in table.column_names else pa.nulls(table.num_rows, field.type)
+        for field in schema
+    ]
+    return pa.Table.from_arrays(columns, schema=schema)
+
+
+def _by_round(table: pa.Table) -> Iterable[tuple[int, pa.Table]]:
+    """`table`'s rows grouped by round, rounds ascending, rows in their order."""
+    rounds = sorted(pc.unique(table["round"]).to_pylist())
+    if len(rounds) == 1:
+        yield rounds[0], table
+        return
+    for server_round in rounds:
+        yield server_round, table.filter(pc.equal(table["round"], server_round))
+
+
 class RunDirectory:
-    """One run's folder; tables accumulate in memory and are rewritten whole each round."""
+    """One run's folder. Each round's new rows are written once, as a part of each part table, and only
+    the rows of the round last written stay in memory (`latest`): a long run's commits and memory do
+    not grow with its rounds."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path).resolve()
-        self._rows: dict[str, list[pd.DataFrame]] = {name: [] for name in TABLES}
+        self._parts = {name: PartTable(self.table_path(name)) for name in TABLES}
+        self._added: dict[str, list[pd.DataFrame]] = {name: [] for name in TABLES}  # since the last flush
+        self._whole: dict[str, pd.DataFrame] = {}  # tables set whole since the last flush
+        self._latest: dict[str, pd.DataFrame] = {name: pd.DataFrame() for name in TABLES}
 
     @property
     def checkpoints(self) -> Path:
@@ -89,7 +230,11 @@ class RunDirectory:
         return table_path(self.path, name)
 
     def create(self) -> RunDirectory:
+        """The folder of a new run. Tables an earlier attempt left in it (one that committed no round, or a
+        comparison's run that was interrupted) are dropped: a round's part would otherwise mix their rows
+        with this run's."""
         self.path.mkdir(parents=True, exist_ok=True)
+        self.load(upto=-1)
         return self
 
     def write_text(self, name: str, text: str) -> Path:
@@ -97,46 +242,52 @@ class RunDirectory:
         return write_bytes(target, text.encode())
 
     def add(self, name: str, frames: pd.DataFrame | Iterable[pd.DataFrame]) -> None:
-        """Queue rows for table `name`; `flush()` writes them."""
+        """Queue rows for part table `name`; `flush()` writes them."""
         if isinstance(frames, pd.DataFrame):
             frames = [frames]
-        self._rows[name].extend(f for f in frames if not f.empty)
+        self._added[name].extend(f for f in frames if not f.empty)
 
     def replace(self, name: str, frame: pd.DataFrame) -> None:
         """Set table `name` to `frame` as a whole (for tables kept elsewhere, e.g. a strategy's history)."""
-        self._rows[name] = [frame] if not frame.empty else []
+        if name not in TABLES:
+            raise KeyError(name)
+        self._whole[name] = frame
 
     def table(self, name: str) -> pd.DataFrame:
-        rows = self._rows[name]
-        if len(rows) > 1:
-            rows[:] = [pd.concat(rows, ignore_index=True)]
-        return rows[0] if rows else pd.DataFrame()
+        """Table `name` as written so far, read from disk (empty when there is none)."""
+        path = self.table_path(name)
+        return read_table(path) if table_exists(path) else pd.DataFrame()
+
+    def latest(self, name: str) -> pd.DataFrame:
+        """The rows the last `flush()` added to table `name`: the last committed round's (for progress)."""
+        return self._latest[name]
 
     def load(self, upto: int) -> None:
-        """Reload the tables written so far, truncated on disk and in memory to rounds <= `upto`.
+        """Truncate the tables on disk to rounds <= `upto`, to continue the run after round `upto`.
 
-        Temporary files of writes a crash interrupted are removed.
+        Temporary files of writes a crash interrupted are removed, and interrupted swaps settled.
         """
         for partial in self.path.rglob(".*.tmp"):
             partial.unlink()
-        for name in TABLES:
-            path = self.table_path(name)
-            if not path.exists():
-                self._rows[name] = []
-                continue
-            frame = pd.read_parquet(path)
-            frame = frame[frame["round"] <= upto].reset_index(drop=True)
-            self._rows[name] = [frame] if not frame.empty else []
-            if frame.empty:
-                path.unlink()
-            else:
-                write_parquet(frame, path)
+        for table in self._parts.values():
+            table.truncate(upto)
 
-    def flush(self) -> None:
-        """Rewrite every non-empty table atomically (called once per completed round)."""
-        for name in TABLES:
-            if self._rows[name]:
-                write_parquet(self.table(name), self.table_path(name))
+    def flush(self, *, final: bool = False) -> None:
+        """Write the rows added since the last flush (called once per completed round); `final`: the run's
+        last round, whose part tables are then compacted (before its commit: a finished run's tables are
+        single files)."""
+        for name, frames in self._added.items():
+            rows = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+            self._parts[name].append(rows)
+            self._latest[name] = rows
+            frames.clear()
+        for name, frame in self._whole.items():
+            if not frame.empty:
+                write_parquet(frame, self.table_path(name))
+        self._whole.clear()
+        if final:
+            for table in self._parts.values():
+                table.compact()
 
 
 # -- reading finished runs -------------------------------------------------------------------------
@@ -169,7 +320,7 @@ def read_run(path: str | Path) -> RunRecord:
 
 def read_optional(path: Path) -> pd.DataFrame | None:
     """A stored table, or None when the run did not write it (e.g. no analysis)."""
-    return read_table(path) if path.exists() else None
+    return read_table(path) if table_exists(path) else None
 
 
 def read_config(run_dir: str | Path) -> Config | None:
@@ -231,9 +382,9 @@ def directory_kind(path: str | Path) -> str:
     path = Path(path)
     if (path / COMPARISON).is_file():
         return "comparison"
-    if (path / RUN_MARKER).is_file():
+    if table_exists(path / RUN_MARKER):
         return "run"
-    if any(table_path(path, name).is_file() for name in ANALYSIS_TABLES):
+    if any(table_exists(table_path(path, name)) for name in ANALYSIS_TABLES):
         return "analysis"
     what = "a directory" if path.is_dir() else "a path that does not exist" if not path.exists() else "a file"
     raise DataError(
@@ -265,7 +416,7 @@ def find_run(compare_dir: str | Path, strategy: str, seed: int) -> Path | None:
     """The run directory of one (strategy, seed) if it holds a run: at `run_path`, or where comparisons
     made before folder names were made safe put it (runs/<strategy>/seed-<seed>); else None."""
     for path in (run_path(compare_dir, strategy, seed), Path(compare_dir) / "runs" / str(strategy) / f"seed-{seed}"):
-        if (path / RUN_MARKER).is_file():
+        if table_exists(path / RUN_MARKER):
             return path
     return None
 

@@ -8,9 +8,11 @@ with (Adilova et al., ICLR 2024, https://arxiv.org/abs/2307.06966):
     strategy.start(grid=grid, initial_arrays=ArrayRecord(Net().state_dict()), num_rounds=5)
 
 It changes nothing in what the wrapped strategy sees or returns. The tables (`barriers.parquet`,
-`curves.parquet`, the columns of fedlayer's run directories plus `round`) are rewritten atomically
-after every analysed round, so `fedlayer plot` and `fedlayer report` work on the folder. The
-measurement is the barrier engine's (`fedlayer.analysis.pairwise_curves`), or the `engine` given.
+`curves.parquet`, the columns of fedlayer's run directories plus `round`) get each analysed round's
+rows as an atomically written part, as a run directory's tables do, and are compacted into one file
+each when `start` ends (`fedlayer.results.PartTable`), so `fedlayer plot` and `fedlayer report`
+work on the folder, during the run too. The measurement is the barrier engine's
+(`fedlayer.analysis.pairwise_curves`), or the `engine` given.
 """
 
 from __future__ import annotations
@@ -25,14 +27,14 @@ import pandas as pd
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import Strategy
+from flwr.serverapp.strategy import Result, Strategy
 from torch import nn
 
 from fedlayer.analysis import EvalInput, pairwise_curves, resolve_groups
 from fedlayer.errors import ConfigError
 from fedlayer.layers import model_layers
 from fedlayer.protocol import AGGREGATE_LABEL
-from fedlayer.results import write_parquet
+from fedlayer.results import ANALYSIS_TABLES, PartTable, read_optional
 from strategies.sampling import client_label, split_replies
 from strategies.wrapper import StrategyWrapper
 
@@ -77,7 +79,7 @@ class BarrierAnalysis(StrategyWrapper):
     device : str or torch.device, optional
         Where the engine evaluates (default: the model's device).
     out_dir : str or Path, optional
-        Where `barriers.parquet` and `curves.parquet` are written after every analysed round.
+        Where `barriers.parquet` and `curves.parquet` get each analysed round's rows.
     on_round : callable, optional
         `on_round(server_round, curves, barriers)` with each analysed round's new rows.
     engine : callable, optional
@@ -86,7 +88,9 @@ class BarrierAnalysis(StrategyWrapper):
     Attributes
     ----------
     curves, barriers : pandas.DataFrame
-        Every analysed round's rows so far.
+        Every analysed round's rows so far: read from `out_dir` when there is one, else kept in
+        memory, unless `on_round` takes them (then the last analysed round's rows only, so that a
+        long run's memory does not grow).
     seconds : dict of int to float
         The analysis time of each analysed round.
 
@@ -136,10 +140,36 @@ class BarrierAnalysis(StrategyWrapper):
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.on_round = on_round
         self.engine = engine or pairwise_curves
-        self.curves, self.barriers = pd.DataFrame(), pd.DataFrame()
+        # the rows: in out_dir's tables, else in memory
+        self._tables = (
+            {name: PartTable(self.out_dir / f"{name}.parquet") for name in ANALYSIS_TABLES} if self.out_dir else {}
+        )
+        self._kept = {name: pd.DataFrame() for name in ANALYSIS_TABLES}
         self.seconds: dict[int, float] = {}
         self._global: ArrayRecord | None = None
         self._between_clients: tuple[int, pd.DataFrame] = (-1, pd.DataFrame())  # (round, its barriers)
+
+    @property
+    def curves(self) -> pd.DataFrame:
+        return self._rows("curves")
+
+    @property
+    def barriers(self) -> pd.DataFrame:
+        return self._rows("barriers")
+
+    def _rows(self, name: str) -> pd.DataFrame:
+        """A table's rows from where they are kept: the folder (no copy in memory), else memory."""
+        if name not in self._tables:
+            return self._kept[name]
+        table = read_optional(self._tables[name].path)
+        return table if table is not None else pd.DataFrame()
+
+    def start(self, *args: Any, **kwargs: Any) -> Result:
+        """`Strategy.start`; then the folder's tables are compacted into one file each."""
+        result = super().start(*args, **kwargs)
+        for table in self._tables.values():
+            table.compact()
+        return result
 
     def due(self, server_round: int) -> bool:
         """Whether this round is analysed."""
@@ -213,11 +243,13 @@ class BarrierAnalysis(StrategyWrapper):
         return table[keep].reset_index(drop=True)
 
     def _publish(self, server_round: int, curves: pd.DataFrame, barriers: pd.DataFrame) -> None:
-        self.curves = pd.concat([self.curves, curves], ignore_index=True) if not self.curves.empty else curves
-        self.barriers = pd.concat([self.barriers, barriers], ignore_index=True) if not self.barriers.empty else barriers
-        if self.out_dir is not None:
-            write_parquet(self.curves, self.out_dir / "curves.parquet")
-            write_parquet(self.barriers, self.out_dir / "barriers.parquet")
+        for name, rows in (("curves", curves), ("barriers", barriers)):
+            if name in self._tables:
+                self._tables[name].append(rows)
+            elif self.on_round is None and not self._kept[name].empty:
+                self._kept[name] = pd.concat([self._kept[name], rows], ignore_index=True)
+            else:
+                self._kept[name] = rows
         if self.on_round is not None:
             self.on_round(server_round, curves, barriers)
 
