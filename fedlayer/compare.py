@@ -3,9 +3,9 @@
 For one seed, all strategies run in turn inside ONE Flower simulation: the clients (and their data,
 partitions and initial model) are the same, only the server's strategy changes. Each run keeps its
 own run directory under `runs/<folder>/seed-<seed>/` (`fedlayer.results.run_path`); the comparison
-directory gathers them in `comparison.parquet` (one row per strategy, seed and round) and
-`clients.parquet` (one row per strategy, seed, round and client), next to `config.toml`, the config it
-ran from with its `[compare]` section as resolved.
+directory gathers them in `comparison.parquet` (one row per strategy, seed and round, with the round's
+and the cumulative model-array bytes) and `clients.parquet` (one row per strategy, seed, round and
+client), next to `config.toml`, the config it ran from with its `[compare]` section as resolved.
 """
 
 from __future__ import annotations
@@ -23,7 +23,13 @@ from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid
 from rich.console import Console
 
-from fedlayer.analysis.summary import averaging_rows, check_reference, client_rows, worst_clients_mean
+from fedlayer.analysis.summary import (
+    CUMULATIVE_BYTES,
+    averaging_rows,
+    check_reference,
+    client_rows,
+    worst_clients_mean,
+)
 from fedlayer.atomic import write_bytes
 from fedlayer.config import CompareConfig, Config
 from fedlayer.console import make_console
@@ -42,6 +48,7 @@ from fedlayer.results import (
 )
 from fedlayer.runlock import claim
 from fedlayer.simulation import ServerMain
+from strategies.observed import BYTES_DOWN, BYTES_UP, TRAFFIC_COLUMNS
 
 Engine = Callable[[ServerMain, ClientApp, Config], None]
 COMPARISON_COLUMNS = (
@@ -55,6 +62,8 @@ COMPARISON_COLUMNS = (
     "personal_accuracy_worst10",
     "full_barrier_mean",
     "layer_barrier_mean",
+    *TRAFFIC_COLUMNS,
+    CUMULATIVE_BYTES,
 )
 CLIENT_COLUMNS = (
     "strategy",
@@ -201,7 +210,14 @@ def run_comparison(
                     console.print(f" strategy [bold]{run.strategy_label}[/]")
                     run.start(grid, node_to_partition)
 
-            engine(main, make_client_app(runs[0].cfg), cfg)
+            try:
+                engine(main, make_client_app(runs[0].cfg), cfg)
+            except KeyboardInterrupt:
+                console.print(
+                    f"interrupted: the comparison in {out} is incomplete (a comparison does not resume); "
+                    "the same command starts it again"
+                )
+                raise
             for run in runs:
                 run.raise_if_failed()
         table = comparison_table(out, settings.strategies, settings.seeds)
@@ -265,4 +281,16 @@ def _run_rows(path: Path, name: str, seed: int) -> pd.DataFrame:
     for column in ("full_barrier_mean", "layer_barrier_mean"):
         if column not in rows:
             rows[column] = np.nan
-    return rows
+    return _with_traffic(rows, metrics)
+
+
+def _with_traffic(rows: pd.DataFrame, metrics: pd.DataFrame) -> pd.DataFrame:
+    """Each round's model-array bytes summed over its clients' train rows (0 in round 0), and CUMULATIVE_BYTES:
+    bytes_down + bytes_up summed over the rounds so far. NaN for a run recorded before fedlayer counted them."""
+    if not set(TRAFFIC_COLUMNS) <= set(metrics.columns):
+        return rows.assign(**dict.fromkeys([*TRAFFIC_COLUMNS, CUMULATIVE_BYTES], np.nan))
+    train = metrics[metrics["split"] == "train"]
+    per_round = train.groupby("round")[list(TRAFFIC_COLUMNS)].sum(min_count=1).reindex(rows["round"], fill_value=0)
+    cumulative = (per_round[BYTES_DOWN] + per_round[BYTES_UP]).sort_index().cumsum()
+    rows = rows.assign(**{column: per_round[column].to_numpy() for column in TRAFFIC_COLUMNS})
+    return rows.assign(**{CUMULATIVE_BYTES: rows["round"].map(cumulative).to_numpy()})

@@ -2,16 +2,17 @@
 
 `barrier_analysis` turns the config's [analysis] into a `strategies.BarrierAnalysis` (the same
 wrapper a user puts in their own ServerApp). `RoundRecorder` plugs into `strategies.Observed`
-(which hands it every client's reply before aggregation), into `strategies.Guarded` (which
-reports the clients that failed, timed out or were rejected), into the analysis (its tables) and
-into `Strategy.start(evaluate_fn=...)` (called once a round is complete), and commits each round's
-tables to the run directory.
+(which hands it every client's reply, and the model-array bytes each client was sent and sent back,
+before aggregation), into `strategies.Guarded` (which reports the clients that failed, timed out or
+were rejected), into the analysis (its tables) and into `Strategy.start(evaluate_fn=...)` (called
+once a round is complete), and commits each round's tables to the run directory.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Sequence
+import dataclasses
+from collections.abc import Callable, Mapping, Sequence
 from typing import cast
 
 import pandas as pd
@@ -26,6 +27,7 @@ from fedlayer.results import RunDirectory
 from fedlayer.task import dataset_for, global_test_set, subsample
 from fedlayer.training import Metrics, evaluate
 from strategies import BarrierAnalysis, BarrierAware, LayerSelective, client_label
+from strategies.observed import TRAFFIC_COLUMNS, Traffic
 
 PHASE_SPLITS = {"train": "train", "evaluate": "local-test"}
 OnCommit = Callable[[int, ArrayRecord], None]
@@ -121,6 +123,7 @@ class RoundRecorder:
         self.failures: dict[tuple[int, str], list[dict]] = {}  # (round, split) -> rows of failed clients
         self.client_states: dict[str, dict[str, torch.Tensor]] = {}
         self.client_keys: set[str] = set()
+        self.traffic: dict[int, Traffic] = {}  # node id -> this round's training bytes (from `on_traffic`)
         # tables kept whole by the strategy and rewritten each round
         self.strategy_tables: dict[str, Callable[[], pd.DataFrame]] = (
             {"choices": strategy.history_frame} if isinstance(strategy, BarrierAware) else {}
@@ -134,7 +137,12 @@ class RoundRecorder:
         sent = {client_label(r): reply_state(r) for r in replies}
         self.client_keys = set.intersection(*(set(s) for s in sent.values())) if sent else set()
         self.client_states = {client: {**base, **state} for client, state in sent.items()}
-        self._add_metrics(server_round, replies, "train", protocol.TRAIN_LOSS, protocol.TRAIN_ACCURACY)
+        traffic, self.traffic = self.traffic, {}
+        self._add_metrics(server_round, replies, "train", protocol.TRAIN_LOSS, protocol.TRAIN_ACCURACY, traffic)
+
+    def on_traffic(self, server_round: int, traffic: Mapping[int, Traffic]) -> None:
+        """This round's training bytes per node (from `strategies.Observed`), for the train rows of metrics.parquet."""
+        self.traffic = dict(traffic)
 
     def on_analysis(self, server_round: int, curves: pd.DataFrame, barriers: pd.DataFrame) -> None:
         """An analysed round's curves and barriers (from `strategies.BarrierAnalysis`), committed with the round."""
@@ -143,7 +151,7 @@ class RoundRecorder:
 
     def on_evaluate(self, server_round: int, replies: Sequence[Message]) -> None:
         """Every valid evaluation reply: the clients' personalised models on their local test splits."""
-        self._add_metrics(server_round, replies, "local-test", protocol.LOSS, protocol.ACCURACY)
+        self._add_metrics(server_round, replies, "local-test", protocol.LOSS, protocol.ACCURACY, {})
 
     def on_failures(self, server_round: int, phase: str, failures: Sequence[dict]) -> None:
         """Clients that failed, timed out or were rejected (from `strategies.Guarded`), recorded with the others."""
@@ -157,13 +165,15 @@ class RoundRecorder:
         """
         self.eval_model.load_state_dict(arrays.to_torch_state_dict(), strict=True)
         metrics = evaluate(self.eval_model, *self.test_set, device=self.device)
-        row = _metrics_row(server_round, "global", "test", metrics.loss, metrics.accuracy, metrics.num_examples)
+        row = _metrics_row(
+            server_round, "global", "test", metrics.loss, metrics.accuracy, metrics.num_examples, traffic=None
+        )
         self.run_dir.add("metrics", pd.DataFrame([row]))
         if self.cfg.output.checkpoints:
             self._save_checkpoints(arrays)
         for name, table in self.strategy_tables.items():
             self.run_dir.replace(name, table())
-        self.run_dir.flush()
+        self.run_dir.flush(final=server_round >= self.cfg.federation.rounds)
         if self.on_commit is not None:
             self.on_commit(server_round, arrays)
         if self.on_round_end is not None:
@@ -172,9 +182,16 @@ class RoundRecorder:
 
     # -- helpers -------------------------------------------------------------------------------------
     def _add_metrics(
-        self, server_round: int, replies: Sequence[Message], split: str, loss_key: str, accuracy_key: str
+        self,
+        server_round: int,
+        replies: Sequence[Message],
+        split: str,
+        loss_key: str,
+        accuracy_key: str,
+        traffic: Mapping[int, Traffic],
     ) -> None:
-        """One row per client of this round and split, by partition: its metrics, or why it has none."""
+        """One row per client of this round and split, by partition: its metrics, or why it has none, and
+        the bytes `traffic` counted for its node (NaN where none were: evaluation rows)."""
         rows = []
         for reply in replies:
             m = reply_metrics(reply)
@@ -188,10 +205,12 @@ class RoundRecorder:
                     loss,
                     accuracy,
                     int(cast(int, m.get(protocol.NUM_EXAMPLES, 0))),
+                    traffic.get(reply.metadata.src_node_id),
                 )
             )
         for failure in self.failures.pop((server_round, split), []):
-            row = _metrics_row(server_round, failure["client"], split, float("nan"), float("nan"), 0)
+            nan = float("nan")
+            row = _metrics_row(server_round, failure["client"], split, nan, nan, 0, traffic.get(failure["node"]))
             rows.append({**row, "status": failure["status"], "error": failure["reason"]})
         rows.sort(key=lambda row: protocol.client_order(row["client"]))
         self.run_dir.add("metrics", pd.DataFrame(rows))
@@ -208,8 +227,17 @@ class RoundRecorder:
                 )
 
 
-def _metrics_row(server_round: int, client: str, split: str, loss: float, accuracy: float, examples: int) -> dict:
-    """One row of metrics.parquet (status "ok"; a failed client's row overrides status and error)."""
+def _metrics_row(
+    server_round: int,
+    client: str,
+    split: str,
+    loss: float,
+    accuracy: float,
+    examples: int,
+    traffic: Traffic | None,
+) -> dict:
+    """One row of metrics.parquet (status "ok"; a failed client's row overrides status and error), with the
+    model-array bytes of its training messages (`strategies.observed.Traffic`; NaN when none were counted)."""
     return {
         "round": server_round,
         "client": client,
@@ -219,4 +247,5 @@ def _metrics_row(server_round: int, client: str, split: str, loss: float, accura
         "num_examples": examples,
         "status": "ok",
         "error": "",
+        **(dataclasses.asdict(traffic) if traffic is not None else dict.fromkeys(TRAFFIC_COLUMNS, float("nan"))),
     }

@@ -62,6 +62,7 @@ FIGURE_CAPTIONS = {
     "barrier_heatmaps": "Layer-wise midpoint loss barrier per strategy",
     "final": "Final-round accuracy per strategy",
     "clients": "Personalised accuracy of every client in the final round, per strategy",
+    "communication": "Test accuracy against the megabytes communicated",
 }
 
 

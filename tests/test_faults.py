@@ -72,7 +72,10 @@ def test_injected_faults_are_recorded_and_the_run_goes_on(tmp_path):
     expected = {(r, pid) for r in (1, 2) for pid in range(4) if injected_fault(0, pid, r, p)}
     assert 0 < len(expected) < 8  # the seeded faults hit some clients, not all
     metrics = metrics_of(run_with(tmp_path, f"federation.fault_probability={p}"))
-    assert list(metrics.columns) == ["round", "client", "split", "loss", "accuracy", "num_examples", "status", "error"]
+    assert list(metrics.columns) == [
+        "round", "client", "split", "loss", "accuracy", "num_examples", "status", "error",
+        "bytes_down", "bytes_up", "bytes_personal_down", "bytes_personal_up",
+    ]  # fmt: skip
     train = metrics[metrics["split"] == "train"]
     failed = train[train["status"] == "failed"]
     assert {(r, int(c)) for r, c in zip(failed["round"], failed["client"], strict=True)} == expected

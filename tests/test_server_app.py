@@ -52,7 +52,10 @@ def test_run_directory_holds_config_partitions_tables_and_checkpoints(tmp_path):
         assert (path / name).exists(), name
     assert load_config(path / "config.toml") == run.cfg
     metrics = pd.read_parquet(path / "metrics.parquet")
-    assert list(metrics.columns) == ["round", "client", "split", "loss", "accuracy", "num_examples", "status", "error"]
+    assert list(metrics.columns) == [
+        "round", "client", "split", "loss", "accuracy", "num_examples", "status", "error",
+        "bytes_down", "bytes_up", "bytes_personal_down", "bytes_personal_up",
+    ]  # fmt: skip
     assert set(metrics["split"]) == {"train", "local-test", "test"}
     assert sorted(metrics.loc[metrics["client"] == "global", "round"]) == [0, 1, 2]
     assert set(metrics.loc[metrics["split"] == "train", "client"]) == {"0", "1", "2", "3"}

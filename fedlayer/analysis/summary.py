@@ -274,11 +274,17 @@ def final_client_rows(clients: pd.DataFrame) -> pd.DataFrame:
 
 
 # -- comparison tables --------------------------------------------------------------------------------------
+LAST, AT_TARGET, PER_ROUND = "last", "at target", "per round"
+
+
 @dataclass(frozen=True)
 class Metric:
     """A summary column: where it comes from, how it is shown, and which direction is best.
 
-    `unit` is what a difference of two values is in (percentage points for accuracies).
+    `unit` is what a difference of two values is in (percentage points for accuracies). `at` is the value
+    of a run it takes from `column`: LAST, its last measured value; AT_TARGET, its value in the first round
+    whose mean personalised accuracy reaches the target accuracy (NaN when none does); PER_ROUND, its last
+    measured value divided by that round. "{target}" in `label` stands for the target.
     """
 
     name: str
@@ -288,16 +294,23 @@ class Metric:
     scale: float
     digits: int
     unit: str
+    at: str = LAST
 
 
+CUMULATIVE_BYTES = "cumulative_bytes"  # comparison.parquet: bytes_down + bytes_up of every round so far
+MB = 1e-6  # bytes -> megabytes (10^6 bytes)
+TARGET_COLUMN = "personal_accuracy_mean"  # the accuracy the target is set on
 ROUNDS_TO_TARGET = "rounds_to_target"
+NOT_REACHED = "not reached"
 TARGET_SHARE = 0.9  # compare.target_accuracy = 0: this share of the best strategy's final accuracy
 SUMMARY_METRICS = (
     Metric("global_accuracy", "global_accuracy", "global accuracy (%)", True, 100.0, 1, "pp"),
     Metric("personal_accuracy", "personal_accuracy_mean", "personalised accuracy (%)", True, 100.0, 1, "pp"),
     Metric("client_std", "personal_accuracy_std", "std over clients (pp)", False, 100.0, 1, "pp"),
     Metric("worst_clients", "personal_accuracy_worst10", "worst 10 % of clients (%)", True, 100.0, 1, "pp"),
-    Metric(ROUNDS_TO_TARGET, "personal_accuracy_mean", "rounds to target", False, 1.0, 1, "rounds"),
+    Metric(ROUNDS_TO_TARGET, "round", "rounds to {target}", False, 1.0, 1, "rounds", AT_TARGET),
+    Metric("mb_to_target", CUMULATIVE_BYTES, "MB to {target}", False, MB, 3, "MB", AT_TARGET),
+    Metric("mb_per_round", CUMULATIVE_BYTES, "MB per round", False, MB, 3, "MB", PER_ROUND),
     Metric("full_barrier", "full_barrier_mean", "full-model barrier", False, 1.0, 3, "nats"),
     Metric("layer_barrier", "layer_barrier_mean", "mean layer barrier", False, 1.0, 3, "nats"),
 )
@@ -323,33 +336,34 @@ def check_reference(reference: str, names: Sequence[str]) -> None:
         )
 
 
-def _last(run: pd.DataFrame, column: str) -> float:
-    values = run[column].dropna() if column in run else pd.Series(dtype=float)
-    return float(values.iloc[-1]) if len(values) else math.nan
-
-
-def _first_round_reaching(run: pd.DataFrame, column: str, target: float) -> float:
-    if column not in run or not np.isfinite(target):
+def _run_value(run: pd.DataFrame, metric: Metric, target: float) -> float:
+    """`metric`'s value of one run (its rows sorted by round), as `Metric.at` says."""
+    if metric.column not in run:
         return math.nan
-    reached = run.loc[run[column] >= target, "round"]
-    return float(reached.min()) if len(reached) else math.nan
+    if metric.at == AT_TARGET:
+        reached = run[run[TARGET_COLUMN] >= target] if np.isfinite(target) else run.iloc[:0]
+        return float(reached[metric.column].iloc[0]) if len(reached) else math.nan
+    measured = run[run[metric.column].notna()]
+    if measured.empty:
+        return math.nan
+    last = measured.iloc[-1]
+    if metric.at == PER_ROUND:
+        return float(last[metric.column]) / last["round"] if last["round"] > 0 else math.nan
+    return float(last[metric.column])
 
 
 def run_values(comparison: pd.DataFrame, target: float = math.nan) -> pd.DataFrame:
-    """One row per (strategy, seed): its final round and each SUMMARY_METRICS value.
+    """One row per (strategy, seed): its final round and each SUMMARY_METRICS value (`Metric.at`).
 
-    A run's value is its last measured one (the final round, or for barriers analysed every N rounds the
-    last analysed round); its rounds to target is the first round whose mean personalised accuracy is at
-    least `target` (NaN when it never is).
+    A run's value is mostly its last measured one (the final round, or for barriers analysed every N rounds
+    the last analysed round); its rounds and MB to target are the round, and the cumulative MB, of the first
+    round whose mean personalised accuracy is at least `target` (NaN when it never is); its MB per round is
+    its cumulative MB over its rounds.
     """
     finals = []
     for (strategy, seed), run in comparison.sort_values("round", kind="stable").groupby(["strategy", "seed"]):
         record = {"strategy": strategy, "seed": int(seed), "round": int(run["round"].max())}
-        for metric in SUMMARY_METRICS:
-            if metric.name == ROUNDS_TO_TARGET:
-                record[metric.name] = _first_round_reaching(run, metric.column, target)
-            else:
-                record[metric.name] = _last(run, metric.column)
+        record |= {metric.name: _run_value(run, metric, target) for metric in SUMMARY_METRICS}
         finals.append(record)
     return pd.DataFrame(finals)
 
@@ -518,7 +532,7 @@ def summary_cells(summary: ComparisonSummary) -> tuple[list[str], list[list[str]
     """
     table = summary.table
     target = f"{summary.target * 100:.1f}%" if np.isfinite(summary.target) else "target"  # one word: no wrap
-    labels = [f"rounds to {target}" if m.name == ROUNDS_TO_TARGET else m.label for m in SUMMARY_METRICS]
+    labels = [m.label.format(target=target) for m in SUMMARY_METRICS]
     fixed = ["strategy", *(column for column in ("seeds", "round") if _uniform(table, column) is None)]
     headers = [*fixed, *labels]
     marked = summary.differences[summary.differences["significant"]]
@@ -539,10 +553,12 @@ def summary_cells(summary: ComparisonSummary) -> tuple[list[str], list[list[str]
 
 
 def _value_cell(metric: Metric, record: dict) -> str:
+    """'mean ± ci'; for a value at the target, NOT_REACHED when no seed reached it and the seeds that did
+    when only some did ('–' where the value itself was not measured, as for bytes in an older comparison)."""
     mean, ci, n = (record[f"{metric.name}_{stat}"] for stat in ("mean", "ci", "n"))
-    seeds = record["seeds"]
-    if metric.name == ROUNDS_TO_TARGET and n < seeds:
-        return "not reached" if n == 0 else f"{mean:.{metric.digits}f} ({n} of {seeds} seeds)"
+    seeds, reached = record["seeds"], record[f"{ROUNDS_TO_TARGET}_n"]
+    if metric.at == AT_TARGET and n == reached < seeds:
+        return NOT_REACHED if n == 0 else f"{mean * metric.scale:.{metric.digits}f} ({n} of {seeds} seeds)"
     return mean_std(mean, ci, metric.scale, metric.digits)
 
 
@@ -555,7 +571,7 @@ def difference_cells(summary: ComparisonSummary) -> tuple[list[str], list[list[s
     rows = []
     for row in summary.differences.itertuples(index=False):
         metric = metrics[row.metric]
-        label = "rounds to target" if metric.name == ROUNDS_TO_TARGET else metric.label
+        label = metric.label.format(target="target")
         low, high = row.difference - row.ci, row.difference + row.ci
         rows.append(
             [
@@ -607,9 +623,15 @@ def summary_notes(summary: ComparisonSummary) -> list[str]:
             else f"{TARGET_SHARE * 100:.0f} % of the best strategy's final mean personalised accuracy"
         )
         notes.append(
-            f"Rounds to {summary.target * 100:.1f} % ({why}): the first round whose mean personalised "
-            "accuracy reaches it."
+            f"Rounds and MB to {summary.target * 100:.1f} % ({why}): the first round whose mean personalised "
+            f"accuracy reaches it, and the communication until then; {NOT_REACHED}: no seed's run reached it."
         )
+    notes.append(
+        "MB: model-array megabytes (10^6 bytes) of the averaged layers sent to and received from the sampled "
+        "clients, summed over them (comparison.parquet's bytes_down + bytes_up); MB per round is a run's total "
+        "over its rounds. Personal layers that travel only because the server keeps them (personal = "
+        '"server") are not counted (they are bytes_personal_down and bytes_personal_up).'
+    )
     notes.append("Barriers: midpoint loss barriers between client models (nats), in a run's last analysed round.")
     return notes
 

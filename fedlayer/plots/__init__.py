@@ -8,7 +8,8 @@
     groups       barriers of cumulative layer groups and sliding windows
     choices      which layers barrier-aware averaging averaged each round
     directions   each layer moved towards the other model against random directions
-    compare      a comparison's accuracy, side-by-side heatmaps and final accuracy
+    compare      a comparison's accuracy, side-by-side heatmaps, final accuracy, and accuracy
+                 against the megabytes communicated
     clients      the distribution of client accuracies per strategy in a comparison's final round
     partitions   the label distribution of a partition
     heatmaps     the heatmap drawing and colour scale shared by runs and comparisons

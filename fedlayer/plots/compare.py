@@ -1,10 +1,11 @@
 """Figures of a comparison directory (strategies x seeds), read through `fedlayer.results.read_comparison`
 and `read_clients`.
 
-accuracy.png (accuracy per round per strategy, a band over seeds), barrier_heatmaps.png (each
-strategy's layer x round heatmap side by side, from its runs' barriers.parquet), final.png (final
-accuracy per strategy, 95 % confidence intervals over seeds) and clients.png (every client's final
-personalised accuracy per strategy, from clients.parquet).
+accuracy.png (accuracy per round per strategy, a band over seeds), communication.png (accuracy
+against the cumulative megabytes communicated), barrier_heatmaps.png (each strategy's layer x round
+heatmap side by side, from its runs' barriers.parquet), final.png (final accuracy per strategy, 95 %
+confidence intervals over seeds) and clients.png (every client's final personalised accuracy per
+strategy, from clients.parquet).
 """
 
 from __future__ import annotations
@@ -16,7 +17,16 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from fedlayer.analysis.summary import barrier_grid, seed_mean_grid, strategies, summary_table
+from fedlayer.analysis.summary import (
+    CUMULATIVE_BYTES,
+    MB,
+    TARGET_COLUMN,
+    barrier_grid,
+    resolve_target,
+    seed_mean_grid,
+    strategies,
+    summary_table,
+)
 from fedlayer.plots import save_figure, titles
 from fedlayer.plots.clients import client_accuracy_figure
 from fedlayer.plots.heatmaps import barrier_panels, heatmap_size
@@ -24,6 +34,7 @@ from fedlayer.results import (
     describe_setting,
     find_run,
     read_clients,
+    read_compare_settings,
     read_comparison,
     read_config,
     read_optional,
@@ -32,14 +43,17 @@ from fedlayer.results import (
 
 
 def plot_comparison(compare_dir: str | Path) -> list[Path]:
-    """Redraw accuracy.png, barrier_heatmaps.png (if any run has barriers), final.png and clients.png (if
-    the comparison has clients.parquet) into <dir>/plots/; return their paths."""
+    """Redraw accuracy.png, communication.png (if the comparison counted bytes), barrier_heatmaps.png (if
+    any run has barriers), final.png and clients.png (if the comparison has clients.parquet) into
+    <dir>/plots/; return their paths."""
     compare_dir = Path(compare_dir)
     comparison = read_comparison(compare_dir)
     context = comparison_setting(compare_dir, comparison)
     clients = read_clients(compare_dir)
+    target = resolve_target(comparison, read_compare_settings(compare_dir, comparison).target_accuracy)
     builders = {
         "accuracy": lambda: accuracy_figure(comparison, context),
+        "communication": lambda: communication_figure(comparison, target, context),
         "barrier_heatmaps": lambda: barrier_heatmaps_figure(compare_dir, comparison, context),
         "final": lambda: final_figure(summary_table(comparison), context),
         "clients": lambda: client_accuracy_figure(clients, context) if clients is not None else None,
@@ -109,6 +123,40 @@ def accuracy_figure(comparison: pd.DataFrame, context: str = "") -> Figure:
     axes[0].set_ylabel("test accuracy (%)")
     axes[1].legend(fontsize="small", loc="lower right")
     titles(fig, "Test accuracy per round (mean ± std over seeds)", context)
+    return fig
+
+
+def communication_figure(comparison: pd.DataFrame, target: float = np.nan, context: str = "") -> Figure | None:
+    """Global and mean personalised accuracy against the cumulative MB of averaged layers communicated, per
+    strategy (one point per round, mean over seeds), with the target accuracy of "MB to target" (`target`,
+    NaN: none). None when the comparison has no byte counts (made before fedlayer counted them)."""
+    if CUMULATIVE_BYTES not in comparison or comparison[CUMULATIVE_BYTES].isna().all():
+        return None
+    names = strategies(comparison)
+    colours = _colours(names)
+    columns = [CUMULATIVE_BYTES, "global_accuracy", TARGET_COLUMN]
+    means = comparison.groupby(["strategy", "round"])[columns].mean().dropna(subset=[CUMULATIVE_BYTES])
+    fig = Figure(figsize=(11.0, 4.2), layout="constrained")
+    axes = fig.subplots(1, 2, sharex=True, sharey=True)
+    panels = (
+        ("global_accuracy", "global model on the global test set"),
+        (TARGET_COLUMN, "personalised models on their local test sets (mean over clients)"),
+    )
+    for ax, (column, title) in zip(axes, panels, strict=True):
+        for name in names:
+            if name not in means.index.get_level_values(0):
+                continue
+            line = means.loc[name].dropna(subset=[column])
+            ax.plot(line[CUMULATIVE_BYTES] * MB, line[column] * 100, color=colours[name], label=name,
+                    marker="o" if len(line) <= 30 else None, markersize=4)  # fmt: skip
+        ax.set_title(title, fontsize="medium")
+        ax.set_xlabel("cumulative communication (MB, averaged layers, down + up)")
+        ax.grid(alpha=0.3)
+    if np.isfinite(target):
+        axes[1].axhline(target * 100, color="0.3", linestyle="--", linewidth=1, label=f"target {target * 100:.1f} %")
+    axes[0].set_ylabel("test accuracy (%)")
+    axes[1].legend(fontsize="small", loc="lower right")
+    titles(fig, "Test accuracy against the megabytes communicated (mean over seeds; one point per round)", context)
     return fig
 
 
