@@ -8,6 +8,8 @@ BENCHMARKS = {
     "barriers": "layer-wise barrier sweep: fedlayer's engine against the naive per-point method",
     "simulation": "federated rounds through Flower's simulation against plain PyTorch",
     "memory": "the barrier engine with fedlayer's malloc settings against glibc's defaults",
+    "commit": "committing a round's tables in round 10 against round 1,000 of a long run",
+    "wrapper": "the barrier-analysis wrapper on a round it skips against the bare strategy",
 }
 
 
