@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -13,17 +14,17 @@ from fedlayer.errors import CheckpointError, listed
 
 
 def save_checkpoint(
-    state: Mapping[str, torch.Tensor], path: str | Path, metadata: Mapping[str, str] | None = None
+    state: Mapping[str, torch.Tensor | np.ndarray], path: str | Path, metadata: Mapping[str, str] | None = None
 ) -> Path:
     """Write a state dict as a safetensors file, atomically: a crash never leaves half a checkpoint.
 
     The file is written to a temporary name and renamed. Tensors are cloned to contiguous CPU
     memory first: safetensors refuses tensors that share memory (tied weights), and each name then
-    gets its own copy.
+    gets its own copy. Numpy arrays (a server strategy's state) are stored as tensors of their dtype.
 
     Parameters
     ----------
-    state : Mapping[str, torch.Tensor]
+    state : Mapping[str, torch.Tensor or numpy.ndarray]
         The state dict to store.
     path : str or pathlib.Path
         The checkpoint file; replaced if it exists.
@@ -37,7 +38,10 @@ def save_checkpoint(
     """
     from safetensors.torch import save_file
 
-    tensors = {key: value.detach().to("cpu").contiguous().clone() for key, value in state.items()}
+    tensors = {
+        key: torch.tensor(value) if isinstance(value, np.ndarray) else value.detach().to("cpu").contiguous().clone()
+        for key, value in state.items()
+    }
     meta = {str(key): str(value) for key, value in (metadata or {}).items()}
     with atomic_target(path) as tmp:
         save_file(tensors, tmp, metadata=meta)

@@ -2,9 +2,10 @@
 
 The commit of round R (after its tables are written):
   1. checkpoints/round-R/ gets global.safetensors (the global model), shared.safetensors (each key's
-     last shared value, once there is one) and personal-<partition>.safetensors (each client's
+     last shared value, once there is one), personal-<partition>.safetensors (each client's
      personal layers, kept by the server with personal="server"), keyed by partition id: node ids
-     change between runs;
+     change between runs, and the server strategy's own state (`strategies.state`: FedAdam's
+     moments, FedAvgM's momentum, ...): strategy.json (scalars) and strategy.safetensors (arrays);
   2. state.json {"round": R, ...} is written atomically, LAST: it names a complete round folder;
   3. older round folders are deleted.
 A crash at any point leaves state.json naming a complete round; the tables may hold rows of the
@@ -17,13 +18,13 @@ R+1..N through `RoundOffset`. Client sampling, fault injection and the clients' 
 (seed, round, partition), so the resumed rounds are those an uninterrupted run would have had, and
 so are the tables.
 
-What resumes exactly: fedlayer's LayerSelective / BarrierAware (choices table included) around a
-STATELESS Flower strategy (FedAvg, FedProx, FedMedian, FedTrimmedAvg, Krum, MultiKrum, Bulyan,
-QFedAvg, ...). A strategy's own state between rounds cannot be restored generically: stateful server
-optimisers (FedAdam, FedYogi, FedAdagrad: moments; FedAvgM: momentum; adaptive DP clipping: the
-clipping norm) start afresh at the resumed round, so the run goes on but is not bit-for-bit an
-uninterrupted one. personal="client" cannot resume at all: its personal layers lived in the clients'
-memory, which the crash took.
+What resumes exactly: fedlayer's LayerSelective / BarrierAware (choices table included) around any
+Flower strategy whose state `strategies.state` saves: every strategy of flwr.serverapp.strategy but
+FedXgbCyclic (the differential-privacy wrappers add unseeded noise: no two of their runs are equal),
+and a user's strategy with the methods `state()` / `load_state()` or without state of its own; a run
+whose strategy keeps other state says so when it starts (`strategies.state.unsaved_note`).
+personal="client" cannot resume at all: its personal layers lived in the clients' memory, which the
+crash took.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import re
 import shutil
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
@@ -45,9 +47,11 @@ from fedlayer.config import Config
 from fedlayer.errors import RunError
 from fedlayer.results import RunDirectory
 from strategies.layerwise import SelectiveState
+from strategies.state import StrategyState
 from strategies.wrapper import StrategyWrapper
 
 STATE_FILE = "state.json"
+STRATEGY_JSON, STRATEGY_ARRAYS = "strategy.json", "strategy.safetensors"  # in a round folder
 ROUND_FOLDER = re.compile(r"round-(\d+)")
 # config keys that do not change what a run computes: a resumed run may change them in RUN_DIR/config.toml
 OPERATIONAL = (
@@ -61,7 +65,6 @@ OPERATIONAL = (
     "output.checkpoints",
     "output.overwrite",
 )
-STATEFUL = ("FedAdam", "FedYogi", "FedAdagrad", "FedOpt", "FedAvgM", "AdaptiveClipping")  # names, or name parts
 
 
 @dataclass(frozen=True)
@@ -84,9 +87,17 @@ def round_folder(run_dir: RunDirectory, server_round: int):
 
 
 def commit_round(
-    run_dir: RunDirectory, cfg: Config, server_round: int, arrays: ArrayRecord, state: SelectiveState
+    run_dir: RunDirectory,
+    cfg: Config,
+    server_round: int,
+    arrays: ArrayRecord,
+    state: SelectiveState,
+    strategy: StrategyState,
 ) -> None:
-    """Write round `server_round`'s checkpoint, then state.json (the commit), then drop older rounds."""
+    """Write round `server_round`'s checkpoint, then state.json (the commit), then drop older rounds.
+
+    `state` is LayerSelective's (`snapshot`), `strategy` the wrapped strategy's own (`strategies.state_of`).
+    """
     folder = round_folder(run_dir, server_round)
     if folder.exists():  # left by a crashed attempt at this round
         shutil.rmtree(folder)
@@ -96,6 +107,7 @@ def commit_round(
     personal = sorted(pid for pid, record in state.personal.items() if record)  # empty: nothing personal
     for pid in personal:
         save_checkpoint(state.personal[pid].to_torch_state_dict(), folder / f"personal-{pid}.safetensors")
+    write_strategy_state(folder, strategy)
     saved = RoundState(server_round, cfg.federation.rounds, experiment(cfg), list(state.average_keys), personal)
     write_bytes(run_dir.path / STATE_FILE, json.dumps(asdict(saved), indent=1).encode())
     prune_rounds(run_dir, keep=server_round)
@@ -151,21 +163,26 @@ def check_resumable(cfg: Config, saved: RoundState, run_dir: RunDirectory) -> No
         )
 
 
-def inexact_note(cfg: Config) -> str | None:
-    """Why a resumed run may differ from an uninterrupted one (its strategy's own state), if it may."""
-    cls = cfg.strategy.class_.rpartition(":")[2]
-    if not cls:
+def write_strategy_state(folder: Path, strategy: StrategyState) -> None:
+    """The strategy's state into a round folder: arrays (if any) in safetensors, then the JSON tree."""
+    if strategy.arrays:
+        save_checkpoint(strategy.arrays, folder / STRATEGY_ARRAYS)
+    write_bytes(folder / STRATEGY_JSON, json.dumps(strategy.tree, indent=1).encode())
+
+
+def read_strategy_state(folder: Path) -> StrategyState | None:
+    """The strategy state a round folder holds; None for a folder from before fedlayer saved it."""
+    if not (folder / STRATEGY_JSON).is_file():
         return None
-    if any(name in cls for name in STATEFUL):
-        return (
-            f"{cls} keeps server-side state between rounds (moments, momentum or a clipping norm), which is "
-            "not saved: it starts afresh now, so the resumed rounds differ from an uninterrupted run's"
-        )
-    return f"the resumed rounds equal an uninterrupted run's only if {cls} keeps no state between rounds"
+    arrays = load_checkpoint(folder / STRATEGY_ARRAYS) if (folder / STRATEGY_ARRAYS).is_file() else {}
+    return StrategyState(dict(arrays), json.loads((folder / STRATEGY_JSON).read_text()))
 
 
-def load_round(run_dir: RunDirectory, saved: RoundState, model: torch.nn.Module) -> tuple[ArrayRecord, SelectiveState]:
-    """The committed round's global model (checked against `model`, in its key order) and strategy state."""
+def load_round(
+    run_dir: RunDirectory, saved: RoundState, model: torch.nn.Module
+) -> tuple[ArrayRecord, SelectiveState, StrategyState | None]:
+    """The committed round's global model (checked against `model`, in its key order), LayerSelective's
+    state and the wrapped strategy's own (None if the round folder predates it)."""
     folder = round_folder(run_dir, saved.round)
     arrays = load_checkpoint(folder / "global.safetensors")
     check_state_fits(model, arrays, what=f"the global model of round {saved.round}")
@@ -175,7 +192,7 @@ def load_round(run_dir: RunDirectory, saved: RoundState, model: torch.nn.Module)
     state = SelectiveState(
         list(saved.average_keys), ArrayRecord({k: shared[k] for k in order if k in shared}), personal
     )
-    return ArrayRecord({key: arrays[key] for key in order}), state
+    return ArrayRecord({key: arrays[key] for key in order}), state, read_strategy_state(folder)
 
 
 class RoundOffset(StrategyWrapper):

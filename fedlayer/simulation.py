@@ -199,7 +199,6 @@ def run_simulation(
 
 def resume_simulation(run_dir: str | Path, *, verbose: bool = False, console: Console | None = None) -> FederatedRun:
     """Continue the run in `run_dir` from its last committed round (see `fedlayer.resume`)."""
-    from fedlayer.resume import inexact_note
     from fedlayer.server_app import FederatedRun
 
     console = console or make_console(stderr=True)
@@ -216,9 +215,6 @@ def resume_simulation(run_dir: str | Path, *, verbose: bool = False, console: Co
             f"[bold]fedlayer[/] resume -> {run.run_dir.path}  (rounds {done + 1}..{rounds} of {rounds}, "
             f"strategy {run.strategy_label})"
         )
-        note = inexact_note(run.cfg)
-        if note:
-            console.print(f"[yellow]note[/]: {note}")
         return _simulate(run, started, verbose=verbose, console=console)
 
 

@@ -9,8 +9,9 @@ One strategy per module: `LayerSelective` (layerwise.py), `BarrierAware` (barrie
 named presets and `build_strategy` (presets.py); `BarrierAnalysis` (barrier_analysis.py), the
 per-round barrier analysis around any strategy; the wrappers fedlayer's own ServerApp also puts
 around them, `Observed` (observed.py: replies to callbacks) and `Guarded` (guarded.py: faults and
-bad updates); seeded, partition-ordered sampling (`SeededGrid`, sampling.py). The messages they exchange
-with clients are `fedlayer.protocol`'s.
+bad updates); seeded, partition-ordered sampling (`SeededGrid`, sampling.py); the state a strategy
+carries between rounds, saved for an exact resume (`StatefulStrategy`, `state_of`, `restore_state`:
+state.py). The messages they exchange with clients are `fedlayer.protocol`'s.
 """
 
 from strategies.barrier_analysis import BarrierAnalysis
@@ -21,6 +22,7 @@ from strategies.loading import instantiate_strategy, load_strategy_class, stock_
 from strategies.observed import Observed
 from strategies.presets import PRESETS, Preset, build_strategy, get_preset
 from strategies.sampling import SeededGrid, client_label, clients_per_round, partition_of, query_partitions
+from strategies.state import StatefulStrategy, StrategyState, restore_state, state_of, unsaved_note
 from strategies.wrapper import StrategyWrapper
 
 __all__ = [
@@ -33,6 +35,8 @@ __all__ = [
     "Preset",
     "SeededGrid",
     "SelectiveState",
+    "StatefulStrategy",
+    "StrategyState",
     "StrategyWrapper",
     "build_strategy",
     "client_label",
@@ -42,5 +46,8 @@ __all__ = [
     "load_strategy_class",
     "partition_of",
     "query_partitions",
+    "restore_state",
+    "state_of",
     "stock_strategies",
+    "unsaved_note",
 ]
