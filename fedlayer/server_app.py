@@ -41,6 +41,9 @@ from strategies import (
     build_strategy,
     clients_per_round,
     query_partitions,
+    restore_state,
+    state_of,
+    unsaved_note,
 )
 
 DISCOVERY_TIMEOUT_S = 600.0
@@ -77,6 +80,9 @@ class FederatedRun:
         self.layers = model_layers(self.model)
         device = default_device()  # the server's GPU, if it has one, evaluates and analyses
         self.strategy = self._build_strategy()
+        note = unsaved_note(self.strategy)
+        if note:
+            console.print(f"[yellow]warning[/]: {note}")
         self.recorder = RoundRecorder(
             cfg,
             run_dir,
@@ -159,8 +165,10 @@ class FederatedRun:
         seeded = SeededGrid(grid, cfg.seed, fed.fraction, node_to_partition)
         initial, done = ArrayRecord(self.model.state_dict()), 0
         if self.resumed is not None:
-            initial, state = load_round(self.run_dir, self.resumed, self.model)
+            initial, state, kept = load_round(self.run_dir, self.resumed, self.model)
             self.strategy.restore(state, seeded.node_of)
+            if kept is not None:
+                restore_state(self.strategy, kept)
             done = self.resumed.round
         strategy = self.server_strategy(done)
         tag = self.run_dir.path.name if self.tag is None else self.tag
@@ -192,19 +200,31 @@ class FederatedRun:
 
         - RoundOffset (resumed runs only) counts rounds from the last committed one, `done`;
         - Guarded records client faults and bad updates and leaves them out;
-        - Observed hands the accepted replies to the recorder (metrics, client models);
+        - Observed hands the accepted replies and the bytes sent each way to the recorder (metrics, client models);
         - BarrierAnalysis measures the layer-wise barriers between the replying clients' models;
         - LayerSelective (or BarrierAware) averages the selected layers with the Flower strategy.
         """
         fed = self.cfg.federation
-        observed = Observed(self.analysis, on_train=self.recorder.on_train, on_evaluate=self.recorder.on_evaluate)
+        observed = Observed(
+            self.analysis,
+            on_train=self.recorder.on_train,
+            on_evaluate=self.recorder.on_evaluate,
+            on_traffic=self.recorder.on_traffic,
+        )
         guarded = Guarded(
             observed, min_replies=fed.min_clients, on_failures=self.recorder.on_failures, timeout=fed.timeout
         )
         return RoundOffset(guarded, done) if done else guarded
 
     def _commit_round(self, server_round: int, arrays: ArrayRecord) -> None:
-        commit_round(self.run_dir, self.cfg, server_round, arrays, self.strategy.snapshot(self.node_to_partition))
+        commit_round(
+            self.run_dir,
+            self.cfg,
+            server_round,
+            arrays,
+            self.strategy.snapshot(self.node_to_partition),
+            state_of(self.strategy),
+        )
 
     def _report_round(self, server_round: int, metrics: Metrics) -> None:
         analysis_s = self.analysis.seconds.get(server_round)
@@ -224,7 +244,7 @@ class FederatedRun:
         (over clients, as the comparison's personal_accuracy_mean)."""
         if not self.strategy.personal_keys:
             return ""
-        table = self.run_dir.table("metrics")
+        table = self.run_dir.latest("metrics")
         local = table[(table["round"] == server_round) & (table["split"] == "local-test") & (table["status"] == "ok")]
         if local.empty:
             return ""
@@ -232,7 +252,7 @@ class FederatedRun:
 
     def _left_out(self, server_round: int) -> str:
         """The clients of this round that failed, timed out or were rejected (their reasons: metrics.parquet)."""
-        table = self.run_dir.table("metrics")
+        table = self.run_dir.latest("metrics")
         bad = table[(table["round"] == server_round) & (table["status"] != "ok")]
         if bad.empty:
             return ""
