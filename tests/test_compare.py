@@ -214,4 +214,4 @@ def test_compare_command_on_flowers_simulation_engine(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "lg-fedavg" in printed and "accuracy.png" in printed
     assert {p.name for p in (out / "plots").iterdir()} == {"accuracy.png", "barrier_heatmaps.png", "final.png",
-                                                            "clients.png"}  # fmt: skip
+                                                            "clients.png", "communication.png"}  # fmt: skip
