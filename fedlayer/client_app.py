@@ -10,6 +10,9 @@ defined there):
 - evaluate: the client's personalised model on its local test split (`num-examples`, `loss`,
   `accuracy` as a fraction).
 - query: replies with its `partition-id`, so the server can sample by partition, not by node id.
+Every handler first checks the node's `partition-id` and `num-partitions` (Flower's node-config)
+against `federation.clients`, so that a SuperNode started for another federation size is one
+clear error naming it, not an IndexError deep in the data code.
 Each call runs with `simulation.torch_threads` torch threads, whatever `simulation.num_cpus` is: the
 thread count changes float summation order, and the results must not depend on how many clients
 run at once. With `federation.fault_probability` p > 0, training raises in a round when
@@ -20,17 +23,27 @@ fail alike): a way to exercise the server's fault handling.
 from __future__ import annotations
 
 import functools
+import io
+import math
 import random
+import warnings
+from dataclasses import dataclass
 from typing import cast
 
+import numpy as np
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.common.constant import SType
+from numpy.lib import format as npy_format
 
 from fedlayer import protocol
 from fedlayer.config import Config, config_from_flat, config_hash
+from fedlayer.errors import ConfigError
 from fedlayer.task import client_data, configure_process, head_parameter_names, new_model, train_settings
 from fedlayer.training import default_device, evaluate, seed_everything, train_local
+
+NUM_PARTITIONS = "num-partitions"  # Flower's node-config key next to protocol.PARTITION_ID
 
 
 @functools.lru_cache(maxsize=2)
@@ -38,16 +51,78 @@ def _config_from_run_config(items: tuple) -> Config:
     return config_from_flat(dict(items))
 
 
-_MODELS: dict[str, tuple[torch.nn.Module, dict[str, torch.Tensor]]] = {}
+@dataclass(frozen=True)
+class _Warm:
+    """What a config needs on every message, built on its first one and kept by the process (a Ray actor
+    serves many clients): one model object on the device (every message overwrites all of it), its
+    initial state (on the CPU) and its head parameters."""
+
+    model: torch.nn.Module
+    initial: dict[str, torch.Tensor]
+    head_params: list[str]
 
 
-def _model_and_initial_state(cfg: Config) -> tuple[torch.nn.Module, dict[str, torch.Tensor]]:
-    """One model object per config and process (fully overwritten on every message) and its init."""
+_WARM: dict[str, _Warm] = {}
+
+
+def _warm(cfg: Config) -> _Warm:
     key = config_hash(cfg)
-    if key not in _MODELS:
+    if key not in _WARM:
         model = new_model(cfg)
-        _MODELS[key] = (model, {k: v.clone() for k, v in model.state_dict().items()})
-    return _MODELS[key]
+        initial = {k: v.clone() for k, v in model.state_dict().items()}
+        _WARM[key] = _Warm(model.to(default_device()), initial, head_parameter_names(model))
+    return _WARM[key]
+
+
+@functools.cache
+def _npy_header(dtype: np.dtype, shape: tuple[int, ...]) -> bytes:
+    """The bytes `np.save` (so Flower's `Array`) writes before the data of a C-ordered array."""
+    buffer = io.BytesIO()
+    header = {"descr": npy_format.dtype_to_descr(dtype), "fortran_order": False, "shape": shape}
+    npy_format.write_array_header_1_0(buffer, header)
+    return buffer.getvalue()
+
+
+def tensors(record: ArrayRecord) -> dict[str, torch.Tensor]:
+    """`record.to_torch_state_dict()` without copies: read-only tensors viewing the arrays' bytes, for
+    `load_state_dict` to copy into a model.
+
+    Flower's `Array.numpy()` parses each .npy header with `ast.literal_eval` and copies the data out:
+    a sixth of a small client's time (the cross-device benchmark's). Bytes made of exactly the header
+    `np.save` writes for the Array's dtype and shape, then that many bytes, are its C-ordered data;
+    anything else takes Flower's path.
+    """
+    out = {}
+    with warnings.catch_warnings():  # torch warns (once) that a view of `bytes` is not writable
+        warnings.simplefilter("ignore", UserWarning)
+        for key, array in record.items():
+            dtype, shape = np.dtype(array.dtype), tuple(array.shape)
+            header, count = _npy_header(dtype, shape), math.prod(shape)
+            data = array.data
+            if (
+                array.stype == SType.NUMPY
+                and len(data) == len(header) + count * dtype.itemsize
+                and data.startswith(header)
+            ):
+                values = np.frombuffer(data, dtype, count, offset=len(header)).reshape(shape)
+            else:
+                values = array.numpy()
+            out[key] = torch.from_numpy(values)
+    return out
+
+
+def array_record(state: dict[str, torch.Tensor]) -> ArrayRecord:
+    """`ArrayRecord(state)`, byte for byte, copying each tensor once (`np.save` writes to a buffer in
+    chunks, which Flower then copies out)."""
+    record = ArrayRecord()
+    for key, tensor in state.items():
+        values = tensor.detach().cpu().numpy()
+        if values.flags.c_contiguous:
+            data = b"".join((_npy_header(values.dtype, values.shape), values.data))
+            record[key] = Array(dtype=str(values.dtype), shape=values.shape, stype=SType.NUMPY, data=data)
+        else:
+            record[key] = Array(values)
+    return record
 
 
 def _received(msg: Message) -> tuple[dict[str, torch.Tensor], ConfigRecord]:
@@ -55,7 +130,26 @@ def _received(msg: Message) -> tuple[dict[str, torch.Tensor], ConfigRecord]:
     content = msg.content
     arrays = next(iter(content.array_records.values()), ArrayRecord())
     config = next(iter(content.config_records.values()), ConfigRecord())
-    return arrays.to_torch_state_dict(), config
+    return tensors(arrays), config
+
+
+def partition_id(cfg: Config, context: Context) -> int:
+    """This node's partition id, checked against `federation.clients` (ConfigError naming both otherwise)."""
+    node_config, clients = context.node_config, cfg.federation.clients
+    fix = (
+        f"start each of the {clients} SuperNodes with --node-config 'partition-id=K num-partitions={clients}' "
+        f"(K = 0..{clients - 1}), or set federation.clients to the number of SuperNodes"
+    )
+    if protocol.PARTITION_ID not in node_config:
+        raise ConfigError(f"this SuperNode's node-config {dict(node_config)} has no '{protocol.PARTITION_ID}': {fix}")
+    pid = int(cast(int, node_config[protocol.PARTITION_ID]))
+    partitions = int(cast(int, node_config.get(NUM_PARTITIONS, clients)))
+    if not 0 <= pid < clients or partitions != clients:
+        raise ConfigError(
+            f"this SuperNode has partition-id={pid} num-partitions={partitions}, which does not fit "
+            f"federation.clients = {clients}: {fix}"
+        )
+    return pid
 
 
 def injected_fault(seed: int, partition: int, server_round: int, probability: float) -> bool:
@@ -63,17 +157,18 @@ def injected_fault(seed: int, partition: int, server_round: int, probability: fl
     return probability > 0 and random.Random(f"fault-{seed}-{partition}-{server_round}").random() < probability
 
 
-def _local_model(cfg: Config, msg: Message, context: Context):
-    """The client's model for this message: received layers, personal layers from state, init for the rest."""
+def _local_model(cfg: Config, msg: Message, context: Context) -> tuple[_Warm, ConfigRecord]:
+    """The config's warm model, loaded for this message: received layers, personal layers from state, init
+    for the rest; and the message's config."""
     received, config = _received(msg)
-    model, initial = _model_and_initial_state(cfg)
-    state = dict(initial)
+    warm = _warm(cfg)
+    state = dict(warm.initial)
     personal = protocol.personal_state_key(config.get(protocol.RUN_TAG))
     if personal in context.state.array_records:
-        state.update(context.state.array_records[personal].to_torch_state_dict())
+        state.update(tensors(context.state.array_records[personal]))
     state.update(received)
-    model.load_state_dict(state, strict=True)
-    return model.to(default_device()), config
+    warm.model.load_state_dict(state, strict=True)
+    return warm, config
 
 
 class FedlayerClient:
@@ -90,9 +185,9 @@ class FedlayerClient:
     def train(self, msg: Message, context: Context) -> Message:
         cfg = self.config(context)
         configure_process(cfg)
-        pid = int(context.node_config[protocol.PARTITION_ID])
-        model, config = _local_model(cfg, msg, context)
-        server_round = int(config.get(protocol.SERVER_ROUND, 0))
+        pid = partition_id(cfg, context)
+        warm, config = _local_model(cfg, msg, context)
+        server_round = int(cast(int, config.get(protocol.SERVER_ROUND, 0)))
         fed = cfg.federation
         if injected_fault(cfg.seed, pid, server_round, fed.fault_probability):
             raise RuntimeError(
@@ -107,19 +202,19 @@ class FedlayerClient:
         )
         data = client_data(cfg, pid)
         metrics = train_local(
-            model,
+            warm.model,
             data.train_x,
             data.train_y,
             settings,
-            head_params=head_parameter_names(model),
+            head_params=warm.head_params,
             generator=generator,
             device=default_device(),
         )
-        state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        state = {k: v.detach().cpu() for k, v in warm.model.state_dict().items()}
         reply_state = state
         if config.get(protocol.PERSONAL_MODE) == "client":
             shared = protocol.parse_average_keys(config.get(protocol.AVERAGE_KEYS))
-            personal = ArrayRecord({k: v for k, v in state.items() if k not in shared})
+            personal = array_record({k: v for k, v in state.items() if k not in shared})
             context.state.array_records[protocol.personal_state_key(config.get(protocol.RUN_TAG))] = personal
             reply_state = {k: v for k, v in state.items() if k in shared}
         metrics_record = MetricRecord(
@@ -129,15 +224,15 @@ class FedlayerClient:
                 protocol.TRAIN_ACCURACY: metrics.accuracy,
             }
         )
-        return _reply(msg, pid, {protocol.ARRAYS: ArrayRecord(reply_state), protocol.METRICS: metrics_record})
+        return _reply(msg, pid, {protocol.ARRAYS: array_record(reply_state), protocol.METRICS: metrics_record})
 
     def evaluate(self, msg: Message, context: Context) -> Message:
         cfg = self.config(context)
         configure_process(cfg)
-        pid = int(context.node_config[protocol.PARTITION_ID])
-        model, _ = _local_model(cfg, msg, context)
+        pid = partition_id(cfg, context)
+        warm, _ = _local_model(cfg, msg, context)
         data = client_data(cfg, pid)
-        metrics = evaluate(model, data.test_x, data.test_y, device=default_device())
+        metrics = evaluate(warm.model, data.test_x, data.test_y, device=default_device())
         metrics_record = MetricRecord(
             {
                 protocol.NUM_EXAMPLES: metrics.num_examples,
@@ -148,7 +243,7 @@ class FedlayerClient:
         return _reply(msg, pid, {protocol.METRICS: metrics_record})
 
     def query(self, msg: Message, context: Context) -> Message:
-        return _reply(msg, int(context.node_config[protocol.PARTITION_ID]), {})
+        return _reply(msg, partition_id(self.config(context), context), {})
 
 
 def _reply(msg: Message, pid: int, records: dict) -> Message:

@@ -9,6 +9,9 @@ config from Flower's run-config.
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -17,6 +20,7 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import Strategy
+from flwr.supercore.exit import add_exit_handler
 from rich.console import Console
 
 from fedlayer import protocol
@@ -28,7 +32,15 @@ from fedlayer.memory import keep_freed_memory
 from fedlayer.observer import RoundRecorder, barrier_analysis
 from fedlayer.plots.runs import plot_run
 from fedlayer.results import RunDirectory
-from fedlayer.resume import RoundOffset, RoundState, check_resumable, commit_round, load_round, read_state
+from fedlayer.resume import (
+    STATE_FILE,
+    RoundOffset,
+    RoundState,
+    check_resumable,
+    commit_round,
+    load_round,
+    read_state,
+)
 from fedlayer.runlock import claim
 from fedlayer.task import new_model, partitions_for
 from fedlayer.training import Metrics, default_device
@@ -45,8 +57,10 @@ from strategies import (
     state_of,
     unsaved_note,
 )
+from strategies.sampling import is_simulation_grid
 
 DISCOVERY_TIMEOUT_S = 600.0
+RAY_STOP_TIMEOUT_S = 3.0  # Flower force-exits 5 s after `flwr stop`
 
 
 def faithful(cfg: Config, run_dir: RunDirectory) -> Config:
@@ -93,7 +107,6 @@ class FederatedRun:
             on_round_end=self._report_round,
         )
         self.analysis = barrier_analysis(cfg, self.strategy, self.model, device, on_round=self.recorder.on_analysis)
-        self.node_to_partition: dict[int, int] = {}
         self.resumed = resumed  # the committed round this run continues from
         self.error: FedlayerError | None = None  # why the run stopped early (Flower may swallow it)
         if resumed is not None and not resumed.finished:
@@ -161,12 +174,11 @@ class FederatedRun:
     def start(self, grid: Grid, node_to_partition: dict[int, int]) -> None:
         """All rounds of this run on `grid`; several runs can share one grid (and one Ray start) in turn."""
         cfg, fed = self.cfg, self.cfg.federation
-        self.node_to_partition = dict(node_to_partition)
-        seeded = SeededGrid(grid, cfg.seed, fed.fraction, node_to_partition)
+        seeded = SeededGrid(grid, cfg.seed, fed.fraction, node_to_partition, query_timeout=fed.timeout)
         initial, done = ArrayRecord(self.model.state_dict()), 0
         if self.resumed is not None:
             initial, state, kept = load_round(self.run_dir, self.resumed, self.model)
-            self.strategy.restore(state, seeded.node_of)
+            self.strategy.restore(state)
             if kept is not None:
                 restore_state(self.strategy, kept)
             done = self.resumed.round
@@ -222,7 +234,7 @@ class FederatedRun:
             self.cfg,
             server_round,
             arrays,
-            self.strategy.snapshot(self.node_to_partition),
+            self.strategy.snapshot(),
             state_of(self.strategy),
         )
 
@@ -279,11 +291,76 @@ app = ServerApp()
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    """`flwr run .`: the config comes from the run-config; outputs go to its (absolute) output.dir."""
+    """`flwr run .`: the config comes from the run-config; outputs go to its (absolute) output.dir.
+
+    An output.dir that holds a stopped run of the same experiment is continued after its last
+    committed round: after a crash (of the SuperLink, say) the same `flwr run` command continues the
+    run, as `fedlayer run --resume` does in a simulation; output.overwrite = true starts it over. A
+    fedlayer error is printed as one line before Flower reports the failed run.
+    """
     cfg = config_from_flat(context.run_config)
     if cfg.simulation.keep_freed_memory:
         keep_freed_memory()  # this process evaluates and analyses every round
-    run = FederatedRun(cfg, RunDirectory(Path(cfg.output.dir).resolve()), make_console(stderr=True))
-    with claim(run.run_dir.path, overwrite=cfg.output.overwrite):
-        run.prepare_directory()
-        run.main(grid, context)
+    if is_simulation_grid(grid):
+        add_exit_handler(_stop_ray, run_before_force_exit=True)
+    console = make_console(stderr=True)
+    run_dir = RunDirectory(Path(cfg.output.dir).resolve())
+    note = functools.partial(console.print, "note:", markup=False)  # a lock taken over, an old run cleared
+    try:
+        stopped = _stopped_run(cfg, run_dir)
+        if stopped is None:
+            run = FederatedRun(cfg, run_dir, console)
+            with claim(run_dir.path, overwrite=cfg.output.overwrite, note=note):
+                run.prepare_directory()
+                run.main(grid, context)
+            return
+        with claim(run_dir.path, resume=True, note=note):
+            run = FederatedRun(cfg, run_dir, console, resumed=stopped)
+            console.print(
+                f"continuing the stopped run in {run_dir.path} after its last committed round, "
+                f"{stopped.round} of {stopped.rounds} (output.overwrite = true would start it over)"
+            )
+            run.main(grid, context)
+    except FedlayerError as exc:
+        console.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
+        raise
+
+
+def _stop_ray() -> None:
+    """A Flower exit handler: `flwr stop` (or Ctrl-C) ends the simulation runtime's flwr-simulation process with
+    os._exit after 5 s, skipping Ray's shutdown. Ray's raylet and GCS, this process's children, are then
+    killed with it, and Ray's DashboardAgent and RuntimeEnvAgent, the raylet's children, finding it killed, try
+    to report that to the dead GCS and are left behind for minutes. So every process below this one is asked
+    to stop (SIGTERM) and, if still there after a few seconds, killed. (`ray.shutdown()` cannot do it: Flower's
+    workers still call Ray, and the first call after it ends the process before Ray has stopped its own.)
+    Nothing to do once Ray has stopped (after a run that ended by itself)."""
+    ray = sys.modules.get("ray")
+    if ray is None or not ray.is_initialized():
+        return
+    import psutil  # Ray's copy (ray/thirdparty_files), importable once ray is
+
+    family = psutil.Process().children(recursive=True)
+    for process in family:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.terminate()
+    _, alive = psutil.wait_procs(family, timeout=RAY_STOP_TIMEOUT_S)
+    for process in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.kill()
+
+
+def _stopped_run(cfg: Config, run_dir: RunDirectory) -> RoundState | None:
+    """The last committed round of a stopped run of `cfg`'s experiment in `run_dir`, or None for a new run."""
+    if cfg.output.overwrite or not (run_dir.path / STATE_FILE).is_file():
+        return None
+    saved = read_state(run_dir)
+    if saved.finished:
+        return None  # a finished run: `claim` refuses to overwrite it
+    try:
+        check_resumable(faithful(cfg, run_dir), saved, run_dir)
+    except RunError as exc:
+        raise RunError(
+            f"output.dir {str(run_dir.path)!r} holds a stopped run that this run-config cannot continue ({exc}); "
+            "give another output.dir, or output.overwrite = true to replace that run"
+        ) from None
+    return saved

@@ -4,7 +4,8 @@ It goes OUTERMOST, `Guarded(Observed(LayerSelective(FedAvg())))`, so that nothin
 barrier analysis, the averaging) ever sees a reply it would not accept. Per round and phase it
 remembers which node was sent what, and sorts the replies into accepted ones and failures:
 
-- "failed": the ClientApp raised (Flower turns the exception into an error reply);
+- "failed": the ClientApp raised (Flower turns the exception into an error reply), or the node died
+  (a deployment's SuperLink answers for a node whose heartbeats stopped, about a minute after them);
 - "timeout": a node was sent a message but sent no reply within the round's timeout;
 - "rejected" (training replies only): an update with NaN or infinite values, or whose arrays do not
   match the model: other keys than expected (the keys the node was sent; with the config
@@ -20,7 +21,6 @@ round rather than averaging too few clients (or none).
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from logging import WARNING
@@ -33,12 +33,11 @@ from flwr.serverapp.strategy import Strategy
 
 from fedlayer import protocol
 from fedlayer.errors import ConfigError, RunError, listed
-from strategies.sampling import SeededGrid, client_label, split_replies
+from strategies.sampling import SeededGrid, client_label, error_summary, split_replies
 from strategies.wrapper import StrategyWrapper
 
 OnFailures = Callable[[int, str, list[dict]], None]
 _LISTED = 5  # failures named in the error that stops a run
-_EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*: \S.*$", re.MULTILINE)  # "RuntimeError: out of memory"
 
 
 @dataclass(frozen=True)
@@ -87,7 +86,8 @@ class Guarded(StrategyWrapper):
         self.timeout = timeout
         self.model: dict[str, tuple[tuple[int, ...], str]] | None = None  # key -> (shape, dtype)
         self._sent: dict[str, dict[int, Sent]] = {}  # phase -> node -> what it was sent
-        self._partition_of: dict[int, int] = {}  # node -> partition, from a SeededGrid
+        self._messages: dict[str, list[Message]] = {}  # phase -> the messages sent (their ids are set when pushed)
+        self._partition_of: dict[int, int] = {}  # node -> partition (a replaced node's too), from a SeededGrid
 
     # ------------------------------------------------------------------ configure
 
@@ -107,8 +107,9 @@ class Guarded(StrategyWrapper):
 
     def _remember(self, phase: str, messages: list[Message], grid: Grid) -> list[Message]:
         if isinstance(grid, SeededGrid):
-            self._partition_of = {node: pid for pid, node in grid.node_of.items()}
+            self._partition_of = dict(grid.partition_of)
         self._sent[phase] = {m.metadata.dst_node_id: _sent(m.content) for m in messages}
+        self._messages[phase] = messages
         return messages
 
     # ------------------------------------------------------------------ aggregate
@@ -136,9 +137,11 @@ class Guarded(StrategyWrapper):
         """(accepted replies sorted by partition, failures sorted by client); failures are logged and reported."""
         valid, errors = split_replies(replies)
         sent = self._sent.pop(phase, {})
-        failures = [
-            self._failure(m.metadata.src_node_id, "failed", error_summary(m.error.reason or "")) for m in errors
-        ]
+        # an error reply may come from the SuperLink (a node that stopped sending heartbeats): it names the node
+        # only through the message it replies to
+        dst = {m.metadata.message_id: m.metadata.dst_node_id for m in self._messages.pop(phase, [])}
+        failed = {dst.get(m.metadata.reply_to_message_id, m.metadata.src_node_id): m for m in errors}
+        failures = [self._failure(node, "failed", error_summary(m.error.reason or "")) for node, m in failed.items()]
         accepted = []
         for reply in valid:
             reason = self._problem(reply, sent.get(reply.metadata.src_node_id)) if phase == "train" else None
@@ -146,7 +149,7 @@ class Guarded(StrategyWrapper):
                 accepted.append(reply)
             else:
                 failures.append(self._failure(reply.metadata.src_node_id, "rejected", reason, client_label(reply)))
-        replied = {m.metadata.src_node_id for m in valid + errors}
+        replied = {m.metadata.src_node_id for m in valid} | failed.keys()
         within = f" within the round timeout of {self.timeout:g} s" if self.timeout is not None else ""
         failures += [self._failure(node, "timeout", f"no reply{within}") for node in sent if node not in replied]
         failures.sort(key=lambda f: protocol.client_order(f["client"]))
@@ -195,16 +198,6 @@ class Guarded(StrategyWrapper):
             return "; ".join(problems)
         not_finite = [k for k in sorted(keys) if not _finite(arrays[k].numpy())]
         return f"non-finite values (NaN or inf) in {listed(not_finite)}" if not_finite else None
-
-
-def error_summary(reason: str) -> str:
-    """The root cause of a client's error: "RuntimeError: out of memory", not Ray's whole traceback.
-
-    Ray's error reasons carry chained tracebacks with process ids (different in every run); the
-    first "Type: message" line of the chain is the exception the ClientApp raised.
-    """
-    found = _EXCEPTION_LINE.search(reason)
-    return found.group(0).strip() if found else reason.strip()
 
 
 def _sent(content: RecordDict) -> Sent:

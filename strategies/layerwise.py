@@ -9,12 +9,15 @@ each client and is never overwritten by anyone else's.
 Who keeps the personal layers (`personal`):
 - "server" (default) works with ANY ClientApp that strictly loads the arrays it receives and replies
   with its trained arrays (Flower's quickstart client, unchanged). The server keeps each client's
-  personal layers in `personal_state` (node id -> ArrayRecord) and sends every client the averaged
-  layers plus its own personal ones (on first contact: the initial values), in train AND evaluate
-  messages. Clients must reply with their full model.
+  personal layers in `personal_state`, keyed by the client's name as in the tables (its partition
+  id as a string, "node-<id>" for a client that does not name its partition): a SuperNode that
+  restarts under a new node id gets its own personal layers back. It sends every client the
+  averaged layers plus its own personal ones (on first contact: the initial values), in train AND
+  evaluate messages. Clients must reply with their full model.
 - "client": personal layers never leave a client after its first contact. A client the server has
   not yet heard from in a train reply gets the full model (to initialise its personal layers); after
-  that it gets only the averaged layers and replies with only those. The server then never sees
+  that it gets only the averaged layers and replies with only those. This is tracked per node id: a
+  restarted SuperNode has lost its memory, and its new node id gets the full model again. The server then never sees
   personal layers, and neither does anything that observes the replies (per-round barrier analysis
   can only look at the averaged layers).
 
@@ -51,9 +54,9 @@ from flwr.serverapp.strategy.strategy_utils import (
 from torch import nn
 
 from fedlayer import protocol
-from fedlayer.errors import ConfigError, RunError, choices_message
+from fedlayer.errors import ConfigError, RunError, choices_message, listed
 from fedlayer.layers import Layer, keys_of, model_layers, select_layers
-from strategies.sampling import client_label, split_replies
+from strategies.sampling import SeededGrid, client_label, split_replies
 from strategies.wrapper import StrategyWrapper
 
 if TYPE_CHECKING:
@@ -169,8 +172,8 @@ class LayerSelective(StrategyWrapper):
         self.layers: list[Layer] | None = None
         self.selected: list[Layer] = []  # what `average` picks
         self.average_keys: list[str] = []  # the keys averaged (in the last round)
-        self.personal_state: dict[int, ArrayRecord] = {}  # node id -> its personal layers (server mode)
-        self.client_labels: dict[int, str] = {}  # node id -> partition id (as str) from its replies
+        self.personal_state: dict[str, ArrayRecord] = {}  # client name -> its personal layers (server mode)
+        self.client_labels: dict[int, str] = {}  # node id -> client name, from its replies or a SeededGrid
         self._global: ArrayRecord | None = None  # the global arrays of the current round
         self._shared: dict[str, Array] = {}  # per key, the last value every client shared (initial/averaged)
         self._holding: set[int] = set()  # client mode: nodes that keep their personal layers
@@ -214,19 +217,23 @@ class LayerSelective(StrategyWrapper):
 
     # ------------------------------------------------------------------ state between rounds
 
-    def snapshot(self, partition_of: Mapping[int, int]) -> SelectiveState:
-        """The state after the last aggregation; `partition_of` maps node ids to partition ids."""
-        unknown = sorted(node for node in self.personal_state if node not in partition_of)
-        if unknown:
-            raise RunError(f"no partition id known for nodes {unknown}")
+    def snapshot(self) -> SelectiveState:
+        """The state after the last aggregation (personal layers by partition id)."""
+        unnamed = sorted(label for label in self.personal_state if not label.isdigit())
+        if unnamed:
+            raise RunError(
+                f"cannot save the personal layers of clients {listed(unnamed)}: they did not name their "
+                f"partition (a reply names it with ConfigRecord({{'{protocol.PARTITION_ID}': pid}}) "
+                f"under '{protocol.CLIENT}')"
+            )
         return SelectiveState(
             list(self.average_keys),
             ArrayRecord(dict(self._shared)),
-            {partition_of[node]: record for node, record in self.personal_state.items()},
+            {int(label): record for label, record in self.personal_state.items()},
         )
 
-    def restore(self, state: SelectiveState, node_of: Mapping[int, int]) -> None:
-        """Continue from a `snapshot` (of an earlier run); `node_of` maps partition ids to this run's nodes.
+    def restore(self, state: SelectiveState) -> None:
+        """Continue from a `snapshot` (of an earlier run, whose node ids do not matter).
 
         Only personal="server" can be restored: with personal="client" the personal layers live in
         the clients' memory, which a crash loses.
@@ -236,31 +243,29 @@ class LayerSelective(StrategyWrapper):
                 "cannot restore a strategy with personal='client': the personal layers were kept "
                 "by the clients and are lost with them"
             )
-        unknown = sorted(pid for pid in state.personal if pid not in node_of)
-        if unknown:
-            raise RunError(f"no connected client holds partition(s) {unknown}; connected: {sorted(node_of)}")
         self.average_keys = list(state.average_keys)
         self._shared = dict(state.shared.items())
-        self.personal_state = {node_of[pid]: record for pid, record in state.personal.items()}
-        self.client_labels = {node_of[pid]: str(pid) for pid in state.personal}
+        self.personal_state = {str(pid): record for pid, record in state.personal.items()}
 
     # ------------------------------------------------------------------ configure
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        self._begin(arrays)
+        self._begin(arrays, grid)
         messages = super().configure_train(server_round, subset(arrays, self._wrapped_keys()), config, grid)
         return self._personalise(messages, {protocol.TRAIN_MODE: self.train_mode})
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        self._begin(arrays)
+        self._begin(arrays, grid)
         messages = super().configure_evaluate(server_round, subset(arrays, self._wrapped_keys()), config, grid)
         return self._personalise(messages, {})
 
-    def _begin(self, arrays: ArrayRecord) -> None:
+    def _begin(self, arrays: ArrayRecord, grid: Grid) -> None:
+        if isinstance(grid, SeededGrid):  # names a node before its first reply (a restarted SuperNode's new id)
+            self.client_labels.update({node: str(pid) for node, pid in grid.partition_of.items()})
         if self.layers is None:
             self.resolve(arrays)
         expected = self.model_keys
@@ -309,7 +314,8 @@ class LayerSelective(StrategyWrapper):
     def _arrays_for(self, node: int, sent: ArrayRecord) -> ArrayRecord:
         if self.personal == "client" and node in self._holding:
             return sent
-        own: Mapping[str, Array] = self.personal_state.get(node, {})
+        label = self.client_labels.get(node)
+        own: Mapping[str, Array] = self.personal_state.get(label, {}) if label is not None else {}
         personal = set(self.personal_keys)
         out = ArrayRecord()
         for key in self.model_keys:
@@ -376,14 +382,15 @@ class LayerSelective(StrategyWrapper):
     def _remember(self, replies: list[Message], received: list[ArrayRecord], chosen: list[str]) -> None:
         """Keep what each client now holds: its personal layers (server mode) or that it holds them."""
         nodes = [reply.metadata.src_node_id for reply in replies]
-        self.client_labels.update({n: client_label(r) for n, r in zip(nodes, replies, strict=True)})
+        labels = [client_label(reply) for reply in replies]
+        self.client_labels.update(zip(nodes, labels, strict=True))
         if self.personal == "client":
             self._holding.update(nodes)
             return
         averaged = set(chosen)
         personal = [key for key in self.model_keys if key not in averaged]
-        for node, record in zip(nodes, received, strict=True):
-            self.personal_state.setdefault(node, ArrayRecord()).update({k: record[k] for k in personal})
+        for label, record in zip(labels, received, strict=True):
+            self.personal_state.setdefault(label, ArrayRecord()).update({k: record[k] for k in personal})
         for state in self.personal_state.values():  # an averaged key is nobody's own any more
             for key in averaged & set(state.keys()):
                 del state[key]

@@ -5,8 +5,9 @@ like Flower's grids where it matters: random 64-bit node ids, one `Context` per 
 node_config {"partition-id", "num-partitions"} and a `state` that persists across rounds, message
 ids and reply_to metadata, a ClientApp exception returned as an error reply, and message contents
 copied in both directions (as a real transport would), so a client cannot change what the server
-holds. Creating one sets Flower's task identity (run id, SuperLink node id), as a ServerApp runtime
-does, so strategies can build Messages.
+holds. Nodes can die and new ones join (`kill`, `add_node`), as SuperNodes of a deployment do.
+Creating one sets Flower's task identity (run id, SuperLink node id), as a ServerApp runtime does,
+so strategies can build Messages.
 
 `ProtocolClient` is a minimal ClientApp that follows fedlayer's client protocol (see
 `strategies.layerwise`) and records, per (partition, round), the state it loaded and trained;
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import math
 import random
 from collections.abc import Callable, Iterable
 from uuid import uuid4
@@ -26,6 +28,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.common.constant import SUPERLINK_NODE_ID, ErrorCode
+from flwr.server.superlink.linkstate.utils import NODE_UNAVAILABLE_ERROR_REASON
 from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
@@ -56,24 +59,18 @@ class InProcessGrid(Grid):
         shuffle_seed: int | None = None,
         duration: Callable[[Message, Context], float] | None = None,
     ) -> None:
-        rng = random.Random(node_seed) if node_seed is not None else random.SystemRandom()
+        self._rng = random.Random(node_seed) if node_seed is not None else random.SystemRandom()
         node_ids: list[int] = []
-        while len(node_ids) < num_nodes:
-            node = rng.getrandbits(64)
-            if node not in (0, SUPERLINK_NODE_ID, *node_ids):
-                node_ids.append(node)
-        self._run = Run.create_empty(run_id=rng.getrandbits(63))
+        for _ in range(num_nodes):
+            node_ids.append(self._new_node_id(node_ids))
+        self._run = Run.create_empty(run_id=self._rng.getrandbits(63))
         self.client_app = client_app
-        self.contexts = {
-            node: Context(
-                run_id=self._run.run_id,
-                node_id=node,
-                node_config={"partition-id": pid, "num-partitions": num_nodes},
-                state=RecordDict(),
-                run_config=dict(run_config or {}),
-            )
-            for pid, node in enumerate(node_ids)
-        }
+        self.run_config = dict(run_config or {})
+        self.contexts: dict[int, Context] = {}
+        self.dead: set[int] = set()
+        self.unavailable: set[int] = set()  # dead nodes the SuperLink answers for
+        for pid, node in enumerate(node_ids):
+            self._join(node, pid, num_nodes)
         self.delivered: list[Message] = []
         self.replies: list[Message] = []
         self.exceptions: list[BaseException] = []
@@ -91,7 +88,39 @@ class InProcessGrid(Grid):
         return {node: int(ctx.node_config["partition-id"]) for node, ctx in self.contexts.items()}
 
     def node_of(self, partition: int) -> int:
-        return next(node for node, pid in self.partitions.items() if pid == partition)
+        """The live node holding `partition`."""
+        return next(node for node, pid in self.partitions.items() if pid == partition and node not in self.dead)
+
+    def add_node(self, partition: int, num_partitions: int | None = None) -> int:
+        """A node joins with node_config {partition-id, num-partitions} (by default: the number of live
+        nodes afterwards) and an empty state, under a new random node id, as a (re)started SuperNode does."""
+        node = self._new_node_id(self.contexts)
+        self._join(node, partition, len(self.get_node_ids()) + 1 if num_partitions is None else num_partitions)
+        return node
+
+    def _new_node_id(self, taken: Iterable[int]) -> int:
+        node = self._rng.getrandbits(64)
+        while node in (0, SUPERLINK_NODE_ID, *taken):
+            node = self._rng.getrandbits(64)
+        return node
+
+    def _join(self, node: int, partition: int, num_partitions: int) -> None:
+        self.contexts[node] = Context(
+            run_id=self._run.run_id,
+            node_id=node,
+            node_config={"partition-id": partition, "num-partitions": num_partitions},
+            state=RecordDict(),
+            run_config=dict(self.run_config),
+        )
+
+    def kill(self, node: int, *, noticed: bool = False) -> None:
+        """The node dies, as a SuperNode killed with SIGKILL: it leaves `get_node_ids()`, and messages to
+        it (also the one it is handling now) are accepted but never answered; once the SuperLink has
+        `noticed` (its heartbeats stopped), the SuperLink answers them with Flower's "Node Unavailable"
+        error reply, sent from the SuperLink's own node id."""
+        self.dead.add(node)
+        if noticed:
+            self.unavailable.add(node)
 
     # ------------------------------------------------------------------ Grid API
 
@@ -108,7 +137,7 @@ class InProcessGrid(Grid):
         return Message(content, dst_node_id, message_type, ttl=ttl, group_id=group_id)
 
     def get_node_ids(self) -> set[int]:
-        return set(self.contexts)
+        return set(self.contexts) - self.dead
 
     def push_messages(self, messages: Iterable[Message]) -> list[str]:
         ids = []
@@ -120,13 +149,23 @@ class InProcessGrid(Grid):
                 raise ValueError(f"invalid instruction message: {md}")
             md.__dict__["_message_id"] = str(uuid4())
             received = _transported(message)
+            ids.append(md.message_id)
+            if md.dst_node_id in self.unavailable:
+                self._took[md.message_id] = 0.0
+                self._pending[md.message_id] = _unavailable(received)
+                continue
+            if md.dst_node_id in self.dead:
+                self._took[md.message_id] = math.inf
+                continue
             self.delivered.append(received)
             reply = _transported(self._handle(received))
             self._took[md.message_id] = self._duration(received, self.contexts[md.dst_node_id])
+            if md.dst_node_id in self.dead:  # killed while handling it
+                self._took[md.message_id] = math.inf
+                continue
             reply.metadata.__dict__["_message_id"] = str(uuid4())
             self.replies.append(reply)
             self._pending[md.message_id] = reply
-            ids.append(md.message_id)
         return ids
 
     def pull_messages(self, message_ids: Iterable[str]) -> list[Message]:
@@ -152,6 +191,14 @@ class InProcessGrid(Grid):
             self.exceptions.append(exc)
             error = Error(ErrorCode.CLIENT_APP_RAISED_EXCEPTION, f"{type(exc).__name__}: {exc}")
             return Message(error, reply_to=message)
+
+
+def _unavailable(message: Message) -> Message:
+    """The error reply Flower's SuperLink sends for a node that stopped sending heartbeats."""
+    reply = Message(Error(ErrorCode.NODE_UNAVAILABLE, NODE_UNAVAILABLE_ERROR_REASON), reply_to=message)
+    reply.metadata.__dict__["_src_node_id"] = SUPERLINK_NODE_ID
+    reply.metadata.__dict__["_message_id"] = str(uuid4())
+    return reply
 
 
 def _transported(message: Message) -> Message:

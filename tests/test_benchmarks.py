@@ -2,11 +2,17 @@
 
 import statistics
 
+import pandas as pd
 import pytest
+from flwr.app import Context, RecordDict
+from inprocess_grid import InProcessGrid
 
-from fedlayer.benchmarks.simulation import Measured
+from fedlayer.benchmarks.simulation import Measured, plain_pytorch
 from fedlayer.cli import main
+from fedlayer.client_app import make_client_app
+from fedlayer.config import load_config
 from fedlayer.memory import is_glibc
+from fedlayer.server_app import FederatedRun
 
 
 def test_bench_barriers_compares_the_engine_with_the_naive_method(capsys):
@@ -66,6 +72,41 @@ def test_bench_simulation_summary_uses_rounds_after_the_first_and_the_mean_basel
     assert m.plain == [8.5, 5.5, 5.5, 6.0]
     assert m.ratio == pytest.approx(6.5 / 5.5)
     assert m.analysis_share == pytest.approx(statistics.median([1.5 / 7.5, 1.0 / 8.0, 1.5 / 8.0]))
+
+
+def test_bench_simulation_plain_side_trains_and_evaluates_the_clients_fedlayer_samples(tmp_path):
+    cfg = load_config(
+        None,
+        ["data.dataset=digits", "model.name=mlp", "federation.clients=10", "federation.fraction=0.3",
+         "federation.rounds=3", "analysis.every=0", "output.checkpoints=false"],
+    )  # fmt: skip
+    run = FederatedRun.prepare(cfg, tmp_path / "run")
+    grid = InProcessGrid(make_client_app(cfg), cfg.federation.clients, node_seed=3)
+    run.main(grid, Context(run_id=0, node_id=0, node_config={}, state=RecordDict(), run_config={}))
+    metrics = pd.read_parquet(tmp_path / "run" / "metrics.parquet")
+
+    def worked(split: str) -> list[tuple[int, int]]:
+        rows = metrics[(metrics["split"] == split) & (metrics["round"] > 0)]
+        return sorted((int(r), int(c)) for r, c in zip(rows["round"], rows["client"], strict=True))
+
+    trained = sorted(plain_pytorch(cfg, rounds=3, workers=1).trained)
+    assert trained == worked("train") == worked("local-test")
+    samples = [frozenset(c for r, c in trained if r == server_round) for server_round in (1, 2, 3)]
+    assert [len(s) for s in samples] == [3, 3, 3] and len(set(samples)) > 1  # a sample, drawn anew each round
+
+
+@pytest.mark.parametrize(
+    ("setting", "named"),
+    [
+        ("strategy.name=fedper", "strategy.name = 'fedper'"),
+        ("strategy.average=body", "strategy.average = 'body'"),
+        ("federation.fault_probability=0.2", "federation.fault_probability = 0"),
+        ("simulation.num_gpus=0.5", "simulation.num_gpus = 0"),
+    ],
+)
+def test_bench_simulation_refuses_work_its_plain_side_does_not_do(capsys, setting, named):
+    assert main(["bench", "simulation", "--set", setting]) == 2
+    assert named in capsys.readouterr().err
 
 
 @pytest.mark.slow

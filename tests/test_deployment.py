@@ -1,16 +1,18 @@
 """`fedlayer certs`, and the same ServerApp/ClientApp on Flower's deployment engine over TLS.
 
-The deployment test starts one `flower-superlink` (TLS, SuperNode authentication) and two
-`flower-supernode`s on 127.0.0.1, each holding one partition, registers the SuperNodes' public keys and
-runs a two-round FedPer experiment with `flwr run`. Every process it starts gets a private FLWR_HOME
-and is stopped afterwards, whatever happens.
+The deployment tests start one `flower-superlink` (TLS) and two `flower-supernode`s on 127.0.0.1, each
+holding one partition, and run a FedPer experiment with `flwr run`: with SuperNode authentication
+(registering the SuperNodes' public keys), and with a SuperNode killed during a round and restarted.
+Every process they start gets a private FLWR_HOME and is stopped afterwards, whatever happens.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ipaddress
+import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -26,11 +28,14 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_ssh_private_key, load_ssh_public_key
 
 from fedlayer.cli import main
-from fedlayer.deploy import make_certificates
+from fedlayer.deploy import Certificates, make_certificates
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent  # flower-superlink, flower-supernode, flwr, flwr-clientapp live here
 RUN_TIMEOUT_S = 420  # generous: every message starts a ClientApp process, and nodes poll every 3 s
+# federation.timeout of the run that loses a node: far above a live node's reply (about 30 s here, each message
+# starts a ClientApp process); the SuperLink answers for the dead node sooner (2 x its 30 s heartbeat interval)
+NODE_TIMEOUT_S = 120
 
 
 # --- fedlayer certs ---------------------------------------------------------------------------------------
@@ -215,27 +220,22 @@ def processes(tmp_path):
         procs.stop()
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(sys.platform != "linux", reason="finds stray Flower processes through /proc")
-def test_superlink_and_two_supernodes_over_tls_with_supernode_auth_run_the_app(tmp_path, processes):
-    certs = make_certificates(tmp_path / "certs", supernode_keys=2)
-    link_port, *node_ports = _free_ports(3)
-    processes.start(
-        "superlink",
-        [
-            str(BIN / "flower-superlink"),
-            "--port",
-            str(link_port),
-            "--ssl-ca-certfile",
-            str(certs.ca_cert),
-            "--ssl-certfile",
-            str(certs.server_cert),
-            "--ssl-keyfile",
-            str(certs.server_key),
-            "--enable-supernode-auth",
-            "--disable-runtime-dependency-installation",
-        ],
-    )
+def _start_superlink(processes: Processes, certs: Certificates, *, auth: bool) -> int:
+    """A TLS SuperLink (with SuperNode authentication if `auth`) and a `flwr` connection "deploy" to it; its port."""
+    link_port = _free_ports(1)[0]
+    args = [
+        str(BIN / "flower-superlink"),
+        "--port",
+        str(link_port),
+        "--ssl-ca-certfile",
+        str(certs.ca_cert),
+        "--ssl-certfile",
+        str(certs.server_cert),
+        "--ssl-keyfile",
+        str(certs.server_key),
+        "--disable-runtime-dependency-installation",
+    ]
+    processes.start("superlink", [*args, "--enable-supernode-auth"] if auth else args)
     cli_home = processes.home / "cli"
     cli_home.mkdir(parents=True)
     (cli_home / "config.toml").write_text(
@@ -243,42 +243,56 @@ def test_superlink_and_two_supernodes_over_tls_with_supernode_auth_run_the_app(t
         f'root-certificates = "{certs.ca_cert}"\n'
     )
     processes.wait_for_port("superlink", link_port, timeout=90)
+    return link_port
 
+
+def _start_supernode(
+    processes: Processes, name: str, link_port: int, certs: Certificates, partition: int, *, key: Path | None = None
+) -> None:
+    """A SuperNode holding `partition` of 2, authenticated with the private `key` if given."""
+    args = [
+        str(BIN / "flower-supernode"),
+        "--superlink",
+        f"127.0.0.1:{link_port}",
+        "--root-certificates",
+        str(certs.ca_cert),
+        "--node-config",
+        f"partition-id={partition} num-partitions=2",
+        "--port",
+        str(_free_ports(1)[0]),
+    ]
+    processes.start(name, args if key is None else [*args, "--auth-supernode-private-key", str(key)])
+
+
+def _start_flwr_run(processes: Processes, tmp_path: Path, out: Path, settings: str) -> None:
+    """`flwr run --stream` of a copy of this project on the "deploy" SuperLink: 2 clients, digits, an MLP."""
+    app = tmp_path / "app"
+    shutil.copytree(ROOT, app, ignore=shutil.ignore_patterns(".venv", ".git", "runs", "__pycache__", ".*cache"))
+    run_config = (
+        "data.dataset='digits' model.name='mlp' federation.clients=2 data.max_train_samples=0 "
+        f"data.max_test_samples=0 output.dir='{out}' {settings}"
+    )
+    processes.start(
+        "flwr-run", [str(BIN / "flwr"), "run", str(app), "deploy", "--stream", "--run-config", run_config], home="cli"
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(sys.platform != "linux", reason="finds stray Flower processes through /proc")
+def test_superlink_and_two_supernodes_over_tls_with_supernode_auth_run_the_app(tmp_path, processes):
+    certs = make_certificates(tmp_path / "certs", supernode_keys=2)
+    link_port = _start_superlink(processes, certs, auth=True)
     for k, (_, public) in enumerate(certs.supernode_keys):  # only registered keys may connect
         processes.start(
             f"register-{k}", [str(BIN / "flwr"), "supernode", "register", str(public), "deploy"], home="cli"
         )
     for k in range(2):
         processes.wait(f"register-{k}", timeout=90, daemons=("superlink",))
-    for k, ((private, _), port) in enumerate(zip(certs.supernode_keys, node_ports, strict=True)):
-        processes.start(
-            f"supernode-{k}",
-            [
-                str(BIN / "flower-supernode"),
-                "--superlink",
-                f"127.0.0.1:{link_port}",
-                "--root-certificates",
-                str(certs.ca_cert),
-                "--auth-supernode-private-key",
-                str(private),
-                "--node-config",
-                f"partition-id={k} num-partitions=2",
-                "--port",
-                str(port),
-            ],
-        )
-
-    app = tmp_path / "app"
-    shutil.copytree(ROOT, app, ignore=shutil.ignore_patterns(".venv", ".git", "runs", "__pycache__", ".*cache"))
+    for k, (private, _) in enumerate(certs.supernode_keys):
+        _start_supernode(processes, f"supernode-{k}", link_port, certs, k, key=private)
     out = tmp_path / "run"
-    run_config = (
-        "data.dataset='digits' model.name='mlp' federation.clients=2 federation.rounds=2 "
-        "strategy.name='fedper' analysis.every=1 analysis.pairs=0 analysis.samples=64 "
-        f"data.max_train_samples=0 data.max_test_samples=0 output.dir='{out}'"
-    )
-    processes.start(
-        "flwr-run", [str(BIN / "flwr"), "run", str(app), "deploy", "--stream", "--run-config", run_config], home="cli"
-    )
+    settings = "federation.rounds=2 strategy.name='fedper' analysis.every=1 analysis.pairs=0 analysis.samples=64"
+    _start_flwr_run(processes, tmp_path, out, settings)
     processes.wait("flwr-run", timeout=RUN_TIMEOUT_S, daemons=("superlink", "supernode-0", "supernode-1"))
     try:
         _assert_two_round_run(out)
@@ -296,3 +310,47 @@ def _assert_two_round_run(out: Path) -> None:
     barriers = pd.read_parquet(out / "barriers.parquet")
     assert set(barriers["round"]) == {1, 2}
     assert set(zip(barriers["client_a"], barriers["client_b"], strict=True)) == {("0", "1")}
+
+
+def _committed_round(out: Path) -> int:
+    """The last round the run in `out` committed (-1 before the first)."""
+    with contextlib.suppress(OSError, ValueError):
+        return int(json.loads((out / "state.json").read_text())["round"])
+    return -1
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(sys.platform != "linux", reason="finds stray Flower processes through /proc")
+def test_a_supernode_killed_during_a_round_is_left_out_and_rejoins_when_restarted(tmp_path, processes):
+    """SIGKILL one SuperNode (its whole process group: the node and its ClientApp) as round 2 starts and start
+    it again at once: it comes back under a new node id. Round 2 goes on without it (a failure in
+    metrics.parquet); from then on the new node serves partition 1, with its personal layers (FedPer's head)."""
+    certs = make_certificates(tmp_path / "certs")
+    link_port = _start_superlink(processes, certs, auth=False)  # a restarted node gets a new node id
+    for k in range(2):
+        _start_supernode(processes, f"supernode-{k}", link_port, certs, k)
+    out = tmp_path / "run"
+    settings = f"federation.rounds=3 federation.timeout={NODE_TIMEOUT_S} strategy.name='fedper' analysis.every=0"
+    _start_flwr_run(processes, tmp_path, out, settings)
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    while _committed_round(out) < 1:  # round 2's messages go out as round 1 commits
+        if time.monotonic() > deadline or processes.started["flwr-run"].poll() is not None:
+            pytest.fail(f"round 1 never committed\n{processes.tails()}")
+        time.sleep(0.2)
+    os.killpg(processes.started["supernode-1"].pid, signal.SIGKILL)
+    _start_supernode(processes, "supernode-1-restarted", link_port, certs, 1)
+    processes.wait("flwr-run", timeout=RUN_TIMEOUT_S, daemons=("superlink", "supernode-0", "supernode-1-restarted"))
+    try:
+        metrics = pd.read_parquet(out / "metrics.parquet")
+        assert sorted(metrics.loc[metrics["client"] == "global", "round"]) == [0, 1, 2, 3]
+        clients = metrics[metrics["client"] != "global"].set_index(["client", "round", "split"])
+        assert len(clients) == 2 * 3 * 2  # every client, round and split is recorded
+        missed = set(clients.index[clients["status"] != "ok"])
+        assert missed == {("1", 2, "train")}, missed  # the SuperLink reports the dead node after about 60 s:
+        # by then the restarted one is connected, and round 2's evaluation reaches it
+        # with its own head from round 1 (the initial head would be at chance level, 10 %), before it trained again
+        assert clients.loc[("1", 2, "local-test"), "accuracy"] > 0.5
+        log = (processes.logs / "flwr-run.log").read_text(errors="replace")
+        assert re.search(r"partition 1 rejoined on node \d+ \(was node \d+\)", log), "no rejoin in the log"
+    except (AssertionError, KeyError, OSError) as exc:
+        pytest.fail(f"{exc!r}\n{processes.tails()}")

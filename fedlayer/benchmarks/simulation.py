@@ -1,11 +1,12 @@
 """`fedlayer bench simulation`: federated rounds through Flower's simulation engine against plain PyTorch.
 
-Both sides do the same work each round: every sampled client trains its local epochs and evaluates
-its personalised model, the server averages and evaluates the global model. The baseline runs the
-clients in a pool of worker processes (as many as Ray gets cores), with no Flower and no Ray, once
-before and once after the Flower side; the mean of the two is the baseline. The Flower side runs
-with the config's per-round analysis, which is timed separately, left out of the comparison and
-reported as a share of the round.
+Both sides do the same work each round: the clients fedlayer's server samples (`strategies.SeededGrid`,
+the same seeded draw) train their local epochs and evaluate their model on their local test split, the
+server averages and evaluates the global model. The baseline runs the clients in a pool of worker
+processes (as many as Ray gets cores), with no Flower and no Ray, once before and once after the Flower
+side; the mean of the two is the baseline. The Flower side runs with the config's per-round analysis,
+which is timed separately, left out of the comparison and reported as a share of the round. The plain
+side is FedAvg on the CPU without faults, so a config asking for anything else is refused.
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ import os
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from rich.console import Console
 from rich.table import Table
@@ -24,6 +26,7 @@ from rich.table import Table
 from fedlayer.benchmarks import add_config_arguments
 from fedlayer.config import Config, load_config
 from fedlayer.console import make_console
+from fedlayer.errors import ConfigError
 
 if TYPE_CHECKING:  # torch, the task and training are imported where they run: `fedlayer --help` stays fast
     import torch
@@ -38,43 +41,98 @@ def add_arguments(parser) -> None:
 
 
 # -- plain PyTorch side: worker processes ------------------------------------------------------------
-_WORKER_CFG: Config | None = None
+@dataclass(frozen=True)
+class _Worker:
+    """A worker's config and its one model (every job overwrites all of it), as fedlayer's clients keep theirs:
+    building a model per job would slow the baseline down by more than the framework costs."""
+
+    cfg: Config
+    model: torch.nn.Module
+    head_params: list[str]
+
+
+_WORKER: _Worker | None = None
 
 
 def _init_worker(cfg: Config) -> None:
-    global _WORKER_CFG
-    from fedlayer.task import client_data, configure_process
+    global _WORKER
+    from fedlayer.task import client_data, configure_process, head_parameter_names, new_model
 
     configure_process(cfg)  # as fedlayer's clients: same threads, same allocator settings
-    _WORKER_CFG = cfg
     client_data(cfg, 0)  # load the dataset and partitions once per worker, as a Ray actor does
+    model = new_model(cfg)
+    _WORKER = _Worker(cfg, model, head_parameter_names(model))
 
 
 def _client_round(job: tuple[dict[str, torch.Tensor], int, int]):
-    """One client's round: load the global state, train, evaluate locally; return state and metrics."""
-    from fedlayer.task import client_data, head_parameter_names, new_model, train_settings
+    """One client's round: load the global state, train, evaluate locally; return its partition, state and weight."""
+    from fedlayer.task import client_data, train_settings
     from fedlayer.training import evaluate, seed_everything, train_local
 
     state, pid, server_round = job
-    cfg = _WORKER_CFG
-    assert cfg is not None, "a pool started with _init_worker runs the clients"
-    model = new_model(cfg)
+    assert _WORKER is not None, "a pool started with _init_worker runs the clients"
+    cfg, model = _WORKER.cfg, _WORKER.model
     model.load_state_dict(state)
-    settings = train_settings(cfg)
     data = client_data(cfg, pid)
     generator = seed_everything(cfg.seed, pid, server_round)
     trained = train_local(
-        model, data.train_x, data.train_y, settings, head_params=head_parameter_names(model), generator=generator
+        model, data.train_x, data.train_y, train_settings(cfg), head_params=_WORKER.head_params, generator=generator
     )
     evaluate(model, data.test_x, data.test_y)
-    return model.state_dict(), trained.num_examples
+    return pid, model.state_dict(), trained.num_examples
 
 
-def _plain_pytorch(cfg: Config, rounds: int, workers: int) -> tuple[float, list[float]]:
-    """(start-up seconds, seconds per round) of FedAvg with a process pool."""
+def check_comparable(cfg: Config) -> None:
+    """Refuse what the plain side does not do, rather than compare unlike work."""
+    s, fed = cfg.strategy, cfg.federation
+    if (s.name, s.class_, s.average) != ("fedavg", "", ""):
+        raise ConfigError(
+            "bench simulation compares FedAvg only (its plain-PyTorch side averages every layer): "
+            f"strategy.name = {s.name!r}, strategy.class = {s.class_!r}, strategy.average = {s.average!r}; "
+            "use strategy.name = 'fedavg' with no class and no average"
+        )
+    if fed.fault_probability > 0:
+        raise ConfigError(
+            f"bench simulation needs federation.fault_probability = 0 (got {fed.fault_probability}): "
+            "failed clients would leave the two sides with different work"
+        )
+    if cfg.simulation.num_gpus > 0:
+        raise ConfigError(
+            f"bench simulation needs simulation.num_gpus = 0 (got {cfg.simulation.num_gpus}): "
+            "its plain side runs on the CPU"
+        )
+
+
+def sampler(cfg: Config) -> Callable[[int], list[int]]:
+    """The partitions fedlayer's server samples in a round (train and evaluate alike), by its own `SeededGrid`.
+
+    The plain side has no Flower grid and no node ids; the sample depends on neither (partition ids stand
+    in for the node ids).
+    """
+    from flwr.serverapp import Grid
+
+    from strategies import SeededGrid
+
+    clients = range(cfg.federation.clients)
+    return SeededGrid(cast(Grid, None), cfg.seed, cfg.federation.fraction, {pid: pid for pid in clients}).sample
+
+
+@dataclass(frozen=True)
+class PlainRun:
+    """The plain side's start-up seconds, seconds per round, and the (round, partition) it trained, in order."""
+
+    startup: float
+    seconds: list[float]
+    trained: list[tuple[int, int]]
+
+
+def plain_pytorch(cfg: Config, rounds: int, workers: int) -> PlainRun:
+    """FedAvg of the clients fedlayer samples, with a process pool."""
     from fedlayer.task import global_test_set, new_model
     from fedlayer.training import evaluate
 
+    sample = sampler(cfg)
+    trained: list[tuple[int, int]] = []
     started = time.perf_counter()
     ctx = mp.get_context("spawn")
     with ctx.Pool(workers, initializer=_init_worker, initargs=(cfg,)) as pool:
@@ -87,15 +145,16 @@ def _plain_pytorch(cfg: Config, rounds: int, workers: int) -> tuple[float, list[
         for server_round in range(1, rounds + 1):
             t0 = time.perf_counter()
             state = model.state_dict()
-            jobs = [(state, pid, server_round) for pid in range(cfg.federation.clients)]
+            jobs = [(state, pid, server_round) for pid in sample(server_round)]
             results = pool.map(_client_round, jobs, chunksize=1)
-            total = sum(n for _, n in results)
+            total = sum(n for _, _, n in results)
             model.load_state_dict(
-                {k: sum(s[k] * (n / total) for s, n in results).to(v.dtype) for k, v in state.items()}
+                {k: sum(s[k] * (n / total) for _, s, n in results).to(v.dtype) for k, v in state.items()}
             )
             evaluate(model, test_x, test_y)
             times.append(time.perf_counter() - t0)
-    return startup, times
+            trained.extend((server_round, pid) for pid, _, _ in results)
+    return PlainRun(startup, times, trained)
 
 
 def _noop(_):
@@ -150,26 +209,26 @@ class Measured:
 def measure(cfg: Config, rounds: int, workers: int) -> Measured:
     """Plain PyTorch, then Flower, then plain PyTorch again: a load that drifts during the run (a shared
     machine) weighs on both sides alike."""
-    before_startup, before = _plain_pytorch(cfg, rounds, workers)
+    before = plain_pytorch(cfg, rounds, workers)
     flower_startup, flower_rounds, analysis = _flower(cfg, make_console(stderr=True, quiet=True))
-    after_startup, after = _plain_pytorch(cfg, rounds, workers)
+    after = plain_pytorch(cfg, rounds, workers)
     flower = [f - a for f, a in zip(flower_rounds, analysis, strict=True)]
-    return Measured(flower_startup, (before_startup, after_startup), flower, analysis, before, after)
+    return Measured(flower_startup, (before.startup, after.startup), flower, analysis, before.seconds, after.seconds)
 
 
 def run(args) -> int:
+    from strategies import clients_per_round
+
     console = make_console()
-    overrides = [
-        f"federation.rounds={args.rounds}",
-        "federation.fraction=1.0",
-        "output.checkpoints=false",
-        *args.overrides,
-    ]
+    overrides = [f"federation.rounds={args.rounds}", "output.checkpoints=false", *args.overrides]
     cfg = load_config(args.config, overrides)
+    check_comparable(cfg)
     workers = max(1, (os.cpu_count() or 1) // cfg.simulation.num_cpus)
+    fed = cfg.federation
     console.print(
-        f"[bold]bench simulation[/]: {cfg.federation.clients} clients of {cfg.data.dataset}/"
-        f"{cfg.model.name}, {args.rounds} rounds, {workers} parallel clients on each side"
+        f"[bold]bench simulation[/]: {clients_per_round(fed.clients, fed.fraction)} of {fed.clients} clients "
+        f"per round of {cfg.data.dataset}/{cfg.model.name}, {args.rounds} rounds, "
+        f"{workers} parallel clients on each side"
     )
     m = measure(cfg, args.rounds, workers)
 
