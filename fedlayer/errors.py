@@ -54,3 +54,9 @@ def listed(names: Iterable[object], limit: int = MAX_LISTED) -> str:
     texts = [str(name) for name in names]
     more = f", ... ({len(texts) - limit} more)" if len(texts) > limit else ""
     return ", ".join(texts[:limit]) + more
+
+
+def one_line(exc: BaseException) -> str:
+    """'TypeName: first sentence' of an exception: third-party messages run to paragraphs, a reason fits on a line."""
+    text = str(exc).strip().split("\n", 1)[0].split(". ", 1)[0].rstrip(".")
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -15,6 +15,10 @@ Columns of the curves table (one row per group, base, direction and alpha):
   loss, error                     sample-weighted cross-entropy and error rate (%) at this point
   loss_a, loss_b, error_a, error_b  the two FULL models (same on every row, so `barriers` needs
                                     nothing but this table)
+
+Its `attrs` (kept by Parquet) say which path the engine took: `engine` is "graph" (the fast path:
+a torch.fx graph re-runs only what each point changes) or "plain" (a full forward pass per point,
+same numbers), and `engine_fallback` says why the plain path was taken ("" on the fast path).
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ from fedlayer.analysis.evaluate import (
 from fedlayer.analysis.graph import GraphEvaluator, Untraceable
 from fedlayer.analysis.groups import Group, resolve_groups
 from fedlayer.analysis.interpolate import BASES, alpha_grid
-from fedlayer.checkpoints import check_state_fits
+from fedlayer.checkpoints import fit_state
 from fedlayer.errors import ConfigError, choices_message
 from fedlayer.layers import Layer, model_layers
 from fedlayer.training import Metrics
@@ -87,7 +91,8 @@ def interpolation_curves(
     model : nn.Module
         Any module with A's and B's architecture; it is copied, never changed.
     state_a, state_b : Mapping[str, torch.Tensor]
-        The two models' state dicts (every key of `model.state_dict()`, same shapes).
+        The two models' state dicts: every key of `model.state_dict()` with its shape, or keys that
+        `fedlayer.checkpoints.fit_state` maps to them (a wrapper's prefix, a tied weight stored once).
     data : EvalInput
         The evaluation set: an (inputs, labels) pair of tensors, or a DataLoader yielding
         (inputs, labels, ...) batches; read once.
@@ -117,7 +122,8 @@ def interpolation_curves(
     Returns
     -------
     pandas.DataFrame
-        One row per group, base, direction and alpha, with the columns `CURVE_COLUMNS` (see the module doc).
+        One row per group, base, direction and alpha, with the columns `CURVE_COLUMNS`; `attrs`
+        "engine" and "engine_fallback" say which path was taken (see the module doc).
 
     Raises
     ------
@@ -157,7 +163,9 @@ class CurveEngine:
     definitions, arXiv:2307.06966). The model is copied once; each point rewrites only the tensors
     its path moves, in place. When the model traces with torch.fx and bn="interpolate", only the part
     of the network downstream of the moved tensors is re-run (`evaluator_name` "graph"), with the
-    same numbers as full passes.
+    same numbers as full passes. Any other model (data-dependent control flow, code torch.fx cannot
+    trace, a graph that does not reproduce the model's output) runs full passes ("plain"), and
+    `fallback` says why.
 
     Parameters
     ----------
@@ -203,12 +211,20 @@ class CurveEngine:
         self.layers: list[Layer] = model_layers(self.work.model)
         data = as_eval_data(data).to(self.work.device)  # moved once, not per point
         self.evaluator: GraphEvaluator | PlainEvaluator
+        self.fallback: str = ""  # why the plain path is used; empty on the fast path
         if bn == "recompute" and self.work.bn_modules:
             if bn_data is None:
                 raise ConfigError("bn='recompute' needs bn_data (training inputs) to re-estimate BatchNorm stats")
             self.evaluator = PlainEvaluator(self.work, data, batch_size, as_inputs(bn_data).to(self.work.device))
+            self.fallback = "bn='recompute' re-estimates BatchNorm statistics at every point"
         else:
-            self.evaluator = _fast_evaluator(self.work, data, batch_size)
+            try:
+                with torch.inference_mode(), full_precision():
+                    self.evaluator = GraphEvaluator(self.work, data, batch_size)
+            except Untraceable as exc:
+                self.fallback = f"the fast path cannot run {type(model).__name__}: {exc}"
+                log.info("barrier engine: using full forward passes (%s)", self.fallback)
+                self.evaluator = PlainEvaluator(self.work, data, batch_size)
 
     def curves(
         self,
@@ -233,7 +249,8 @@ class CurveEngine:
         Returns
         -------
         pandas.DataFrame
-            One row per group, base, direction and alpha, with the columns `CURVE_COLUMNS`.
+            One row per group, base, direction and alpha, with the columns `CURVE_COLUMNS` and
+            the engine's path in `attrs`.
 
         Raises
         ------
@@ -247,9 +264,10 @@ class CurveEngine:
         check_non_negative("random_directions", random_directions)
         check_non_negative("seed", seed)
         resolved = resolve_groups(self.layers, groups, seed=seed)
-        for what, state in (("state_a", state_a), ("state_b", state_b)):
-            check_state_fits(self.work.model, state, what=what)
-        states = {"a": self.work.prepare(state_a), "b": self.work.prepare(state_b)}
+        states = {
+            base: self.work.prepare(fit_state(self.work.model, state, what=f"state_{base}"))
+            for base, state in (("a", state_a), ("b", state_b))
+        }
         directions = self._directions(states, resolved, random_directions, seed)
 
         endpoints: dict[str, Metrics] = {}
@@ -277,7 +295,9 @@ class CurveEngine:
                      endpoints["a"].error, endpoints["b"].error)
                     for alpha in grid
                 )  # fmt: skip
-        return pd.DataFrame(rows, columns=CURVE_COLUMNS)
+        table = pd.DataFrame(rows, columns=CURVE_COLUMNS)
+        table.attrs.update(engine=self.evaluator_name, engine_fallback=self.fallback)
+        return table
 
     def _curves(self, base, states, groups, directions, grid, first_base: bool) -> list[_Curve]:
         """The paths from one base; the full path is evaluated only from the first base asked for."""
@@ -335,15 +355,6 @@ def check_non_negative(what: str, value: object) -> None:
     """A ConfigError unless `value` is a non-negative integer (a bool is not one)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
         raise ConfigError(f"{what} must be a non-negative integer, got {value!r}")
-
-
-def _fast_evaluator(work: WorkingModel, data, batch_size: int) -> GraphEvaluator | PlainEvaluator:
-    try:
-        with torch.inference_mode(), full_precision():
-            return GraphEvaluator(work, data, batch_size)
-    except Untraceable as exc:
-        log.info("barrier engine: using full forward passes (%s)", exc)
-        return PlainEvaluator(work, data, batch_size)
 
 
 def _device(model: nn.Module, device) -> torch.device:

@@ -22,6 +22,7 @@ from torch import fx, nn
 
 from fedlayer.analysis.evaluate import Accumulator, EvalData, ParameterPath, WorkingModel
 from fedlayer.analysis.pooling import StridedMaxPool2d
+from fedlayer.errors import one_line
 from fedlayer.training import Metrics
 
 _AFFINE_MODULES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -44,7 +45,10 @@ _VERIFY_SAMPLES = 8
 
 
 class Untraceable(Exception):
-    """The model cannot be run as a graph with identical results; use the plain evaluator."""
+    """The model cannot be run as a graph with identical results; use the plain evaluator.
+
+    The message is one line: the engine reports it as the reason for falling back.
+    """
 
 
 @dataclass(frozen=True, eq=False)
@@ -68,7 +72,7 @@ class GraphEvaluator:
         try:
             self.module = fx.GraphModule(work.model, _Tracer().trace(work.model))
         except Exception as exc:  # tracing fails in many ways (control flow, unsupported calls)
-            raise Untraceable(f"torch.fx cannot trace the model: {exc}") from exc
+            raise Untraceable(f"torch.fx cannot trace it ({one_line(exc)})") from exc
         self.nodes = list(self.module.graph.nodes)
         _make_out_of_place(self.nodes)
         self.submodules = dict(self.module.named_modules())
@@ -215,7 +219,7 @@ class GraphEvaluator:
             graph_out = self._run_all(inputs, {}, set())
             eager_out = self.work.model(inputs)
         except Exception as exc:
-            raise Untraceable(f"the traced graph does not run: {exc}") from exc
+            raise Untraceable(f"the traced graph does not run ({one_line(exc)})") from exc
         same = (
             isinstance(graph_out, torch.Tensor)
             and isinstance(eager_out, torch.Tensor)
@@ -288,7 +292,7 @@ def _switch_off_inplace_argument(node: fx.Node) -> bool:
     try:
         bound = signature.bind(*node.args, **node.kwargs)
     except TypeError as exc:
-        raise Untraceable(f"cannot bind the arguments of {node.target}: {exc}") from exc
+        raise Untraceable(f"cannot bind the arguments of {node.target} ({one_line(exc)})") from exc
     if not bound.arguments.get("inplace", False):
         return False
     bound.arguments["inplace"] = False

@@ -1,4 +1,4 @@
-"""`fedlayer barrier A.safetensors B.safetensors`: layer-wise loss barriers between two checkpoints."""
+"""`fedlayer barrier A B`: layer-wise loss barriers between two checkpoints (safetensors, PyTorch or Hugging Face)."""
 
 from __future__ import annotations
 
@@ -10,16 +10,20 @@ loss and error barriers (the README's "Concepts and definitions") on a seeded sa
 curves.parquet, barriers.parquet, barriers.png (per-layer midpoint loss barriers), curves.png (the loss
 along α on each base, one panel per family of groups: single layers, cumulative groups, windows and
 selected groups, each against the full model and its chord) and, with --random-directions,
-directions.png (each layer towards B against random directions) into --out, and prints the barriers.
+directions.png (each layer towards B against random directions) into --out, and prints the barriers
+and which path the engine took (the fast torch.fx graph, or full forward passes and why).
+A checkpoint is a safetensors file, a PyTorch .pt/.pth/.bin state dict (read with
+torch.load(weights_only=True), never unpickling objects) or a Hugging Face model folder.
 """
 
 
 def add_parser(sub) -> None:
+    from fedlayer.checkpoints import FORMATS
     from fedlayer.config import declared
 
     p = sub.add_parser("barrier", help="layer-wise loss barriers between two checkpoints", description=DESCRIPTION)
-    p.add_argument("checkpoint_a", metavar="A.safetensors", help="model A (alpha = 0)")
-    p.add_argument("checkpoint_b", metavar="B.safetensors", help="model B (alpha = 1)")
+    p.add_argument("checkpoint_a", metavar="A", help=f"model A (alpha = 0): {FORMATS}")
+    p.add_argument("checkpoint_b", metavar="B", help=f"model B (alpha = 1): {FORMATS}")
     p.add_argument("--model", required=True, help="model name, e.g. cnn or resnet18")
     norm, norm_help = declared("model.norm")
     p.add_argument("--norm", default=norm, help=f"{norm_help} (default: %(default)s)")
@@ -59,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from fedlayer.analysis import barriers, interpolation_curves
-    from fedlayer.checkpoints import check_state_fits, load_checkpoint
+    from fedlayer.checkpoints import fit_state, read_state_dict
     from fedlayer.data import load_dataset
     from fedlayer.models import build_model
     from fedlayer.plots import save_figure
@@ -70,11 +74,13 @@ def run(args: argparse.Namespace) -> int:
 
     alphas = parse_alphas(args.alphas)
     groups = [spec.strip() for spec in args.groups.split(",")]
-    states = [load_checkpoint(path) for path in (args.checkpoint_a, args.checkpoint_b)]
+    stored = [read_state_dict(path) for path in (args.checkpoint_a, args.checkpoint_b)]
     dataset = load_dataset(args.dataset, data_dir=args.data_dir)
     model = build_model(args.model, dataset.input_shape, dataset.num_classes, norm=args.norm)
-    for path, state in zip((args.checkpoint_a, args.checkpoint_b), states, strict=True):
-        check_state_fits(model, state, what=f"checkpoint {path} (model {args.model!r}, norm {args.norm!r})")
+    states = [
+        fit_state(model, state, what=f"checkpoint {path} (model {args.model!r}, norm {args.norm!r})")
+        for path, state in zip((args.checkpoint_a, args.checkpoint_b), stored, strict=True)
+    ]
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     data = subsample(dataset.test_x, dataset.test_y, args.samples, args.seed)
     bn_data = subsample(dataset.train_x, dataset.train_y, args.bn_samples, args.seed + 1)
@@ -103,6 +109,7 @@ def run(args: argparse.Namespace) -> int:
         f"full models: loss A {first.loss_a:.4f}, loss B {first.loss_b:.4f}, error A {first.error_a:.2f}%, "
         f"error B {first.error_b:.2f}%; bn={args.bn}"
     )
+    console.print(_engine_line(curves.attrs), markup=False, soft_wrap=True)  # one line, however long
     console.print("wrote " + ", ".join(str(path) for path in written))
     return 0
 
@@ -121,6 +128,13 @@ def parse_alphas(text: str) -> int | list[float]:
         ) from exc
     alpha_grid(alphas)  # validate now, with the grid's own message
     return alphas
+
+
+def _engine_line(attrs) -> str:
+    """The path the barrier engine took, from the curves table's attrs, as one line."""
+    if attrs["engine"] == "graph":
+        return "engine: fast path (torch.fx graph; each point re-runs only what its changed layers affect)"
+    return f"engine: plain path (full forward passes), because {attrs['engine_fallback']}"
 
 
 def _rich_table(table, title: str):
