@@ -18,8 +18,8 @@ import torch
 
 from fedlayer.analysis.summary import choices_grids
 from fedlayer.layers import model_layers, select_layers
-from fedlayer.models import build_model, dataset_spec
 from fedlayer.results import RunRecord
+from fedlayer.task import data_shape, model_for
 from strategies.presets import get_preset
 
 AVERAGED, PERSONAL, MIXED = "averaged", "personal", "mixed"
@@ -40,7 +40,7 @@ def averaged_layers(run: RunRecord) -> pd.DataFrame | None:
         return None
     preset = get_preset(cfg.strategy.name)
     with torch.random.fork_rng(devices=[]):  # only the layer names and types are needed: leave torch's seed alone
-        model = build_model(cfg.model.name, *dataset_spec(cfg.data.dataset), norm=cfg.model.norm)
+        model = model_for(cfg, *data_shape(cfg))
     layers = [layer.name for layer in model_layers(model)]
     if preset.barrier_aware:
         if run.choices is None or run.choices.empty:

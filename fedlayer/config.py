@@ -23,15 +23,22 @@ from fedlayer.analysis.curves import BN_POLICIES
 from fedlayer.analysis.interpolate import BASES
 from fedlayer.data.datasets import DATASETS
 from fedlayer.data.partition import METHODS as PARTITION_SCHEMES
+from fedlayer.data.specs import SPEC_FORMS, is_dataset_spec
 from fedlayer.errors import ConfigError
+from fedlayer.model_specs import SPEC_FORMS as MODEL_SPEC_FORMS
+from fedlayer.model_specs import is_model_spec
 from fedlayer.models import MODEL_NORMS, MODELS, NORMS
 from fedlayer.protocol import PERSONAL_MODES
 from fedlayer.training import OPTIMIZERS
 
 
-def _spec(default, *, choices=None, ge=None, gt=None, le=None, lt=None, help=""):
-    """A config field: its default, its allowed values and a one-line description."""
-    meta = {"choices": choices, "ge": ge, "gt": gt, "le": le, "lt": lt, "help": help}
+def _spec(default, *, choices=None, also=None, ge=None, gt=None, le=None, lt=None, help=""):
+    """A config field: its default, its allowed values and a one-line description.
+
+    `also` = (description, predicate) admits values outside `choices` that the predicate accepts (specs such
+    as 'hf:...' or 'file.py:callable'); the description follows the choices in messages and the reference.
+    """
+    meta = {"choices": choices, "also": also, "ge": ge, "gt": gt, "le": le, "lt": lt, "help": help}
     if isinstance(default, list | dict):
         return field(default_factory=lambda: type(default)(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -39,27 +46,65 @@ def _spec(default, *, choices=None, ge=None, gt=None, le=None, lt=None, help="")
 
 @dataclass
 class DataConfig:
-    dataset: str = _spec("digits", choices=DATASETS, help="dataset name")
-    data_dir: str = _spec("", help="folder with the dataset files ('' = FEDLAYER_DATA or default places)")
-    download: bool = _spec(False, help="download through torchvision when missing (needs internet)")
-    partition: str = _spec("dirichlet", choices=PARTITION_SCHEMES, help="non-IID split")
+    dataset: str = _spec(
+        "digits",
+        choices=DATASETS,
+        also=(SPEC_FORMS, is_dataset_spec),
+        help="a built-in dataset, or a spec (docs/models-and-data.md)",
+    )
+    data_dir: str = _spec(
+        "", help="folder with the dataset files ('' = FEDLAYER_DATA or default places); given to a dataset callable"
+    )
+    download: bool = _spec(
+        False,
+        help="download when missing (needs internet): built-in datasets through torchvision, 'hf:' ids from the "
+        "Hugging Face hub (otherwise only its local cache is read)",
+    )
+    input_column: str = _spec(
+        "",
+        help="hf: the column holding the inputs, or several numeric columns comma-separated ('' = found: image, "
+        "img, pixel_values, else the only other column, else all other columns when numeric)",
+    )
+    label_column: str = _spec("", help="hf: the column holding the labels ('' = found: label, labels, fine_label)")
+    partition_by: str = _spec(
+        "", help="hf: the column of natural client ids (a writer, a speaker) for the natural partition ('' = none)"
+    )
+    partition: str = _spec(
+        "dirichlet", choices=PARTITION_SCHEMES, help="non-IID split (natural: one natural group per client)"
+    )
     alpha: float = _spec(0.5, gt=0.0, help="Dirichlet concentration (smaller = more skewed)")
     classes_per_client: int = _spec(2, ge=1, help="classes per client for the pathological split")
     shards_per_client: int = _spec(2, ge=1, help="shards per client for the shard split")
     test_fraction: float = _spec(0.2, ge=0.0, lt=1.0, help="part of each client's data kept for local test")
     max_train_samples: int = _spec(0, ge=0, help="seeded subsample of the train set (0 = all)")
     max_test_samples: int = _spec(0, ge=0, help="seeded subsample of the global test set (0 = all)")
+    resize: int = _spec(
+        0,
+        ge=0,
+        help="resize images to resize x resize as the model reads them (0 = as they are), for models "
+        "that need larger inputs",
+    )
 
 
 @dataclass
 class ModelConfig:
-    name: str = _spec("cnn", choices=tuple(MODELS), help="model architecture")
+    name: str = _spec(
+        "cnn",
+        choices=tuple(MODELS),
+        also=(MODEL_SPEC_FORMS, is_model_spec),
+        help="a built-in model, or a spec (docs/models-and-data.md)",
+    )
     norm: str = _spec(
         "none",
         choices=NORMS,
-        help="normalisation layers (models that offer them: "
+        help="normalisation layers of a built-in model (those that offer them: "
         + ", ".join(name for name, norms in MODEL_NORMS.items() if len(norms) > 1)
         + ")",
+    )
+    options: dict = _spec(
+        {},
+        help="the model's options: a built-in's or callable's keyword arguments, a torchvision builder's (weights = "
+        "'DEFAULT' for pretrained weights), Hugging Face config overrides (pretrained = true for its weights)",
     )
 
 
@@ -190,7 +235,7 @@ class Config:
     def to_flat(self) -> dict[str, bool | int | float | str]:
         """Flower's run-config form: dotted keys, scalar values (lists comma-joined, tables as JSON)."""
         flat: dict[str, bool | int | float | str] = {}
-        for key, value in _flatten(self.to_dict()):
+        for key, value in _flatten(self):
             if isinstance(value, list):
                 value = ",".join(str(v) for v in value)
             elif isinstance(value, dict):
@@ -221,12 +266,15 @@ def _to_dict(obj) -> dict[str, Any]:
     return out
 
 
-def _flatten(data: Mapping[str, Any], prefix: str = ""):
-    for key, value in data.items():
-        if isinstance(value, Mapping) and key != "kwargs":
-            yield from _flatten(value, f"{prefix}{key}.")
+def _flatten(obj, prefix: str = ""):
+    """(dotted key, value) of every config key; tables (strategy.kwargs, model.options) are values."""
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        key = prefix + _toml_key(f.name)
+        if dataclasses.is_dataclass(value):
+            yield from _flatten(value, f"{key}.")
         else:
-            yield f"{prefix}{key}", value
+            yield key, value
 
 
 def _field_map(cls) -> dict[str, dataclasses.Field]:
@@ -247,7 +295,8 @@ def _item_type(typ) -> type:
 def _describe(f: dataclasses.Field, typ) -> str:
     meta = f.metadata
     if meta.get("choices"):
-        return "one of " + ", ".join(repr(c) for c in meta["choices"])
+        also = f", or {meta['also'][0]}" if meta.get("also") else ""
+        return "one of " + ", ".join(repr(c) for c in meta["choices"]) + also
     bounds = []
     for name, sym in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")):
         if meta.get(name) is not None:
@@ -323,7 +372,8 @@ def _coerce(path: str, f: dataclasses.Field, typ, value):
             raise bad
     meta = f.metadata
     items = value if typ is list else [value]
-    if meta.get("choices") is not None and any(v not in meta["choices"] for v in items):
+    accepts = meta["also"][1] if meta.get("also") else lambda _: False
+    if meta.get("choices") is not None and any(v not in meta["choices"] and not accepts(v) for v in items):
         raise bad
     if (_item_type(hint) if typ is list else typ) in (int, float):
         limits = {"ge": operator.ge, "gt": operator.gt, "le": operator.le, "lt": operator.lt}
@@ -375,7 +425,12 @@ def _check_consistency(cfg: Config) -> None:
             f"config key 'analysis.alphas': invalid value {cfg.analysis.alphas}; expected an odd number "
             "so that alpha = 0.5 (the midpoint barrier) is on the grid"
         )
-    norms = MODEL_NORMS[cfg.model.name]
+    norms = MODEL_NORMS.get(cfg.model.name, ("none",))
+    if cfg.model.name not in MODELS and cfg.model.norm not in norms:
+        raise ConfigError(
+            f"config key 'model.norm': {cfg.model.norm!r} applies to the built-in models only; model "
+            f"{cfg.model.name!r} brings its own normalisation layers (set them with model.options, if it has any)"
+        )
     if cfg.model.norm not in norms:
         raise ConfigError(
             f"config key 'model.norm': invalid value {cfg.model.norm!r} for model {cfg.model.name!r}; "
@@ -401,6 +456,17 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     except tomllib.TOMLDecodeError:
         value = raw.strip()
     return key.split("."), value
+
+
+def parse_options(texts: Sequence[str]) -> dict[str, Any]:
+    """`--option KEY=VALUE` items of a command as a `model.options` table (values read as by `parse_override`)."""
+    options = {}
+    for text in texts:
+        if not text.partition("=")[0].strip() or "=" not in text:
+            raise ConfigError(f"invalid --option {text!r}; expected KEY=VALUE, e.g. --option weights=DEFAULT")
+        path, value = parse_override(text)
+        options[".".join(path)] = value
+    return options
 
 
 def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:

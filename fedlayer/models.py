@@ -1,4 +1,5 @@
-"""Model registry: the paper's architectures, sized for small images (8x8 digits up to 32x32 CIFAR).
+"""Model registry: the paper's architectures, sized for small images (8x8 digits up to 32x32 CIFAR);
+`build_model` also builds any model a spec names (`fedlayer.model_specs`).
 
 Every builder draws its initial weights from torch's global generator only, so
 `torch.manual_seed(s)` before `build_model` gives the same model every time (clients share an init).
@@ -10,13 +11,14 @@ import inspect
 import math
 import operator
 from collections import OrderedDict
-from collections.abc import Callable
-from typing import SupportsIndex
+from collections.abc import Callable, Mapping
+from typing import Any, SupportsIndex
 
 from torch import nn
 
 from fedlayer.data.datasets import DATASET_SPECS
 from fedlayer.errors import DataError, ModelError, choices_message
+from fedlayer.model_specs import SPEC_FORMS, build_spec_model, spec_kind
 
 NORMS = ("none", "bn", "gn")
 """Normalisation layers a model may have: none, BatchNorm or GroupNorm (per model: `MODEL_NORMS`)."""
@@ -204,11 +206,17 @@ def _checked_shape(input_shape) -> tuple[int, int, int]:
 
 
 def build_model(
-    name: str, input_shape: tuple[int, ...], num_classes: int, *, norm: str = "none", **options
+    name: str,
+    input_shape: tuple[int, ...],
+    num_classes: int,
+    *,
+    norm: str = "none",
+    options: Mapping[str, Any] | None = None,
 ) -> nn.Module:
-    """A fresh, randomly initialised model from the registry, sized for the given inputs and classes.
+    """A fresh, randomly initialised model, sized for the given inputs and classes: a built-in one by
+    name, or any model a spec names (`fedlayer.model_specs`: torchvision, Hugging Face, a callable).
 
-    The architectures of "Layer-wise Linear Mode Connectivity" (Adilova et al., ICLR 2024,
+    The built-in architectures are those of "Layer-wise Linear Mode Connectivity" (Adilova et al., ICLR 2024,
     arXiv:2307.06966), sized for small images: "mlp" (fc1, fc2, fc3); "cnn", the FedAvg CNN of
     McMahan et al. 2017 (arXiv:1602.05629); "resnet18" (He et al. 2016, arXiv:1512.03385) with a
     3x3 stem and no max-pool; "vgg11" (Simonyan and Zisserman 2014, arXiv:1409.1556); and
@@ -218,28 +226,38 @@ def build_model(
     Parameters
     ----------
     name : str
-        One of `MODELS`.
+        One of `MODELS`, or a spec: "torchvision:<builder>", "hf:<model id or directory>",
+        "path/to/file.py:callable" or "package.module:callable".
     input_shape : tuple[int, ...]
-        (channels, height, width) of one input.
+        (channels, height, width) of one image; spec models also take other shapes, e.g. (features,).
     num_classes : int
         Classes of the classifier, at least 2.
     norm : str, default "none"
-        One of `MODEL_NORMS[name]`: "none", "bn" (BatchNorm) or "gn" (GroupNorm).
-    **options
-        The builder's extra keywords: mlp: width; vgg11: dropout; deep-linear: depth, width.
+        Built-in models: one of `MODEL_NORMS[name]`, "none", "bn" (BatchNorm) or "gn" (GroupNorm).
+    options : mapping, optional
+        `model.options`: the builder's extra keywords (mlp: width; vgg11: dropout; deep-linear: depth,
+        width), a torchvision builder's keywords, Hugging Face config overrides, a callable's keywords.
 
     Returns
     -------
     nn.Module
-        The model, on the CPU, in training mode.
+        The model, on the CPU, in training mode. A spec model has been fitted to the input (grayscale
+        repeated to its stem's channels, logits out) and checked by a forward pass (`fedlayer.model_fit`).
 
     Raises
     ------
     ModelError
-        If the name, norm or an option is unknown for this model, or the shape or class count is bad.
+        If the name, norm or an option is unknown for this model, the shape or class count is bad, or a
+        spec model cannot be built or does not fit the data.
     """
+    options = dict(options or {})
     if name not in MODELS:
-        raise ModelError(choices_message("model", name, MODELS))
+        if spec_kind(name) is None:
+            raise ModelError(choices_message("model", name, [*MODELS, SPEC_FORMS]))
+        if norm != "none":
+            raise ModelError(f"norm {norm!r} applies to the built-in models only; {name} brings its own layers")
+        shape = tuple(_checked_int("input_shape entry", d, 1) for d in input_shape)
+        return build_spec_model(name, shape, _checked_int("num_classes", num_classes, 2), options)
     if norm not in MODEL_NORMS[name]:
         raise ModelError(
             f"model {name!r} does not support norm {norm!r}; valid choices: " + ", ".join(MODEL_NORMS[name])

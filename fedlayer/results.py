@@ -350,6 +350,7 @@ def describe_setting(config: Config | None) -> str:
         "dirichlet": f" (α={data.alpha})",
         "pathological": f" ({data.classes_per_client} classes/client)",
         "shard": f" ({data.shards_per_client} shards/client)",
+        "natural": f" (by {data.partition_by})" if data.partition_by else "",
     }.get(data.partition, "")
     norm = "" if model.norm == "none" else f" ({model.norm})"
     return f"{model.name}{norm} on {data.dataset} · {data.partition}{detail} · {config.federation.clients} clients"

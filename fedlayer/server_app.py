@@ -26,9 +26,11 @@ from rich.console import Console
 from fedlayer import protocol
 from fedlayer.config import Config, config_from_flat, load_config
 from fedlayer.console import make_console
+from fedlayer.data.specs import absolute_spec
 from fedlayer.errors import FedlayerError, RunError
 from fedlayer.layers import model_layers
 from fedlayer.memory import keep_freed_memory
+from fedlayer.model_specs import absolute_model_spec
 from fedlayer.observer import RoundRecorder, barrier_analysis
 from fedlayer.plots.runs import plot_run
 from fedlayer.results import RunDirectory
@@ -65,8 +67,13 @@ RAY_STOP_TIMEOUT_S = 3.0  # Flower force-exits 5 s after `flwr stop`
 
 def faithful(cfg: Config, run_dir: RunDirectory) -> Config:
     """`cfg` as the run directory records it: where the run really went (`output.dir`, whatever --out
-    said) and a strategy file by its absolute path, so `--resume` works from any working directory."""
-    changes: dict = {"output": {"dir": str(run_dir.path)}}
+    said) and a strategy file, a dataset's file or folder and a model's file or folder by their absolute
+    paths, so `--resume` works from any working directory."""
+    changes: dict = {
+        "output": {"dir": str(run_dir.path)},
+        "data": {"dataset": absolute_spec(cfg.data.dataset)},
+        "model": {"name": absolute_model_spec(cfg.model.name)},
+    }
     module, sep, name = cfg.strategy.class_.rpartition(":")
     if sep and module.endswith(".py"):
         changes["strategy"] = {"class": f"{Path(module).expanduser().resolve()}:{name}"}

@@ -14,14 +14,16 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from fedlayer.config import Config
-from fedlayer.data import Dataset, load_dataset
+from fedlayer.data import DATASET_SPECS, Dataset, load_dataset
 from fedlayer.data.partition import Partitions, partitions_from_config
-from fedlayer.errors import FedlayerError
+from fedlayer.errors import ConfigError, FedlayerError
 from fedlayer.layers import Layer, model_layers, select_layers
 from fedlayer.memory import keep_freed_memory
+from fedlayer.model_fit import fit_input
 from fedlayer.models import build_model
 from fedlayer.training import TrainSettings
 
@@ -47,12 +49,32 @@ def configure_process(cfg: Config) -> None:
 
 
 @functools.lru_cache(maxsize=4)
-def _dataset(name: str, data_dir: str, download: bool) -> Dataset:
-    return load_dataset(name, data_dir=data_dir or None, download=download)
+def _dataset(spec: str, data_dir: str, download: bool, seed: int, columns: tuple[str, str, str]) -> Dataset:
+    input_column, label_column, partition_by = columns
+    return load_dataset(
+        spec,
+        data_dir=data_dir or None,
+        download=download,
+        seed=seed,
+        input_column=input_column,
+        label_column=label_column,
+        partition_by=partition_by,
+    )
 
 
 def dataset_for(cfg: Config) -> Dataset:
-    return _dataset(cfg.data.dataset, cfg.data.data_dir, cfg.data.download)
+    """The config's dataset (a built-in name or a spec), loaded once per process."""
+    data = cfg.data
+    columns = (data.input_column, data.label_column, data.partition_by)
+    return _dataset(data.dataset, data.data_dir, data.download, cfg.seed, columns)
+
+
+def data_shape(cfg: Config) -> tuple[tuple[int, ...], int]:
+    """(input_shape, num_classes) of the config's dataset: a built-in one's without loading it."""
+    if cfg.data.dataset in DATASET_SPECS:
+        return DATASET_SPECS[cfg.data.dataset]
+    data = dataset_for(cfg)
+    return data.input_shape, data.num_classes
 
 
 _PARTITIONS: dict[str, Partitions] = {}
@@ -66,10 +88,21 @@ def _splitting_code() -> bytes:
     return Path(partition.__file__).read_bytes()
 
 
-def _partitions_key(cfg: Config) -> str:
-    """What the partitions depend on: the data section, the clients, the seed and the splitting code."""
+def _partitions_key(cfg: Config, dataset: Dataset) -> str:
+    """What the partitions depend on: the data section, the clients, the seed, the splitting code and the
+    data split itself, the train labels and natural groups (so a user's edited dataset, same spec, never
+    reuses the partitions of its earlier version; inputs do not matter, the partitions are indices)."""
     inputs = json.dumps([cfg.to_dict()["data"], cfg.federation.clients, cfg.seed], sort_keys=True)
-    return hashlib.sha256(inputs.encode() + _splitting_code()).hexdigest()[:20]
+    return hashlib.sha256(inputs.encode() + _splitting_code() + _split_data_digest(dataset)).hexdigest()[:20]
+
+
+@functools.lru_cache(maxsize=4)
+def _split_data_digest(dataset: Dataset) -> bytes:
+    """sha256 of the train labels and group ids, once per loaded dataset (clients ask for every message)."""
+    digest = hashlib.sha256(dataset.train_y.numpy().astype("<i8").tobytes())
+    if dataset.groups is not None:
+        digest.update(np.unique(dataset.groups, return_inverse=True)[1].astype("<i8").tobytes())
+    return digest.digest()
 
 
 def cache_dir() -> Path:
@@ -81,15 +114,17 @@ def partitions_for(cfg: Config) -> Partitions:
     """The config's partitions: from this process's memory, the disk cache, or computed (and cached).
 
     Deployed ClientApps start a fresh process per message; the disk cache spares each of them the
-    partitioning (a hash check guards against a damaged file).
+    partitioning (a hash check guards against a damaged file). The dataset is loaded first, as the
+    key covers its labels (every caller needs the dataset anyway).
     """
-    key = _partitions_key(cfg)
+    dataset = dataset_for(cfg)
+    key = _partitions_key(cfg, dataset)
     if key not in _PARTITIONS:
         path = cache_dir() / "partitions" / f"{key}.json"
         try:
             _PARTITIONS[key] = Partitions.load(path)
         except (FedlayerError, OSError):
-            _PARTITIONS[key] = partitions_from_config(cfg, dataset_for(cfg))
+            _PARTITIONS[key] = partitions_from_config(cfg, dataset)
             with contextlib.suppress(OSError):
                 _PARTITIONS[key].save(path)
     return _PARTITIONS[key]
@@ -120,10 +155,29 @@ def subsample(x: torch.Tensor, y: torch.Tensor, count: int, seed: int) -> tuple[
 
 
 def new_model(cfg: Config) -> torch.nn.Module:
-    """The config's model, initialised from the config's seed (every client starts from it)."""
+    """The config's model for its dataset, initialised from the config's seed (every client starts from it)."""
     data = dataset_for(cfg)
+    return model_for(cfg, data.input_shape, data.num_classes)
+
+
+def model_for(cfg: Config, input_shape: tuple[int, ...], num_classes: int) -> torch.nn.Module:
+    """The config's model for data of this shape: the one place a config becomes a model (`new_model`, and
+    the benchmarks and plots that know the shape without loading the data).
+
+    Seeded from the config's seed; with `data.resize` the model is built for resize x resize images and
+    resizes what it is given.
+    """
+    size = cfg.data.resize
+    if size:
+        if len(input_shape) != 3:
+            raise ConfigError(
+                f"config key 'data.resize': {size} resizes images, but the data's inputs have shape "
+                f"{tuple(input_shape)}"
+            )
+        input_shape = (input_shape[0], size, size)
     torch.manual_seed(cfg.seed)
-    return build_model(cfg.model.name, data.input_shape, data.num_classes, norm=cfg.model.norm)
+    model = build_model(cfg.model.name, input_shape, num_classes, norm=cfg.model.norm, options=cfg.model.options)
+    return fit_input(model, size=size) if size else model
 
 
 def train_settings(cfg: Config, *, proximal_mu: float | None = None, mode: str = "standard") -> TrainSettings:

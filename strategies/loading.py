@@ -1,6 +1,7 @@
 """Load a Flower strategy class by name ("module:Class", "path/to/file.py:Class" or a stock name) and
 build it from keyword arguments, with an error naming the bad value and the valid choices for each
-way this can go wrong, before any training starts.
+way this can go wrong, before any training starts. The same loader finds a user's other code (a dataset
+callable) by "module:name" or "path/to/file.py:name" (`load_callable`).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import importlib
 import importlib.util
 import inspect
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -42,7 +44,7 @@ def load_strategy_class(class_path: str) -> type[Strategy]:
         raise ConfigError(choices_message("strategy class", class_path, [*stock, FORMS]))
     if not module_name or not class_name.isidentifier():
         raise ConfigError(f"bad strategy class path {class_path!r}; expected {FORMS}")
-    module = _load_module(module_name)
+    module = load_module(module_name)
     cls = getattr(module, class_name, None)
     candidates = sorted(
         name
@@ -63,30 +65,66 @@ def load_strategy_class(class_path: str) -> type[Strategy]:
     return cls
 
 
-def _load_module(name: str) -> ModuleType:
-    """Import a module by dotted name, or execute a .py file as a module of its own."""
+def load_module(name: str, what: str = "strategy") -> ModuleType:
+    """Import a module by dotted name, or execute a .py file as a module of its own.
+
+    `what` names the kind of object the user meant to load ("strategy", "dataset") in the errors.
+    """
     if name.endswith(".py") or "/" in name or "\\" in name:
         path = Path(name).expanduser().resolve()
         if not path.is_file():
-            raise ConfigError(f"strategy file not found: {name} (looked for {path})")
-        module_name = f"fedlayer_user_strategy_{path.stem}_{hashlib.sha1(str(path).encode()).hexdigest()[:8]}"
+            looked = "" if str(path) == name else f" (looked for {path})"
+            raise ConfigError(f"{what} file not found: {name}{looked}")
+        module_name = f"fedlayer_user_{what}_{path.stem}_{hashlib.sha1(str(path).encode()).hexdigest()[:8]}"
         spec = importlib.util.spec_from_file_location(module_name, path)
         if spec is None or spec.loader is None:
-            raise ConfigError(f"cannot load strategy file {path}: Python cannot import it as a module")
+            raise ConfigError(f"cannot load {what} file {path}: Python cannot import it as a module")
         module = importlib.util.module_from_spec(spec)
         sys.modules[module_name] = module  # dataclasses and pickling look classes up here
         try:
             spec.loader.exec_module(module)
         except Exception as exc:
             del sys.modules[module_name]
-            raise ConfigError(f"cannot load strategy file {path}: {type(exc).__name__}: {exc}") from exc
+            raise ConfigError(f"cannot load {what} file {path}: {type(exc).__name__}: {exc}") from exc
         return module
     try:
         return importlib.import_module(name)
     except ImportError as exc:
         raise ConfigError(
-            f"cannot import strategy module {name!r}: {exc} (it must be importable, or give a file path ending in .py)"
+            f"cannot import {what} module {name!r}: {exc} (it must be importable, or give a file path ending in .py)"
         ) from exc
+
+
+def load_callable(path: str, what: str) -> Callable[..., Any]:
+    """The function (or other callable) named by "module:name" or "path/to/file.py:name".
+
+    Raises
+    ------
+    ConfigError
+        If the path is malformed, the module or file cannot be loaded, or the name is missing or not callable
+        (the message lists the module's public callables).
+    """
+    module_name, sep, name = path.rpartition(":")
+    if not sep or not module_name or not name.isidentifier():
+        raise ConfigError(f"bad {what} path {path!r}; expected 'module:callable' or 'path/to/file.py:callable'")
+    module = load_module(module_name, what)
+    found = getattr(module, name, None)
+    if not callable(found):
+        candidates = sorted(n for n, obj in vars(module).items() if callable(obj) and not n.startswith("_"))
+        problem = f"{path} is not callable" if found is not None else f"no callable {name!r} in {module_name}"
+        raise ConfigError(f"{problem}; callables there: {', '.join(candidates) or '(none)'}")
+    return found
+
+
+def accepted_keywords(function: Callable[..., Any]) -> tuple[list[str], bool]:
+    """The keyword arguments a callable (or class) names, and whether it takes **kwargs as well."""
+    params = inspect.signature(function).parameters
+    named = [
+        name
+        for name, p in params.items()
+        if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    ]
+    return named, any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
 
 
 def instantiate_strategy(
@@ -98,13 +136,7 @@ def instantiate_strategy(
     passed only where the class accepts them; a key in both is an error, so no setting is silently lost.
     """
     kwargs, defaults = dict(kwargs or {}), dict(defaults or {})
-    params = inspect.signature(cls).parameters
-    any_keyword = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-    accepted = [
-        name
-        for name, p in params.items()
-        if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-    ]
+    accepted, any_keyword = accepted_keywords(cls)
     accepted_text = ", ".join(accepted) or "(none)"
     unknown = [key for key in kwargs if key not in accepted]
     if unknown and not any_keyword:

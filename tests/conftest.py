@@ -13,6 +13,24 @@ torch.set_num_threads(1)
 
 import tempfile  # noqa: E402
 
+import pytest  # noqa: E402
+
 # Partitions computed by one test process are cached on disk for the next (deployed ClientApps start
 # a process per message); keep the suite's cache private so it never sees a developer's.
 os.environ.setdefault("FEDLAYER_CACHE", tempfile.mkdtemp(prefix="fedlayer-test-cache-"))
+
+
+@pytest.fixture(scope="session")
+def example_hf_folder(tmp_path_factory):
+    """A function giving the folder simulations/examples/make_hf_folder.py writes, written once per session
+    when first asked for."""
+    from shipped_configs import write_example_hf_folder
+
+    written: list = []
+
+    def folder():
+        if not written:
+            written.append(write_example_hf_folder(tmp_path_factory.mktemp("examples") / "fashion-mnist-hf"))
+        return written[0]
+
+    return folder

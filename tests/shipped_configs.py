@@ -1,20 +1,39 @@
-"""The configs shipped in simulations/, and what tests need to know about them without data."""
+"""The configs shipped in simulations/, and what tests need to know about them."""
 
 import re
+import subprocess
+import sys
 from pathlib import Path
 
-from fedlayer.config import Config
+from fedlayer.config import Config, load_config
 from fedlayer.layers import Layer, model_layers
-from fedlayer.models import DATASET_SPECS, build_model
+from fedlayer.task import data_shape, model_for
 
 SIMULATIONS = Path(__file__).resolve().parents[1] / "simulations"
 CONFIGS = sorted(SIMULATIONS.rglob("*.toml"))
+EXAMPLES = SIMULATIONS / "examples"
+EXAMPLE_HF_DATASET = "hf:runs/examples/fashion-mnist-hf"
+"""The folder examples/hf_folder.toml reads, which examples/make_hf_folder.py writes."""
+
+
+def write_example_hf_folder(folder: Path) -> Path:
+    """Run the example's own script, as its user does, into `folder`."""
+    subprocess.run([sys.executable, str(EXAMPLES / "make_hf_folder.py"), str(folder)], check=True, timeout=600)
+    return folder
+
+
+def load_shipped(path: Path, hf_folder) -> Config:
+    """A shipped config; the Hugging Face example reads `hf_folder()` (a folder its script wrote) instead of
+    the checkout's runs/, which tests do not write."""
+    cfg = load_config(path)
+    if cfg.data.dataset == EXAMPLE_HF_DATASET:
+        cfg = load_config(path, [f"data.dataset=hf:{hf_folder()}"])
+    return cfg
 
 
 def layers_of(cfg: Config) -> list[Layer]:
-    """The config's model built for its dataset's shape (no data needed)."""
-    shape, classes = DATASET_SPECS[cfg.data.dataset]
-    return model_layers(build_model(cfg.model.name, shape, classes, norm=cfg.model.norm))
+    """The config's model built for its dataset's shape (a built-in dataset's without loading it)."""
+    return model_layers(model_for(cfg, *data_shape(cfg)))
 
 
 def compare_strategies(path: Path) -> list[list[str]]:

@@ -23,9 +23,9 @@ def test_pairwise_curves_label_each_pair():
     states = {}
     for seed in (3, 1, 2):
         torch.manual_seed(seed)
-        states[str(seed)] = build_model("mlp", (1, 8, 8), 10, width=16).state_dict()
+        states[str(seed)] = build_model("mlp", (1, 8, 8), 10, options={"width": 16}).state_dict()
     data = (torch.randn(30, 1, 8, 8), torch.randint(0, 10, (30,)))
-    model = build_model("mlp", (1, 8, 8), 10, width=16)
+    model = build_model("mlp", (1, 8, 8), 10, options={"width": 16})
     curves, table = pairwise_curves(model, states, data, groups=["layers", "full"], alphas=3)
     assert list(curves.columns[:2]) == ["client_a", "client_b"]
     pairs = list(dict.fromkeys(zip(table.client_a, table.client_b, strict=True)))

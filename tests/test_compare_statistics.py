@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from scipy import stats
-from shipped_configs import CONFIGS, layers_of
+from shipped_configs import CONFIGS, layers_of, load_shipped
 
 from fedlayer.analysis.summary import (
     client_rows,
@@ -280,8 +280,8 @@ def test_long_strategy_names_are_cut_and_told_apart_by_a_hash():
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: str(p.relative_to(p.parents[1])))
-def test_every_shipped_configs_compare_strategies_resolve_against_its_model(path):
-    cfg = load_config(path)
+def test_every_shipped_configs_compare_strategies_resolve_against_its_model(path, example_hf_folder):
+    cfg = load_shipped(path, example_hf_folder)
     settings = comparison_settings(cfg)
     layers = layers_of(cfg)
     for name in settings.strategies:

@@ -85,12 +85,12 @@ def test_vgg11_keeps_torchvision_names_and_skips_pools_on_tiny_images():
     assert sum(isinstance(m, nn.MaxPool2d) for m in digits.features) == 3
     assert sum(isinstance(m, nn.MaxPool2d) for m in build_model("vgg11", (3, 32, 32), 10).features) == 5
     assert digits.classifier[6].out_features == 10 and digits.classifier[2].p == 0.0
-    assert build_model("vgg11", (1, 8, 8), 10, dropout=0.5).classifier[2].p == 0.5
+    assert build_model("vgg11", (1, 8, 8), 10, options={"dropout": 0.5}).classifier[2].p == 0.5
 
 
 def test_deep_linear_has_no_nonlinearity():
     torch.manual_seed(0)
-    model = build_model("deep-linear", (1, 8, 8), 10, depth=3, width=16)
+    model = build_model("deep-linear", (1, 8, 8), 10, options={"depth": 3, "width": 16})
     assert layer_names(model) == ["fc1", "fc2", "fc3"]
     assert {type(m) for m in model.children()} == {nn.Flatten, nn.Linear}
     x, y, zero = torch.randn(1, 1, 8, 8), torch.randn(1, 1, 8, 8), torch.zeros(1, 1, 8, 8)
@@ -129,9 +129,9 @@ def test_numpy_integers_are_accepted_as_shapes():
             lambda: build_model("resnet18", (3, 32, 32), 10, norm="ln"),
             "norm 'ln'; valid choices: none, bn, gn",
         ),
-        (lambda: build_model("cnn", (3, 32, 32), 10, depth=3), "unknown option.* depth for model 'cnn'"),
-        (lambda: build_model("deep-linear", (3, 32, 32), 10, height=3), "valid choices: depth, width"),
-        (lambda: build_model("deep-linear", (3, 32, 32), 10, depth=0), "depth >= 1"),
+        (lambda: build_model("cnn", (3, 32, 32), 10, options={"depth": 3}), "unknown option.* depth for model 'cnn'"),
+        (lambda: build_model("deep-linear", (3, 32, 32), 10, options={"height": 3}), "valid choices: depth, width"),
+        (lambda: build_model("deep-linear", (3, 32, 32), 10, options={"depth": 0}), "depth >= 1"),
         (lambda: build_model("cnn", (32, 32), 10), r"input_shape must be \(channels, height, width\)"),
         (lambda: build_model("cnn", (3, 0, 32), 10), "input_shape entry must be an integer >= 1"),
         (lambda: build_model("cnn", (3, 32, 32), 1), "num_classes must be an integer >= 2"),

@@ -44,10 +44,16 @@ def _build(labels, num_classes, clients, method, seed, k=2):
             shards_per_client=2,
             test_fraction=0.25,
             num_classes=num_classes,
+            groups=_groups(labels),
         )
     except FedlayerError as exc:  # a Dirichlet draw may not fit tiny data: that is reported, not a bug
         assume("larger alpha" not in str(exc))
         raise
+
+
+def _groups(labels: np.ndarray) -> np.ndarray:
+    """8 natural groups (enough for up to 8 clients), interleaved so each holds many classes."""
+    return np.arange(len(labels)) % 8
 
 
 def _all_indices(parts: Partitions) -> list[np.ndarray]:
@@ -67,6 +73,9 @@ def test_every_sample_lands_in_at_most_one_client(data, clients, method, seed):
         assert len(dropped) == 0
     elif method == "shard":  # only the remainder after equal-size shards
         assert len(dropped) < clients * 2
+    elif method == "natural":  # only samples of groups no client drew
+        drawn = {int(_groups(labels)[c.train_indices[0]]) for c in parts.clients}
+        assert not drawn & set(_groups(labels)[dropped].tolist())
     else:  # pathological: only samples of classes no client drew
         drawn = set(np.flatnonzero(parts.class_counts().sum(axis=0).to_numpy()))
         assert not drawn & set(labels[dropped].tolist())

@@ -1,7 +1,8 @@
 """`fedlayer bench barriers`: the barrier engine against the paper's naive per-point method.
 
 Both sides sweep every single layer plus the full model, on both bases, over the same alpha grid,
-for two differently seeded models on CIFAR-shaped random inputs with random labels. The naive
+for two differently seeded models on random RGB images (32x32 like CIFAR, or --input-size) with
+random labels. The naive
 side does what the paper's code does for every point: build a model, copy a state dict, overwrite
 the group's keys, load_state_dict, full forward pass; and it re-evaluates the two endpoints for
 every group.
@@ -14,7 +15,8 @@ import copy
 import os
 import time
 
-INPUT_SHAPE = (3, 32, 32)
+CHANNELS = 3
+INPUT_SIZE = 32
 NUM_CLASSES = 10
 TARGET_RATIO = 3.0
 TOLERANCE = 1e-5
@@ -23,7 +25,24 @@ TOLERANCE = 1e-5
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--samples", type=int, default=64, help="evaluation images (default: 64)")
     parser.add_argument("--alphas", type=int, default=5, help="alpha grid size (default: 5)")
-    parser.add_argument("--model", default="resnet18", help="registry model, norm=none (default: resnet18)")
+    parser.add_argument(
+        "--model",
+        default="resnet18",
+        help="built-in model (norm=none) or model spec, e.g. torchvision:resnet50 (default: resnet18)",
+    )
+    parser.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a model option (model.options), e.g. --option width_mult=0.5 (repeatable)",
+    )
+    parser.add_argument(
+        "--input-size",
+        type=int,
+        default=INPUT_SIZE,
+        help=f"height and width of the random images (default: {INPUT_SIZE}; a model that needs more says how much)",
+    )
     parser.add_argument("--batch-size", type=int, default=256, help="evaluation batch size (default: 256)")
     parser.add_argument(
         "--threads", type=int, default=os.cpu_count() or 1, help="torch threads, both sides (default: all cores)"
@@ -38,27 +57,35 @@ def run(args: argparse.Namespace) -> int:
     from fedlayer.analysis import alpha_grid, interpolation_curves
     from fedlayer.analysis.evaluate import full_precision
     from fedlayer.analysis.groups import resolve_groups
+    from fedlayer.config import parse_options
     from fedlayer.errors import FedlayerError
     from fedlayer.layers import model_layers
-    from fedlayer.models import build_model
+    from fedlayer.models import MODELS, build_model
 
-    if args.samples < 1 or args.alphas < 2 or args.threads < 1:
-        raise FedlayerError("bench barriers needs --samples >= 1, --alphas >= 2 and --threads >= 1")
+    if args.samples < 1 or args.alphas < 2 or args.threads < 1 or args.input_size < 1:
+        raise FedlayerError("bench barriers needs --samples >= 1, --alphas >= 2, --threads >= 1 and --input-size >= 1")
     torch.set_num_threads(args.threads)
+    shape, options = (CHANNELS, args.input_size, args.input_size), parse_options(args.option)
+
+    def new_model():
+        return build_model(args.model, shape, NUM_CLASSES, options=options)
+
     states = []
     for seed in (1, 2):
         torch.manual_seed(seed)
-        states.append(build_model(args.model, INPUT_SHAPE, NUM_CLASSES).state_dict())
+        states.append(new_model().state_dict())
     state_a, state_b = states
-    model = build_model(args.model, INPUT_SHAPE, NUM_CLASSES)
+    model = new_model()
     generator = torch.Generator().manual_seed(args.seed)
-    inputs = torch.randn((args.samples, *INPUT_SHAPE), generator=generator)
+    inputs = torch.randn((args.samples, *shape), generator=generator)
     labels = torch.randint(0, NUM_CLASSES, (args.samples,), generator=generator)
     groups = ["layers", "full"]
     alphas = alpha_grid(args.alphas)
     print(
-        f"barrier sweep: {args.model} (norm=none), {len(model_layers(model))} layers + full, both bases, "
-        f"{len(alphas)} alphas, {args.samples} images, {args.threads} thread(s), {args.device}"
+        f"barrier sweep: {args.model}{' (norm=none)' if args.model in MODELS else ''}, {len(model_layers(model))} "
+        "layers + full, both bases, "
+        f"{len(alphas)} alphas, {args.samples} {'x'.join(map(str, shape))} images, {args.threads} thread(s), "
+        f"{args.device}"
     )
 
     def engine():
@@ -74,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
     device = torch.device(args.device)
 
     def make_model():
-        return build_model(args.model, INPUT_SHAPE, NUM_CLASSES).to(device)
+        return new_model().to(device)
 
     pairs = [(group.name, group.keys) for group in resolve_groups(model_layers(model), groups)]
     with _Timer("naive per point") as naive_time, full_precision():  # the engine's arithmetic (no TF32)

@@ -102,7 +102,8 @@ def _round_tables(cfg):
     import torch
 
     from fedlayer.analysis import pairwise_curves
-    from fedlayer.models import build_model, dataset_spec
+    from fedlayer.models import dataset_spec
+    from fedlayer.task import model_for
     from strategies import clients_per_round
 
     fed, a = cfg.federation, cfg.analysis
@@ -114,8 +115,7 @@ def _round_tables(cfg):
     ] + [{"client": "global", "split": "test", "loss": 1.0, "accuracy": 0.5, "num_examples": 1000}]
     metrics = pd.DataFrame([{"round": 0, **row, "status": "ok", "error": ""} for row in rows])
     input_shape, num_classes = dataset_spec(cfg.data.dataset)
-    torch.manual_seed(cfg.seed)
-    model = build_model(cfg.model.name, input_shape, num_classes, norm=cfg.model.norm)
+    model = model_for(cfg, input_shape, num_classes)
     states = {
         str(client): {
             key: value + 0.05 * torch.randn_like(value) if value.is_floating_point() else value

@@ -112,14 +112,14 @@ def _worker(mode: str, job: dict) -> dict:
 
     from fedlayer.analysis import pairwise_curves
     from fedlayer.config import load_config
-    from fedlayer.models import build_model, dataset_spec
+    from fedlayer.models import dataset_spec
+    from fedlayer.task import model_for
 
     cfg = load_config(job["config"], job["overrides"])
     a = cfg.analysis
     torch.set_num_threads(cfg.simulation.torch_threads)
     input_shape, num_classes = dataset_spec(cfg.data.dataset)
-    torch.manual_seed(cfg.seed)
-    model = build_model(cfg.model.name, input_shape, num_classes, norm=cfg.model.norm)
+    model = model_for(cfg, input_shape, num_classes)
     states = {
         str(client): {
             key: value + PERTURBATION * torch.randn_like(value) if value.is_floating_point() else value

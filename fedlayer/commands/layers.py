@@ -7,7 +7,9 @@ import argparse
 DESCRIPTION = """\
 Show the layers of a model (the units that are averaged or interpolated together), built for a
 dataset's input shape and class count: --dataset is required, because the layers' sizes depend on
-them. With --select, show which layers a selector picks (e.g. 'body', 'head', 'layer2,layer3',
+them. The model is a built-in name or a spec (torchvision:resnet50, hf:<id or directory>,
+path/to/file.py:make_net, package.module:make_net) with its model.options as --option KEY=VALUE.
+With --select, show which layers a selector picks (e.g. 'body', 'head', 'layer2,layer3',
 'first:3', 'middle:5', 're:conv2$', '*.downsample.*').
 """
 
@@ -16,12 +18,26 @@ def add_parser(sub) -> None:
     # No choices= here: they would import torch for every `fedlayer --help`; a bad name is a
     # FedlayerError that lists the valid choices.
     p = sub.add_parser("layers", help="list a model's layers and try layer selectors", description=DESCRIPTION)
-    p.add_argument("--model", required=True, help="model name, e.g. cnn or resnet18")
-    p.add_argument("--norm", default="none", help="normalisation layers: none, bn or gn (default: none)")
+    p.add_argument("--model", required=True, help="model name or spec, e.g. cnn, resnet18, torchvision:resnet50")
+    p.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a model option (model.options), e.g. --option weights=DEFAULT (repeatable)",
+    )
+    p.add_argument("--norm", default="none", help="normalisation layers of a built-in model: none, bn or gn")
     p.add_argument(
         "--dataset",
         required=True,
         help="dataset whose input shape and class count the model is built for, e.g. digits, fashion-mnist, cifar10",
+    )
+    p.add_argument(
+        "--resize",
+        type=int,
+        default=0,
+        metavar="SIZE",
+        help="build for SIZE x SIZE images, as data.resize (default: 0, off)",
     )
     p.add_argument("--select", metavar="SELECTOR", help="show only the layers this selector picks")
     p.add_argument("--orderings", action="store_true", help="also print the cumulative orderings")
@@ -30,20 +46,24 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
     from rich.table import Table
 
+    from fedlayer.config import config_from_dict, parse_options
     from fedlayer.layers import ORDERINGS, describe_layers, model_layers, order_layers, select_layers
-    from fedlayer.models import build_model, dataset_spec
+    from fedlayer.task import data_shape, model_for
 
-    input_shape, num_classes = dataset_spec(args.dataset)
-    torch.manual_seed(args.seed)
-    model = build_model(args.model, input_shape, num_classes, norm=args.norm)
+    model_section = {"name": args.model, "norm": args.norm, "options": parse_options(args.option)}
+    cfg = config_from_dict(
+        {"seed": args.seed, "data": {"dataset": args.dataset, "resize": args.resize}, "model": model_section}
+    )
+    input_shape, num_classes = data_shape(cfg)
+    model = model_for(cfg, input_shape, num_classes)
     layers = model_layers(model)
     shown = select_layers(layers, args.select, seed=args.seed) if args.select else layers
 
+    resized = f" resized to {args.resize}x{args.resize}" if args.resize else ""
     table = Table(
-        title=f"{args.model} (norm={args.norm}) on {args.dataset}: input {input_shape}, {num_classes} classes"
+        title=f"{args.model} (norm={args.norm}) on {args.dataset}: input {input_shape}{resized}, {num_classes} classes"
     )
     for column in ("index", "name", "type", "keys"):
         table.add_column(

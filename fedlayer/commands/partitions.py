@@ -31,13 +31,13 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from fedlayer.config import load_config
-    from fedlayer.data import load_dataset
     from fedlayer.data.partition import partitions_from_config
     from fedlayer.plots import save_figure
     from fedlayer.plots.partitions import label_distribution_figure
+    from fedlayer.task import dataset_for
 
     cfg = load_config(args.config, args.overrides)
-    dataset = load_dataset(cfg.data.dataset, data_dir=cfg.data.data_dir or None, download=cfg.data.download)
+    dataset = dataset_for(cfg)
     partitions = partitions_from_config(cfg, dataset)
 
     from fedlayer.console import make_console

@@ -27,7 +27,7 @@ DATASET_SPECS: dict[str, tuple[tuple[int, int, int], int]] = {
 }
 """Input shape (C, H, W) and class count of each dataset, known without loading it."""
 DATASETS = tuple(DATASET_SPECS)
-"""The dataset registry: the names `load_dataset` accepts."""
+"""The dataset registry: the names `load_builtin_dataset` accepts (and `fedlayer.data.load_dataset`, with specs)."""
 
 SYSTEM_DIRS = {"fashion-mnist": (Path("/usr/share/datasets/fashion-mnist"),)}
 """Folders that OS packages install datasets into (Debian: `dataset-fashion-mnist`)."""
@@ -40,22 +40,28 @@ IDX_FILES = {
 
 @dataclass(frozen=True, eq=False)
 class Dataset:
-    """A dataset's global train and test sets, as `load_dataset` returns them.
+    """A dataset's global train and test sets, as `fedlayer.data.load_dataset` returns them.
 
     Attributes
     ----------
     name : str
-        The registry name (one of `DATASETS`).
+        The registry name (one of `DATASETS`) or the spec it was loaded from.
     train_x, test_x : torch.Tensor
-        float32 images (N, C, H, W), normalised per channel with the dataset's published mean and std.
+        float32 inputs (N, ...): built-in datasets' images (N, C, H, W) are normalised per channel with the
+        dataset's published mean and std.
     train_y, test_y : torch.Tensor
-        int64 class labels (N,).
+        int64 class labels (N,), in 0..num_classes-1.
     num_classes : int
         Classes in the label space.
-    input_shape : tuple[int, int, int]
-        (C, H, W) of one image.
+    input_shape : tuple[int, ...]
+        The shape of one input: (C, H, W) of an image, (F,) of a feature vector.
     source : str, default ""
         Where it was read from: a folder, or "scikit-learn load_digits".
+    groups : np.ndarray or None, default None
+        A natural client id (a writer, a speaker) per train sample, for the natural partition; None when the
+        dataset has none.
+    class_names : tuple[str, ...], default ()
+        The name of each class, where the dataset gives them (label i is class_names[i]).
     """
 
     name: str
@@ -64,8 +70,10 @@ class Dataset:
     test_x: torch.Tensor
     test_y: torch.Tensor
     num_classes: int
-    input_shape: tuple[int, int, int]
+    input_shape: tuple[int, ...]
     source: str = ""
+    groups: np.ndarray | None = None
+    class_names: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -95,7 +103,7 @@ class _Spec:
 _CACHE: dict[tuple[str, str], Dataset] = {}
 
 
-def load_dataset(name: str, data_dir: str | Path | None = None, download: bool = False) -> Dataset:
+def load_builtin_dataset(name: str, data_dir: str | Path | None = None, download: bool = False) -> Dataset:
     """Load a registered dataset from local files (offline first), cached per process.
 
     Scikit-learn's digits ship with scikit-learn (a fixed stratified 1437/360 split). The others are

@@ -3,7 +3,9 @@
 The splitting itself is flwr-datasets' partitioners; this module feeds them the label column, maps what
 they return back to indices of the global train set, and saves the result with a content hash so a run
 can prove which samples each client had. The partitioners run on an in-memory `datasets.Dataset`
-(`Dataset.from_dict`), so nothing here reads from or reports to the network.
+(`Dataset.from_dict`), so nothing here reads from or reports to the network. The natural split groups
+samples by their natural client id as flwr-datasets' `NaturalIdPartitioner` does (a test checks they
+agree), directly: that partitioner prints a progress bar, and fedlayer also allows fewer clients than ids.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ if TYPE_CHECKING:  # the config imports this registry, so the type is only named
     from fedlayer.config import Config
     from fedlayer.data.datasets import Dataset
 
-METHODS = ("iid", "dirichlet", "pathological", "shard")
+METHODS = ("iid", "dirichlet", "pathological", "shard", "natural")
 """The partition schemes (see `make_partitions`), exported as `fedlayer.data.PARTITION_SCHEMES`."""
 FORMAT = "fedlayer-partitions/1"
 MIN_DIRICHLET_SIZE = 10
@@ -53,7 +55,8 @@ class Partitions:
     method : str
         The partition scheme, one of `METHODS`.
     params : dict[str, Any]
-        The scheme's parameters (test_fraction and alpha, classes_per_client or shards_per_client).
+        The scheme's parameters (test_fraction and alpha, classes_per_client, shards_per_client or, for
+        the natural split, groups: how many natural groups the data has).
     seed : int
         The seed every draw came from.
     num_classes, num_samples : int
@@ -192,6 +195,7 @@ def make_partitions(
     test_fraction: float = 0.2,
     num_classes: int | None = None,
     subset: np.ndarray | None = None,
+    groups: np.ndarray | None = None,
 ) -> Partitions:
     """Split the samples of `labels` among clients with a seeded partition scheme (flwr-datasets' partitioners).
 
@@ -204,7 +208,11 @@ def make_partitions(
       split evenly among its clients (Li et al. 2022, arXiv:2102.02079, after the pathological
       non-IID split of McMahan et al. 2017, arXiv:1602.05629);
     - "shard": samples sorted by label, cut into equal shards, `shards_per_client` shards per client
-      (McMahan et al. 2017, arXiv:1602.05629).
+      (McMahan et al. 2017, arXiv:1602.05629);
+    - "natural": each client holds the samples of one natural group (`groups`: a writer, a speaker), as
+      flwr-datasets' NaturalIdPartitioner: client i gets the i-th group id in sorted order. With fewer
+      clients than groups, a seeded choice of `num_clients` groups is used (still in sorted order) and the
+      other groups' samples are left out; more clients than groups is an error.
 
     Each client's samples are then split, seeded and stratified where every class allows it, into
     local train and test parts.
@@ -231,22 +239,26 @@ def make_partitions(
         Classes in the label space; None means max(labels) + 1.
     subset : np.ndarray or None, default None
         Indices of `labels` to split; None uses them all.
+    groups : np.ndarray or None, default None
+        A natural client id per sample of `labels` (natural only; any sortable values).
 
     Returns
     -------
     Partitions
-        Indices into `labels` per client. Pathological and shard splits may leave out samples
-        (classes no client drew; the remainder after equal-size shards).
+        Indices into `labels` per client. Pathological, shard and natural splits may leave out samples
+        (classes no client drew; the remainder after equal-size shards; groups no client drew).
 
     Raises
     ------
     DataError
         If the scheme is unknown, a parameter is out of range, or the split cannot be made (a
-        Dirichlet draw that leaves a client too few samples in 10 tries).
+        Dirichlet draw that leaves a client too few samples in 10 tries; a natural split without groups,
+        or with more clients than groups).
     """
     labels = np.asarray(labels, dtype=np.int64)
     num_classes = int(labels.max()) + 1 if num_classes is None else num_classes
     used = np.arange(len(labels)) if subset is None else np.asarray(subset, dtype=np.int64)
+    used_groups = None if groups is None else np.asarray(groups)[used]
     params = _validate(
         labels[used],
         num_clients,
@@ -256,8 +268,14 @@ def make_partitions(
         shards_per_client,
         test_fraction,
         num_classes,
+        used_groups,
     )
-    parts = [used[rows] for rows in _assign(labels[used], num_clients, method, params, seed)]
+    if method == "natural":
+        assert used_groups is not None  # _validate demands them
+        rows_per_client = _natural(used_groups, num_clients, seed)
+    else:
+        rows_per_client = _assign(labels[used], num_clients, method, params, seed)
+    parts = [used[rows] for rows in rows_per_client]
     clients = []
     for client, indices in enumerate(parts):
         train, test = _local_split(indices, labels, test_fraction, seed, client)
@@ -285,7 +303,8 @@ def partitions_from_config(cfg: Config, dataset: Dataset) -> Partitions:
         The experiment config; `data.max_train_samples` > 0 first draws a seeded subsample of that
         size (indices still refer to the full train set).
     dataset : Dataset
-        The loaded dataset (`load_dataset`); its train labels are split.
+        The loaded dataset (`fedlayer.data.load_dataset`); its train labels (and, for the natural
+        split, its `groups`) are split.
 
     Returns
     -------
@@ -295,10 +314,16 @@ def partitions_from_config(cfg: Config, dataset: Dataset) -> Partitions:
     Raises
     ------
     DataError
-        As `make_partitions`.
+        As `make_partitions`; a natural split of a dataset without natural client ids names how to give them.
     """
     labels = dataset.train_y.numpy()
     data = cfg.data
+    if data.partition == "natural" and dataset.groups is None:
+        raise DataError(
+            f"data.partition = 'natural' needs a natural client id per sample, and dataset {dataset.name!r} has "
+            "none: name the column holding them with data.partition_by (hf: datasets), or return them as "
+            "`groups` from a dataset callable"
+        )
     subset = None
     if 0 < data.max_train_samples < len(labels):
         rng = np.random.default_rng([cfg.seed, len(labels), data.max_train_samples])
@@ -314,6 +339,7 @@ def partitions_from_config(cfg: Config, dataset: Dataset) -> Partitions:
         test_fraction=data.test_fraction,
         num_classes=dataset.num_classes,
         subset=subset,
+        groups=dataset.groups,
     )
     params = {**parts.params, "max_train_samples": data.max_train_samples} if subset is not None else parts.params
     return replace(parts, params=params, dataset=dataset.name)
@@ -328,17 +354,27 @@ def _validate(
     shards_per_client: int,
     test_fraction: float,
     num_classes: int,
+    groups: np.ndarray | None,
 ) -> dict[str, Any]:
     """Check the arguments up front and return the parameters that describe this split."""
     if method not in METHODS:
         raise DataError(choices_message("partition method", method, METHODS))
     if num_clients < 1:
         raise DataError(f"number of clients must be at least 1, got {num_clients}")
+    params: dict[str, Any] = {"test_fraction": test_fraction}
+    if method == "natural":
+        if groups is None:
+            raise DataError("the natural partition needs a natural client id per sample (groups); none were given")
+        params["groups"] = count = len(np.unique(groups))
+        if num_clients > count:
+            raise DataError(
+                f"natural partition: {num_clients} clients but the data has only {count} natural groups "
+                f"(one client per group); use at most {count} clients"
+            )
     if num_clients > len(labels):
         raise DataError(f"{num_clients} clients but only {len(labels)} samples; use at most {len(labels)}")
     if not 0 <= test_fraction < 1:
         raise DataError(f"test_fraction must be in [0, 1), got {test_fraction}")
-    params: dict[str, Any] = {"test_fraction": test_fraction}
     if method == "dirichlet":
         if not (math.isfinite(alpha) and alpha > 0):
             raise DataError(f"dirichlet alpha must be a positive number, got {alpha}")
@@ -404,6 +440,17 @@ def _assign(labels: np.ndarray, num_clients: int, method: str, params: dict, see
                 f"at least {min_size} samples in 10 tries; use a larger alpha or fewer clients"
             ) from exc
         raise DataError(f"{method} split of {len(labels)} samples into {num_clients} clients: {exc}") from exc
+
+
+def _natural(groups: np.ndarray, num_clients: int, seed: int) -> list[np.ndarray]:
+    """Each client's row positions: the samples of one group, groups in sorted order (NaturalIdPartitioner's
+    partition ids); a seeded choice of `num_clients` of them when there are more groups than clients."""
+    _, codes = np.unique(groups, return_inverse=True)
+    count = int(codes.max()) + 1
+    chosen = np.arange(count)
+    if num_clients < count:
+        chosen = np.sort(np.random.default_rng(seed).choice(count, size=num_clients, replace=False))
+    return [np.flatnonzero(codes == group) for group in chosen]
 
 
 def _local_split(

@@ -1,0 +1,121 @@
+"""Hugging Face `transformers` models for `hf:<model id or directory>` specs (the optional `fedlayer[hf]`).
+
+A model is built from its config (`config.json` in a local directory, or an id in the Hugging Face
+cache), with `model.options` as config overrides and random weights; `pretrained = true` loads the
+weights too. Nothing is downloaded: every client process builds the same model, offline, from the same
+files (fetch a model once with `hf download <id>`). Image data takes an image-classification head;
+1-D inputs are token ids (stored as numbers) for a sequence-classification head. The model's forward
+returns the logits.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from fedlayer.errors import ModelError, listed
+from fedlayer.model_fit import fit_input
+
+PRETRAINED = "pretrained"
+"""The one option that is not a config override: load the weights too."""
+RESERVED = ("architectures", "model_type", "transformers_version", "id2label", "label2id", "num_labels")
+"""Config attributes options cannot set: the model's identity, and the labels (the data sets them)."""
+
+
+def hf_model(source: str, input_shape: tuple[int, ...], num_classes: int, options: dict[str, Any]) -> nn.Module:
+    """The classification model for `source`'s config, sized for the data (see the module docstring)."""
+    transformers = _transformers()
+    pretrained = options.pop(PRETRAINED, False)
+    if not isinstance(pretrained, bool):
+        raise ModelError(f"model.options.{PRETRAINED} for hf:{source} must be true or false, got {pretrained!r}")
+    try:
+        config = _local(transformers.AutoConfig.from_pretrained, source, "config.json")
+    except ValueError as exc:  # a config.json that transformers cannot read, e.g. an unknown model_type
+        raise ModelError(f"hf:{source}: its config.json cannot be read: {exc}") from None
+    images = len(input_shape) == 3
+    auto = transformers.AutoModelForImageClassification if images else transformers.AutoModelForSequenceClassification
+    _check_task(config, images, source)
+    valid = sorted(key for key in config.to_dict() if not key.startswith("_") and key not in RESERVED)
+    unknown = [key for key in options if key not in valid]
+    if unknown:
+        raise ModelError(
+            f"unknown model option(s) {', '.join(unknown)} for hf:{source}; valid choices: {PRETRAINED}, "
+            f"{', '.join(valid)} (its config's attributes)"
+        )
+    sized = {} if pretrained or not images else _image_sizes(config, input_shape)
+    for key, value in {**sized, **options, "num_labels": num_classes}.items():
+        setattr(config, key, value)
+    load = auto.from_pretrained
+    try:
+        if pretrained:
+            model = _local(
+                lambda s, **kw: load(s, config=config, ignore_mismatched_sizes=True, **kw),
+                source,
+                "weights (model.safetensors or pytorch_model.bin)",
+            )
+        else:
+            model = auto.from_config(config)
+    except ModelError:
+        raise
+    except Exception as exc:  # e.g. overrides that do not fit together (hidden_size vs num_attention_heads)
+        raise ModelError(f"hf:{source} cannot be built with options {options}: {type(exc).__name__}: {exc}") from exc
+    return fit_input(model, logits=True, tokens=not images)
+
+
+def _transformers():
+    try:
+        import transformers
+    except ImportError:
+        raise ModelError(
+            "hf: model specs need the transformers package: pip install 'fedlayer[hf]' (or 'transformers>=4.46')"
+        ) from None
+    return transformers
+
+
+def _local(load, source: str, what: str):
+    """`load(source, local_files_only=True)`: from a local directory or the Hugging Face cache, never the network."""
+    try:
+        return load(source, local_files_only=True)
+    except OSError as exc:
+        if Path(source).expanduser().is_dir():
+            raise ModelError(f"hf:{source}: no {what} in that directory ({exc})") from None
+        from huggingface_hub.constants import HF_HUB_CACHE
+
+        raise ModelError(
+            f"hf:{source}: no {what} in the Hugging Face cache ({HF_HUB_CACHE}), and {source!r} is not a local "
+            f"directory; fedlayer does not download models: fetch it once with `hf download {source}` on a "
+            "machine with internet access, or give the directory that holds it"
+        ) from None
+
+
+def _check_task(config, images: bool, source: str) -> None:
+    """The config's model type must have the head the data needs."""
+    from transformers.models.auto import modeling_auto
+
+    names = (
+        modeling_auto.MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES
+        if images
+        else modeling_auto.MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES
+    )
+    if config.model_type in names:
+        return
+    task = "image classification" if images else "sequence classification"
+    language = (
+        "; causal language modelling needs a language task, which fedlayer does not have yet"
+        if config.model_type in modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+        else ""
+    )
+    raise ModelError(
+        f"Hugging Face model hf:{source} is a {config.model_type!r}, which has no {task} model in transformers "
+        f"(the data is {'images' if images else 'token sequences'}){language}; model types with one: "
+        + listed(sorted(names), 12)
+    )
+
+
+def _image_sizes(config, input_shape: tuple[int, ...]) -> dict[str, Any]:
+    """Config attributes the images decide for a model with random weights: their channels and size."""
+    channels, height, width = input_shape
+    sizes = {"num_channels": channels, "image_size": height if height == width else [height, width]}
+    return {key: value for key, value in sizes.items() if hasattr(config, key)}
