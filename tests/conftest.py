@@ -34,3 +34,13 @@ def example_hf_folder(tmp_path_factory):
         return written[0]
 
     return folder
+
+
+@pytest.fixture
+def in_process(monkeypatch):
+    """`fedlayer run` and `compare` on the in-process grid instead of Ray."""
+    from inprocess_grid import in_process_engine
+
+    import fedlayer.simulation
+
+    monkeypatch.setattr(fedlayer.simulation, "simulate", in_process_engine)

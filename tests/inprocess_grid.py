@@ -193,6 +193,13 @@ class InProcessGrid(Grid):
             return Message(error, reply_to=message)
 
 
+def in_process_engine(main_fn, client_app, cfg, **_) -> None:
+    """A stand-in for Flower's simulation engine (`fedlayer.simulation.simulate`): the ServerApp's main
+    against in-process ClientApps on an `InProcessGrid` with seeded node ids."""
+    grid = InProcessGrid(client_app, cfg.federation.clients, node_seed=0)
+    main_fn(grid, Context(run_id=0, node_id=0, node_config={}, state=RecordDict(), run_config={}))
+
+
 def _unavailable(message: Message) -> Message:
     """The error reply Flower's SuperLink sends for a node that stopped sending heartbeats."""
     reply = Message(Error(ErrorCode.NODE_UNAVAILABLE, NODE_UNAVAILABLE_ERROR_REASON), reply_to=message)

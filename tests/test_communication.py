@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 from flwr.app import ArrayRecord, Context, RecordDict
 from flwr.serverapp.strategy import FedAvg
-from inprocess_grid import InProcessGrid, ProtocolClient, digits, tiny_net
+from inprocess_grid import InProcessGrid, ProtocolClient, digits, in_process_engine, tiny_net
 from pngs import is_figure
 from torch import nn
 
@@ -44,12 +44,6 @@ SETTINGS = [
 STRATEGIES = ("fedavg", "fedper", "lg-fedavg")
 
 
-def in_process(main_fn, client_app, cfg) -> None:
-    """The engine: the seed's ServerApp main against in-process clients."""
-    grid = InProcessGrid(client_app, cfg.federation.clients, node_seed=0)
-    main_fn(grid, Context(run_id=0, node_id=0, node_config={}, state=RecordDict(), run_config={}))
-
-
 def nbytes(model: nn.Module, keys) -> int:
     state = model.state_dict()
     return sum(state[key].numel() * state[key].element_size() for key in keys)
@@ -72,7 +66,7 @@ def averaged_and_personal(strategy: str, model: nn.Module) -> tuple[int, int]:
 def compared(tmp_path_factory):
     out = tmp_path_factory.mktemp("communication")
     cfg = load_config(None, SETTINGS)
-    table = run_comparison(cfg, list(STRATEGIES), [0], out, engine=in_process)
+    table = run_comparison(cfg, list(STRATEGIES), [0], out, engine=in_process_engine)
     return out, cfg, table
 
 

@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
-from flwr.app import Context, RecordDict
-from inprocess_grid import InProcessGrid
+from inprocess_grid import in_process_engine
 from shipped_configs import SIMULATIONS
 
 import fedlayer.simulation
@@ -27,17 +26,11 @@ SETTINGS = [
 ]  # fmt: skip
 
 
-def in_process(main_fn, client_app, cfg) -> None:
-    """The engine of these tests: the seed's ServerApp main against in-process clients."""
-    grid = InProcessGrid(client_app, cfg.federation.clients, node_seed=0)
-    main_fn(grid, Context(run_id=0, node_id=0, node_config={}, state=RecordDict(), run_config={}))
-
-
 @pytest.fixture(scope="module")
 def compared(tmp_path_factory):
     out = tmp_path_factory.mktemp("compare")
     cfg = load_config(None, SETTINGS)
-    table = run_comparison(cfg, ["fedavg", "fedper", "first:4"], [0, 1], out, engine=in_process)
+    table = run_comparison(cfg, ["fedavg", "fedper", "first:4"], [0, 1], out, engine=in_process_engine)
     return out, table
 
 
@@ -187,7 +180,7 @@ def test_compare_command_takes_strategies_and_seeds_from_the_config(tmp_path, ca
 
     def engine(main_fn, client_app, cfg, **_):
         ran.append(cfg.seed)
-        in_process(main_fn, client_app, cfg)
+        in_process_engine(main_fn, client_app, cfg)
 
     monkeypatch.setattr(fedlayer.simulation, "simulate", engine)
     settings = [arg for setting in [*SETTINGS, "federation.rounds=1", "seed=3"] for arg in ("--set", setting)]

@@ -11,8 +11,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from flwr.app import Context, RecordDict
-from inprocess_grid import InProcessGrid
 
 import fedlayer.simulation
 import fedlayer.task
@@ -53,17 +51,6 @@ def load(data_dir=None, seed=0):
         "num_classes": 10, "groups": np.array(["ann", "bob", "cid"])[np.arange(500) % 3],
     }
 """
-
-
-@pytest.fixture
-def in_process(monkeypatch):
-    """`fedlayer run` on the in-process grid instead of Ray."""
-
-    def engine(main_fn, client_app, cfg, *, verbose=False):
-        grid = InProcessGrid(client_app, cfg.federation.clients, node_seed=0)
-        main_fn(grid, Context(run_id=0, node_id=0, node_config={}, state=RecordDict(), run_config={}))
-
-    monkeypatch.setattr(fedlayer.simulation, "simulate", engine)
 
 
 @pytest.fixture

@@ -225,15 +225,6 @@ def capped_argv(argv: list[str]) -> list[str]:
 
 
 # -- running blocks ----------------------------------------------------------------------------------------
-def in_process_engine(main_fn, client_app, cfg, **_) -> None:
-    """Flower's simulation engine stand-in: the ServerApp main against in-process ClientApps."""
-    from flwr.app import Context, RecordDict
-    from inprocess_grid import InProcessGrid
-
-    grid = InProcessGrid(client_app, cfg.federation.clients, node_seed=0)
-    main_fn(grid, Context(run_id=0, node_id=0, node_config={}, state=RecordDict(), run_config={}))
-
-
 @pytest.fixture(scope="session")
 def page_dirs(tmp_path_factory) -> dict[Path, Path]:
     return {}
@@ -288,6 +279,8 @@ def run_fedlayer(argv: list[str], monkeypatch) -> None:
         assert hasattr(fedlayer.simulation, "simulate"), (
             "fedlayer.simulation.simulate is the engine these tests replace"
         )
+        from inprocess_grid import in_process_engine
+
         monkeypatch.setattr(fedlayer.simulation, "simulate", in_process_engine)
     capped = capped_argv(argv)
     code = main(capped)

@@ -11,11 +11,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from flwr.app import Context, RecordDict
-from inprocess_grid import InProcessGrid
 from torch import nn
 
-import fedlayer.simulation
 from fedlayer.analysis.evaluate import EvalData, WorkingModel
 from fedlayer.analysis.graph import GraphEvaluator
 from fedlayer.cli import main
@@ -97,17 +94,6 @@ def vit_dir(tmp_path) -> Path:
     folder.mkdir()
     (folder / "config.json").write_text(json.dumps(VIT))
     return folder
-
-
-@pytest.fixture
-def in_process(monkeypatch):
-    """`fedlayer run` on the in-process grid instead of Ray."""
-
-    def engine(main_fn, client_app, cfg, *, verbose=False):
-        grid = InProcessGrid(client_app, cfg.federation.clients, node_seed=0)
-        main_fn(grid, Context(run_id=0, node_id=0, node_config={}, state=RecordDict(), run_config={}))
-
-    monkeypatch.setattr(fedlayer.simulation, "simulate", engine)
 
 
 def run_cli(args, capsys) -> tuple[int, str]:

@@ -10,10 +10,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from flwr.app import Context, RecordDict
-from inprocess_grid import InProcessGrid
 
-import fedlayer.simulation
 from fedlayer.cli import main as cli
 from fedlayer.config import load_config
 from fedlayer.errors import RunError
@@ -33,17 +30,6 @@ rounds = 1
 [analysis]
 every = 0
 """
-
-
-@pytest.fixture
-def in_process(monkeypatch):
-    """`fedlayer run` on the in-process grid instead of Ray."""
-
-    def engine(main, client_app, cfg, *, verbose=False):
-        grid = InProcessGrid(client_app, cfg.federation.clients, node_seed=0)
-        main(grid, Context(run_id=0, node_id=0, node_config={}, state=RecordDict(), run_config={}))
-
-    monkeypatch.setattr(fedlayer.simulation, "simulate", engine)
 
 
 def write_lock(folder: Path, pid: int) -> None:
