@@ -3,9 +3,10 @@ averaging study varies, so every layer-wise figure and the report can mark it.
 
 A strategy that averages a fixed set (fedavg, fedper, fedbn, a selector such as "last:2") averages the
 same layers every round: its preset's selector, or `strategy.average`, resolved against the config's
-model exactly as the server resolves it. A barrier-aware strategy chooses every round; its choices table
-(choices.parquet) is the record of what it chose. A folder without config.toml (an analysis folder, or
-what `fedlayer barrier` writes for two checkpoints) averaged nothing, and nothing is marked.
+model at its layer unit (`analysis.layer_unit`) exactly as the server resolves it. A barrier-aware
+strategy chooses every round; its choices table (choices.parquet) is the record of what it chose. A
+folder without config.toml (an analysis folder, or what `fedlayer barrier` writes for two checkpoints)
+averaged nothing, and nothing is marked.
 """
 
 from __future__ import annotations
@@ -30,10 +31,11 @@ def averaged_layers(run: RunRecord) -> pd.DataFrame | None:
     """Layer x round booleans: True where the run averaged the layer in that round's aggregation, False
     where it stayed personal.
 
-    Rows are every layer of the config's model in state_dict order; columns are rounds 1 to
-    `federation.rounds`, or for a barrier-aware strategy the rounds its choices table records (a layer it
-    was not offered, outside `strategy.average`, stays personal). None for a folder without config.toml,
-    and for a barrier-aware run that recorded no choice yet.
+    Rows are every layer of the config's model at its layer unit, in state_dict order (the names the
+    analysis tables give single layers); columns are rounds 1 to `federation.rounds`, or for a
+    barrier-aware strategy the rounds its choices table records (a layer it was not offered, outside
+    `strategy.average`, stays personal). None for a folder without config.toml, and for a barrier-aware
+    run that recorded no choice yet.
     """
     cfg = run.config
     if cfg is None:
@@ -41,15 +43,16 @@ def averaged_layers(run: RunRecord) -> pd.DataFrame | None:
     preset = get_preset(cfg.strategy.name)
     with torch.random.fork_rng(devices=[]):  # only the layer names and types are needed: leave torch's seed alone
         model = model_for(cfg, *data_shape(cfg))
-    layers = [layer.name for layer in model_layers(model)]
+    layers = model_layers(model, cfg.analysis.layer_unit)
+    names = [layer.name for layer in layers]
     if preset.barrier_aware:
         if run.choices is None or run.choices.empty:
             return None
         chosen, _ = choices_grids(run.choices)
-        return chosen.reindex(index=layers).fillna(0.0).astype(bool)
-    selected = {layer.name for layer in select_layers(model_layers(model), cfg.strategy.average or preset.average)}
+        return chosen.reindex(index=names).fillna(0.0).astype(bool)
+    selected = {layer.name for layer in select_layers(layers, cfg.strategy.average or preset.average)}
     rounds = range(1, cfg.federation.rounds + 1)
-    return pd.DataFrame({r: [name in selected for name in layers] for r in rounds}, index=layers)
+    return pd.DataFrame({r: [name in selected for name in names] for r in rounds}, index=names)
 
 
 def status(averaged: pd.DataFrame | None, names: Iterable[str], rounds: Iterable[int] | None = None) -> str | None:

@@ -38,12 +38,15 @@ from fedlayer.errors import ConfigError
 from fedlayer.results import (
     CLIENTS,
     COMPARISON,
+    PERPLEXITY,
+    TASK,
     RunDirectory,
     read_optional,
     read_table,
     run_folder_name,
     run_path,
     table_path,
+    table_task,
     write_parquet,
 )
 from fedlayer.runlock import claim
@@ -55,11 +58,14 @@ COMPARISON_COLUMNS = (
     "strategy",
     "seed",
     "round",
+    TASK,
     "global_accuracy",
     "global_loss",
+    "global_perplexity",
     "personal_accuracy_mean",
     "personal_accuracy_std",
     "personal_accuracy_worst10",
+    "personal_perplexity_mean",
     "full_barrier_mean",
     "layer_barrier_mean",
     *TRAFFIC_COLUMNS,
@@ -70,12 +76,14 @@ CLIENT_COLUMNS = (
     "seed",
     "round",
     "client",
+    TASK,
     "train_examples",
     "classes",
     "majority_class",
     "majority_share",
     "accuracy",
     "loss",
+    PERPLEXITY,
     "test_examples",
 )
 
@@ -256,21 +264,29 @@ def clients_table(out: Path, strategies: Sequence[str], seeds: Sequence[int]) ->
 
 
 def _run_rows(path: Path, name: str, seed: int) -> pd.DataFrame:
+    """One run's rows of comparison.parquet: per round, its task, the global model's accuracy, loss and
+    perplexity (NaN for classification, and for a run recorded before fedlayer wrote it), the personalised
+    models' accuracy over clients and their mean perplexity, its barriers and its traffic."""
     metrics = read_table(table_path(path, "metrics"))
+    if PERPLEXITY not in metrics:
+        metrics = metrics.assign(**{PERPLEXITY: np.nan})
     glob = metrics[metrics["client"] == "global"].set_index("round")
-    local = metrics[metrics["split"] == "local-test"].groupby("round")["accuracy"]
+    local = metrics[metrics["split"] == "local-test"].groupby("round")
     rows = pd.DataFrame(
         {
             "strategy": name,
             "seed": seed,
             "round": glob.index.astype(int),
+            TASK: table_task(metrics),
             "global_accuracy": glob["accuracy"].to_numpy(),
             "global_loss": glob["loss"].to_numpy(),
+            "global_perplexity": glob[PERPLEXITY].to_numpy(dtype=float),
         }
     )
-    rows["personal_accuracy_mean"] = rows["round"].map(local.mean())
-    rows["personal_accuracy_std"] = rows["round"].map(local.std(ddof=0))
-    rows["personal_accuracy_worst10"] = rows["round"].map(local.agg(worst_clients_mean))
+    rows["personal_accuracy_mean"] = rows["round"].map(local["accuracy"].mean())
+    rows["personal_accuracy_std"] = rows["round"].map(local["accuracy"].std(ddof=0))
+    rows["personal_accuracy_worst10"] = rows["round"].map(local["accuracy"].agg(worst_clients_mean))
+    rows["personal_perplexity_mean"] = rows["round"].map(local[PERPLEXITY].mean())
     barriers = read_optional(table_path(path, "barriers"))
     if barriers is not None:
         barriers = averaging_rows(barriers)

@@ -21,10 +21,11 @@ import tomli_w
 
 from fedlayer.analysis.curves import BN_POLICIES
 from fedlayer.analysis.interpolate import BASES
-from fedlayer.data.datasets import DATASETS
+from fedlayer.data.datasets import DATASETS, MIN_LINES, SEQ_LEN
 from fedlayer.data.partition import METHODS as PARTITION_SCHEMES
 from fedlayer.data.specs import SPEC_FORMS, is_dataset_spec
 from fedlayer.errors import ConfigError
+from fedlayer.layers import LAYER_UNITS
 from fedlayer.model_specs import SPEC_FORMS as MODEL_SPEC_FORMS
 from fedlayer.model_specs import is_model_spec
 from fedlayer.models import MODEL_NORMS, MODELS, NORMS
@@ -75,7 +76,13 @@ class DataConfig:
     alpha: float = _spec(0.5, gt=0.0, help="Dirichlet concentration (smaller = more skewed)")
     classes_per_client: int = _spec(2, ge=1, help="classes per client for the pathological split")
     shards_per_client: int = _spec(2, ge=1, help="shards per client for the shard split")
-    test_fraction: float = _spec(0.2, ge=0.0, lt=1.0, help="part of each client's data kept for local test")
+    test_fraction: float = _spec(
+        0.2,
+        ge=0.0,
+        lt=1.0,
+        help="part of each client's data kept for local test (shakespeare: each role's last lines, which form "
+        "the test set)",
+    )
     max_train_samples: int = _spec(0, ge=0, help="seeded subsample of the train set (0 = all)")
     max_test_samples: int = _spec(0, ge=0, help="seeded subsample of the global test set (0 = all)")
     resize: int = _spec(
@@ -83,6 +90,16 @@ class DataConfig:
         ge=0,
         help="resize images to resize x resize as the model reads them (0 = as they are), for models "
         "that need larger inputs",
+    )
+    seq_len: int = _spec(SEQ_LEN, ge=1, help="language datasets: characters per window (LEAF: 80)")
+    stride: int = _spec(
+        0,
+        ge=0,
+        help="language datasets: characters between window starts (0 = seq_len: no overlap; 1 = every position, "
+        "as LEAF, about seq_len times the memory)",
+    )
+    min_lines: int = _spec(
+        MIN_LINES, ge=1, help="shakespeare: the fewest spoken lines a role needs to be a client (LEAF: 3)"
     )
 
 
@@ -154,6 +171,12 @@ class AnalysisConfig:
         help="group specs: layers (each single layer), full, an ordering (shallow, deep, random, minimal: cumulative "
         "groups), window:W (every run of W consecutive layers), or a layer selector such as 'layer2', 'head', "
         "'middle:5', 're:conv2$', '-norm' (all but the normalisation layers)",
+    )
+    layer_unit: str = _spec(
+        "module",
+        choices=LAYER_UNITS,
+        help="what one layer is, in these groups and in strategy.average: a module with all its tensors (the "
+        "paper's CNN and language-model layers) or each weight tensor with its bias (the paper's ViT layers)",
     )
     alphas: int = _spec(5, ge=3, help="points on the interpolation grid (odd, so that 0.5 is on it)")
     bases: list = _spec(["a", "b"], choices=BASES, help="which model supplies the untouched layers")

@@ -4,12 +4,15 @@ A model is built from its config (`config.json` in a local directory, or an id i
 cache), with `model.options` as config overrides and random weights; `pretrained = true` loads the
 weights too. Nothing is downloaded: every client process builds the same model, offline, from the same
 files (fetch a model once with `hf download <id>`). Image data takes an image-classification head;
-1-D inputs are token ids (stored as numbers) for a sequence-classification head. The model's forward
-returns the logits.
+1-D inputs are token ids (stored as numbers) for a sequence-classification head, or, on a language task
+(a next token per position), for a causal language model (`AutoModelForCausalLM`: GPT-2, GPT-NeoX,
+Llama, ...). The model's forward returns the logits: (N, classes), or (N, T, vocabulary) for a causal
+language model.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +20,7 @@ from torch import nn
 
 from fedlayer.errors import ModelError, listed
 from fedlayer.model_fit import fit_input
+from fedlayer.task_kinds import CLASSIFICATION, LANGUAGE
 
 PRETRAINED = "pretrained"
 """The one option that is not a config override: load the weights too."""
@@ -24,8 +28,11 @@ RESERVED = ("architectures", "model_type", "transformers_version", "id2label", "
 """Config attributes options cannot set: the model's identity, and the labels (the data sets them)."""
 
 
-def hf_model(source: str, input_shape: tuple[int, ...], num_classes: int, options: dict[str, Any]) -> nn.Module:
-    """The classification model for `source`'s config, sized for the data (see the module docstring)."""
+def hf_model(
+    source: str, input_shape: tuple[int, ...], num_classes: int, options: dict[str, Any], task: str = CLASSIFICATION
+) -> nn.Module:
+    """The model for `source`'s config with the head the data's task needs, sized for the data (see the module
+    docstring)."""
     transformers = _transformers()
     pretrained = options.pop(PRETRAINED, False)
     if not isinstance(pretrained, bool):
@@ -35,8 +42,13 @@ def hf_model(source: str, input_shape: tuple[int, ...], num_classes: int, option
     except ValueError as exc:  # a config.json that transformers cannot read, e.g. an unknown model_type
         raise ModelError(f"hf:{source}: its config.json cannot be read: {exc}") from None
     images = len(input_shape) == 3
-    auto = transformers.AutoModelForImageClassification if images else transformers.AutoModelForSequenceClassification
-    _check_task(config, images, source)
+    if task == LANGUAGE:
+        auto = transformers.AutoModelForCausalLM
+    elif images:
+        auto = transformers.AutoModelForImageClassification
+    else:
+        auto = transformers.AutoModelForSequenceClassification
+    _check_task(config, task, images, source)
     valid = sorted(key for key in config.to_dict() if not key.startswith("_") and key not in RESERVED)
     unknown = [key for key in options if key not in valid]
     if unknown:
@@ -44,8 +56,13 @@ def hf_model(source: str, input_shape: tuple[int, ...], num_classes: int, option
             f"unknown model option(s) {', '.join(unknown)} for hf:{source}; valid choices: {PRETRAINED}, "
             f"{', '.join(valid)} (its config's attributes)"
         )
-    sized = {} if pretrained or not images else _image_sizes(config, input_shape)
-    for key, value in {**sized, **options, "num_labels": num_classes}.items():
+    if task == LANGUAGE:  # options may override `sized`, never what the data sets (`fixed`)
+        sized = {"use_cache": False}
+        fixed = _language_sizes(config, input_shape, num_classes, source, pretrained, options)
+    else:
+        sized = {} if pretrained or not images else _image_sizes(config, input_shape)
+        fixed = {"num_labels": num_classes}
+    for key, value in {**sized, **options, **fixed}.items():
         setattr(config, key, value)
     load = auto.from_pretrained
     try:
@@ -90,28 +107,61 @@ def _local(load, source: str, what: str):
         ) from None
 
 
-def _check_task(config, images: bool, source: str) -> None:
+def _check_task(config, task: str, images: bool, source: str) -> None:
     """The config's model type must have the head the data needs."""
     from transformers.models.auto import modeling_auto
 
-    names = (
-        modeling_auto.MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES
-        if images
-        else modeling_auto.MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES
-    )
+    names: Mapping[str, object]
+    if task == LANGUAGE:
+        names, head = modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, "causal language"
+        data = "windows of token ids with a next token per position"
+    elif images:
+        names, head, data = modeling_auto.MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES, "image classification", "images"
+    else:
+        names, head = modeling_auto.MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES, "sequence classification"
+        data = "token sequences with one label each"
     if config.model_type in names:
         return
-    task = "image classification" if images else "sequence classification"
     language = (
-        "; causal language modelling needs a language task, which fedlayer does not have yet"
-        if config.model_type in modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+        "; a causal language model needs a language dataset (windows of token ids with next-token labels, "
+        "such as shakespeare)"
+        if task != LANGUAGE and config.model_type in modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
         else ""
     )
     raise ModelError(
-        f"Hugging Face model hf:{source} is a {config.model_type!r}, which has no {task} model in transformers "
-        f"(the data is {'images' if images else 'token sequences'}){language}; model types with one: "
-        + listed(sorted(names), 12)
+        f"Hugging Face model hf:{source} is a {config.model_type!r}, which has no {head} model in transformers "
+        f"(the data is {data}){language}; model types with one: " + listed(sorted(names), 12)
     )
+
+
+def _language_sizes(
+    config, input_shape: tuple[int, ...], vocabulary: int, source: str, pretrained: bool, options: dict[str, Any]
+) -> dict[str, Any]:
+    """Config attributes a language task decides: the data's vocabulary (a model with random weights is built
+    for it; pretrained weights must already have it). The windows must fit the model's positions.
+
+    Raises
+    ------
+    ModelError
+        If pretrained weights have another vocabulary than the data, or the windows are longer than the
+        model's max_position_embeddings.
+    """
+    if pretrained and config.vocab_size != vocabulary:
+        raise ModelError(
+            f"hf:{source} has a vocabulary of {config.vocab_size} tokens (its config's vocab_size), the data's has "
+            f"{vocabulary}: pretrained weights need the data in the model's own tokens; without model.options."
+            f"{PRETRAINED} the model is built for the data's vocabulary"
+        )
+    seq_len = input_shape[0]
+    positions_key = config.attribute_map.get("max_position_embeddings", "max_position_embeddings")
+    positions = options.get(positions_key, getattr(config, "max_position_embeddings", None))
+    if isinstance(positions, int) and seq_len > positions:
+        raise ModelError(
+            f"the data's windows of seq_len {seq_len} tokens are longer than hf:{source}'s {positions} positions "
+            f"(its config's {positions_key}): set model.options.{positions_key} to at least {seq_len}, or "
+            f"data.seq_len to at most {positions}"
+        )
+    return {"vocab_size": vocabulary}
 
 
 def _image_sizes(config, input_shape: tuple[int, ...]) -> dict[str, Any]:

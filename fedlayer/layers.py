@@ -1,10 +1,23 @@
 """Layers and groups of layers (the README's "Concepts and definitions"): what gets averaged or interpolated together.
 
-A layer is a module that owns parameters or buffers; all its state_dict entries (weight, bias and,
-for a norm layer, the running statistics) move together, as in the paper's `get_layer_blocks`.
-Layers are listed in `state_dict()` order. Tied weights (one tensor under two names, e.g. an
-embedding shared with the output projection) make their modules ONE layer, because interpolating
-only one of the two names is ill-defined.
+What one layer is, the layer unit (`LAYER_UNITS`), follows the paper's two groupings:
+- "module" (the default; the paper's CNN and language-model grouping, its `get_layer_blocks`): a
+  module that owns parameters or buffers; all its state_dict entries (weight, bias and, for a norm
+  layer, the running statistics) move together.
+- "tensor" (the paper's ViT grouping, where each tensor whose name holds `weight` is interpolated
+  with its matching bias): within each module, a weight-like tensor together with the bias of the
+  same name pattern (`weight` + `bias`, nn.LSTM's `weight_ih_l0` + `bias_ih_l0`,
+  nn.MultiheadAttention's `in_proj_weight` + `in_proj_bias`). A BatchNorm's running statistics move
+  with its weight and bias (they mean nothing apart from them); a tensor with no partner (an
+  embedding table, a bias-free weight, `bias_k`) is a unit of its own. A module whose tensors form
+  one unit (a Linear, a Conv, a norm layer) is the same layer at both units, under the same name; a
+  module that splits into several units (nn.LSTM, nn.MultiheadAttention with `bias_k`) names each
+  unit by its lead tensor's key (`lstm.weight_ih_l0`). So a name means the same tensors at both
+  units, and a module's name selects all its units (a name is a prefix at a dot boundary).
+At both units, layers are listed in `state_dict()` order (of their first key), and tied weights (one
+tensor under two names, e.g. an embedding shared with the output projection) make their units ONE
+layer, because interpolating only one of the two names is ill-defined. A tensor registered directly
+on the root module (e.g. `cls_token`) is a layer of its own.
 """
 
 from __future__ import annotations
@@ -22,6 +35,8 @@ from torch import nn
 
 from fedlayer.errors import ConfigError, choices_message, listed
 
+LAYER_UNITS = ("module", "tensor")
+"""What one layer is: a module with all its tensors, or one weight tensor with its bias (see the module doc)."""
 NAMED_SETS = ("all", "none", "body", "head", "norm")
 COUNTED_SETS = ("first", "last", "middle", "random")
 ORDERINGS = ("shallow", "deep", "random", "minimal")
@@ -35,13 +50,16 @@ _NORM_TYPES = (
     nn.RMSNorm,
     nn.LocalResponseNorm,
 )
+_RUNNING_STATS = frozenset({"running_mean", "running_var", "num_batches_tracked"})
+_BIAS_TOKEN = re.compile(r"(?:^|(?<=_))bias(?=_|$)")  # the "bias" in bias, bias_ih_l0, in_proj_bias
 _GLOB_CHARS = frozenset("*?[")
 _MAX_LISTED_NAMES = 60
 
 
 @dataclass(frozen=True)
 class Layer:
-    """One averaging unit: the state_dict keys of one module (or of modules tied together)."""
+    """One averaging unit: the state_dict keys of one module, or of one weight tensor with its bias (`unit`),
+    or of such units tied together. `module_type` and `is_norm` describe the module that holds it."""
 
     index: int
     name: str
@@ -49,37 +67,56 @@ class Layer:
     numel: int
     module_type: str
     is_norm: bool
+    unit: str = "module"
 
 
 # ---------------------------------------------------------------- building the layer list
 
 
-def model_layers(model_or_state_dict: nn.Module | Mapping[str, torch.Tensor]) -> list[Layer]:
-    """The layers of a model, in state_dict order.
+def model_layers(model_or_state_dict: nn.Module | Mapping[str, torch.Tensor], unit: str = "module") -> list[Layer]:
+    """The layers of a model at a layer unit, in state_dict order.
 
-    From an `nn.Module`, types come from the modules themselves. From a state dict, keys are grouped
-    by module path (the key minus its last dotted component) and the type is guessed from the
-    tensors (`running_mean` -> BatchNorm, 1-D weight only -> Norm, 2-D weight -> Linear, k-D -> Conv);
-    pass the module when the exact type matters. Tied weights are found as tensors sharing memory:
-    always from a module, and from `model.state_dict()` itself, but NOT from a copied or loaded state
-    dict (`clone()`, safetensors), where the two names look like two independent layers.
-    A tensor registered directly on the root module (e.g. `cls_token`) is a layer of its own.
+    Parameters
+    ----------
+    model_or_state_dict : nn.Module or Mapping[str, torch.Tensor]
+        From an `nn.Module`, types come from the modules themselves. From a state dict, keys are
+        grouped by module path (the key minus its last dotted component) and the type is guessed
+        from the tensors (`running_mean` -> BatchNorm, 1-D weight only -> Norm, 2-D weight ->
+        Linear, k-D -> Conv); pass the module when the exact type matters. Tied weights are found
+        as tensors sharing memory: always from a module, and from `model.state_dict()` itself, but
+        NOT from a copied or loaded state dict (`clone()`, safetensors), where the two names look
+        like two independent layers.
+    unit : {"module", "tensor"}, default "module"
+        What one layer is (`LAYER_UNITS`, see the module doc): a module with all its tensors, or
+        one weight tensor with its bias (the paper's ViT grouping).
+
+    Returns
+    -------
+    list[Layer]
+        The layers, each with its `unit`, indexed 0..L-1.
+
+    Raises
+    ------
+    ConfigError
+        If `unit` is not one of `LAYER_UNITS`.
     """
+    if unit not in LAYER_UNITS:
+        raise ConfigError(choices_message("layer unit", unit, LAYER_UNITS))
     if isinstance(model_or_state_dict, nn.Module):
         state = model_or_state_dict.state_dict(keep_vars=True)
         modules = dict(model_or_state_dict.named_modules(remove_duplicate=False))
     else:
         state = dict(model_or_state_dict)
         modules = {}
-    groups = _tie_groups(state)
+    parts = _parts(state, unit)
     layers = []
-    for index, owners in enumerate(groups.values()):
-        keys = tuple(k for k in state if _owner(k) in owners)
-        first = owners[0]
-        module = modules.get(first)
+    for index, members in enumerate(_tie_groups(state, parts).values()):
+        tied = set(members)
+        keys = tuple(k for k in state if parts[k] in tied)
+        module = modules.get(_owner(keys[0]))  # the first part's module: keys[0] is its first key
         module_type = type(module).__name__ if module is not None else _guess_type(state, keys)
         is_norm = isinstance(module, _NORM_TYPES) if module is not None else module_type.endswith("Norm")
-        layers.append(Layer(index, first, keys, _unique_numel(state, keys), module_type, is_norm))
+        layers.append(Layer(index, members[0], keys, _unique_numel(state, keys), module_type, is_norm, unit))
     return layers
 
 
@@ -88,32 +125,71 @@ def _owner(key: str) -> str:
     return key.rsplit(".", 1)[0] if "." in key else key
 
 
-def _tie_groups(state: Mapping[str, torch.Tensor]) -> dict[str, list[str]]:
-    """Owners merged through shared tensors (union-find), keyed by the first owner in state_dict order."""
+def _parts(state: Mapping[str, torch.Tensor], unit: str) -> dict[str, str]:
+    """Each state_dict key's part before ties are merged: its module (unit "module"), or its tensor unit
+    ("tensor"), named by the module when the module is one unit and by the unit's lead key otherwise."""
+    owners = {key: _owner(key) for key in state}
+    if unit == "module":
+        return owners
+    by_owner: dict[str, list[str]] = {}
+    for key, owner in owners.items():
+        by_owner.setdefault(owner, []).append(key)
+    parts: dict[str, str] = {}
+    for owner, keys in by_owner.items():
+        leads = _tensor_leads(keys)
+        one_unit = len(set(leads.values())) == 1
+        parts.update({key: owner if one_unit else lead for key, lead in leads.items()})
+    return parts
+
+
+def _tensor_leads(keys: Sequence[str]) -> dict[str, str]:
+    """The keys of one module -> the lead key of the tensor unit each belongs to.
+
+    A bias joins the weight of the same name pattern (bias -> weight, bias_ih_l0 -> weight_ih_l0,
+    in_proj_bias -> in_proj_weight) when the module has it; running statistics join the weight, or,
+    without one, each other; every other tensor leads a unit of its own.
+    """
+    by_name = {key.rsplit(".", 1)[-1]: key for key in keys}
+    stats = [key for name, key in by_name.items() if name in _RUNNING_STATS]
+    stats_lead = by_name.get("weight", stats[0] if stats else "")
+    leads = {}
+    for name, key in by_name.items():
+        weight = _BIAS_TOKEN.sub("weight", name)
+        if name in _RUNNING_STATS:
+            leads[key] = stats_lead
+        elif weight != name and weight in by_name:
+            leads[key] = by_name[weight]
+        else:
+            leads[key] = key
+    return leads
+
+
+def _tie_groups(state: Mapping[str, torch.Tensor], parts: Mapping[str, str]) -> dict[str, list[str]]:
+    """Parts merged through shared tensors (union-find), keyed by the first part in state_dict order."""
     parent: dict[str, str] = {}
 
-    def find(owner: str) -> str:
-        while parent[owner] != owner:
-            parent[owner] = parent[parent[owner]]
-            owner = parent[owner]
-        return owner
+    def find(part: str) -> str:
+        while parent[part] != part:
+            parent[part] = parent[parent[part]]
+            part = parent[part]
+        return part
 
-    first_owner_of_storage: dict[int, str] = {}
+    first_part_of_storage: dict[int, str] = {}
     for key, tensor in state.items():
-        owner = _owner(key)
-        parent.setdefault(owner, owner)
+        part = parts[key]
+        parent.setdefault(part, part)
         ptr = _shares_memory_id(tensor)
         if ptr is None:
             continue
-        if ptr in first_owner_of_storage:
-            root, other = find(first_owner_of_storage[ptr]), find(owner)
-            if root != other:  # the earlier owner stays the representative, so names keep state_dict order
+        if ptr in first_part_of_storage:
+            root, other = find(first_part_of_storage[ptr]), find(part)
+            if root != other:  # the earlier part stays the representative, so names keep state_dict order
                 parent[other] = root
         else:
-            first_owner_of_storage[ptr] = owner
+            first_part_of_storage[ptr] = part
     groups: dict[str, list[str]] = {}
-    for owner in parent:  # insertion order = state_dict order
-        groups.setdefault(find(owner), []).append(owner)
+    for part in parent:  # insertion order = state_dict order
+        groups.setdefault(find(part), []).append(part)
     return groups
 
 
@@ -164,13 +240,15 @@ def select_layers(layers: Sequence[Layer], selector: str | Sequence[str], *, see
     not "layer10"; "fc*" matches "fc1"). A term `-<term>` excludes what <term> picks: "all,-norm"
     is every layer but the normalisation layers, and exclusions alone start from `all`. Terms are
     separated by commas (commas inside (), [] or {} stay part of the term, so "re:a{1,3}" works); a
-    string or a list of terms is the union of its terms, less the exclusions.
+    string or a list of terms is the union of its terms, less the exclusions. The grammar is the same
+    at both layer units: at unit "tensor" a module's name picks all its tensor units.
 
     Raises
     ------
     ConfigError
-        When a term other than `none` matches no layer, a term is malformed, or exclusions leave
-        nothing (say `none` to select nothing).
+        When a term other than `none` matches no layer (naming, when it does, the module or tensor
+        unit of the other layer unit it matches), a term is malformed, or exclusions leave nothing
+        (say `none` to select nothing).
     """
     terms = split_terms(selector)
     if not terms:
@@ -228,18 +306,56 @@ def _select_term(layers: Sequence[Layer], term: str, seed: int) -> list[int]:
     elif term.partition(":")[0] in COUNTED_SETS and ":" in term:
         kind, _, count = term.partition(":")
         found = _counted(layers, kind, count, seed=seed)
-    elif term.startswith("re:"):
-        pattern = _compile(term[3:])
-        found = [p for p in positions if pattern.search(layers[p].name)]
-    elif _GLOB_CHARS & set(term):
-        found = [p for p in positions if fnmatch.fnmatchcase(layers[p].name, term)]
     else:
-        found = [p for p in positions if layers[p].name == term or layers[p].name.startswith(term + ".")]
+        found = _matching([layer.name for layer in layers], term)
     if not found:
-        raise ConfigError(
-            f"layer selector {term!r} matches no layer{_prefix_hint(layers, term)}; {_names_hint(layers)}"
-        )
+        hints = _prefix_hint(layers, term) + ("" if term in NAMED_SETS else _unit_hint(layers, term))
+        raise ConfigError(f"layer selector {term!r} matches no layer{hints}; {_names_hint(layers)}")
     return found
+
+
+def _matching(names: Sequence[str], term: str) -> list[int]:
+    """Positions of the names a name term picks: `re:<regex>`, a glob, or a name or dotted prefix."""
+    if term.startswith("re:"):
+        pattern = _compile(term[3:])
+        return [p for p, name in enumerate(names) if pattern.search(name)]
+    if _GLOB_CHARS & set(term):
+        return [p for p, name in enumerate(names) if fnmatch.fnmatchcase(name, term)]
+    return [p for p, name in enumerate(names) if name == term or name.startswith(term + ".")]
+
+
+def _unit_hint(layers: Sequence[Layer], term: str) -> str:
+    """Why a name term picks nothing when it names what is a layer only at the other layer unit: a module
+    that unit "tensor" splits (its tensor units are listed), or a tensor unit at unit "module"."""
+    names = {layer.name for layer in layers}
+    layer_of = {key: layer.name for layer in layers for key in layer.keys}
+    keys_of_module: dict[str, list[str]] = {}
+    for key in layer_of:
+        keys_of_module.setdefault(_owner(key), []).append(key)
+    if layers and layers[0].unit == "tensor":
+        modules = [module for module in keys_of_module if module not in names]
+        found = [modules[p] for p in _matching(modules, term)]
+        if not found:
+            return ""
+        holding = dict.fromkeys(layer_of[key] for module in found for key in keys_of_module[module])
+        return (
+            f" (it names the module {listed(found, 5)}, which is no layer at layer_unit = 'tensor': "
+            f"its tensor units are {listed(holding, 10)})"
+        )
+    split: dict[str, str] = {}  # lead key of a unit of a module that unit "tensor" splits -> its layer here
+    for keys in keys_of_module.values():
+        leads = dict.fromkeys(_tensor_leads(keys).values())
+        if len(leads) > 1:
+            split.update({lead: layer_of[lead] for lead in leads})
+    units = list(split)
+    found = [units[p] for p in _matching(units, term)]
+    if not found:
+        return ""
+    return (
+        f" (it names the tensor unit {listed(found, 5)} of the layer {listed(dict.fromkeys(map(split.get, found)), 5)}"
+        ": at layer_unit = 'module' a layer is a whole module; set layer_unit = 'tensor' to select single weight "
+        "tensors with their biases)"
+    )
 
 
 def _prefix_hint(layers: Sequence[Layer], term: str) -> str:
@@ -253,7 +369,12 @@ def _prefix_hint(layers: Sequence[Layer], term: str) -> str:
 
 
 def _head_position(layers: Sequence[Layer]) -> int:
-    """The classifier: the last Linear layer in order."""
+    """The classifier: the last Linear layer in order; in a language model whose output projection is tied
+    to its token embedding (GPT-2's lm_head and wte: an Embedding layer whose keys span two modules), that
+    tied layer, which holds the output projection but sits first in state_dict order."""
+    for position, layer in enumerate(layers):
+        if layer.module_type == "Embedding" and len({_owner(key) for key in layer.keys}) > 1:
+            return position
     for position in reversed(range(len(layers))):
         if layers[position].module_type.endswith("Linear"):  # also Linear subclasses such as out_proj
             return position
@@ -333,13 +454,14 @@ def sliding_windows(layers: Sequence[Layer], width: int) -> list[list[Layer]]:
 
 
 def describe_layers(layers: Sequence[Layer]) -> pd.DataFrame:
-    """A table of layers for people: index, name, type, keys (relative to the name), numel."""
+    """A table of layers for people: index, name, type, keys (relative to the name, or for a tensor unit named
+    by its lead key, such as "lstm.weight_ih_l0", to its module: "weight_ih_l0, bias_ih_l0"), numel."""
     rows = [
         {
             "index": layer.index,
             "name": layer.name,
             "type": layer.module_type,
-            "keys": ", ".join(_short_key(layer.name, key) for key in layer.keys),
+            "keys": ", ".join(_short_key(layer, key) for key in layer.keys),
             "numel": layer.numel,
         }
         for layer in layers
@@ -347,5 +469,6 @@ def describe_layers(layers: Sequence[Layer]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["index", "name", "type", "keys", "numel"])
 
 
-def _short_key(name: str, key: str) -> str:
-    return key[len(name) + 1 :] if key.startswith(name + ".") else key
+def _short_key(layer: Layer, key: str) -> str:
+    base = _owner(layer.name) if layer.name in layer.keys else layer.name
+    return key[len(base) + 1 :] if key.startswith(base + ".") else key

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fedlayer.errors import ModelError
+from fedlayer.task_kinds import CLASSIFICATION, LANGUAGE
 
 PROBE_SIZES = (16, 32, 64, 96, 128, 160, 224, 256, 299, 384, 512)
 """Square image sizes tried, smallest first, to tell a user which size a model that rejects the data takes."""
@@ -70,15 +71,19 @@ def fit_input(model: nn.Module, **changes) -> FittedModel:
     return fitted
 
 
-def fit_to_data(model: nn.Module, spec: str, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
-    """`model` fitted to inputs of `input_shape`, checked by a forward pass on blank inputs.
+def fit_to_data(
+    model: nn.Module, spec: str, input_shape: tuple[int, ...], num_classes: int, task: str = CLASSIFICATION
+) -> nn.Module:
+    """`model` fitted to inputs of `input_shape`, checked by a forward pass on blank inputs (token id 0 on a
+    language task).
 
     Raises
     ------
     ModelError
         If the images have channels the stem cannot be fed (only 1-channel data is repeated), the
         model rejects the input size (the message names a size it takes, to set as data.resize), it
-        fails on the input otherwise, or its output is not one logit per class.
+        fails on the input otherwise, or its output is not one logit per class: (N, classes), or
+        (N, T, vocabulary) on a language task.
     """
     stem = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
     if len(input_shape) == 3 and stem is not None and stem.in_channels != input_shape[0]:
@@ -88,7 +93,7 @@ def fit_to_data(model: nn.Module, spec: str, input_shape: tuple[int, ...], num_c
                 f"{input_shape[0]} channels; only 1-channel (grayscale) images are repeated to fit a model"
             )
         fit_input(model, channels=stem.in_channels)
-    out = _dry_run(model, input_shape)
+    out = _dry_run(model, input_shape, task)
     if isinstance(out, Exception):
         size = _size_it_takes(model, input_shape)
         shape = "x".join(map(str, input_shape))
@@ -100,22 +105,27 @@ def fit_to_data(model: nn.Module, spec: str, input_shape: tuple[int, ...], num_c
         raise ModelError(f"model {spec!r} cannot take the data's {shape} inputs: {type(out).__name__}: {out}")
     if not isinstance(out, torch.Tensor):
         raise ModelError(f"model {spec!r} returns a {type(out).__name__} from forward(), not a tensor of logits")
-    if tuple(out.shape) != (DRY_RUN_BATCH, num_classes):
+    if task == LANGUAGE:
+        expected, what = (DRY_RUN_BATCH, *input_shape, num_classes), f"a vocabulary of {num_classes} tokens"
+        per = "one logit per token of the vocabulary at every position"
+    else:
+        expected, what, per = (DRY_RUN_BATCH, num_classes), f"{num_classes} classes", "one logit per class"
+    if tuple(out.shape) != expected:
         raise ModelError(
             f"model {spec!r} gives outputs of shape {tuple(out.shape)} for {DRY_RUN_BATCH} inputs; the data has "
-            f"{num_classes} classes, so it must give ({DRY_RUN_BATCH}, {num_classes}): one logit per class"
+            f"{what}, so it must give {expected}: {per}"
         )
     return model
 
 
-def _dry_run(model: nn.Module, input_shape: tuple[int, ...]) -> object:
-    """The model's output on a batch of blank inputs, or the exception it raised; in eval mode, so nothing
-    (BatchNorm statistics) changes."""
+def _dry_run(model: nn.Module, input_shape: tuple[int, ...], task: str = CLASSIFICATION) -> object:
+    """The model's output on a batch of blank inputs (token ids on a language task), or the exception it raised;
+    in eval mode, so nothing (BatchNorm statistics) changes."""
     training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            return model(torch.zeros((DRY_RUN_BATCH, *input_shape)))
+            return model(torch.zeros((DRY_RUN_BATCH, *input_shape), dtype=torch.long if task == LANGUAGE else None))
     except Exception as exc:  # any failure means "cannot take this input"; the caller says which
         return exc
     finally:

@@ -3,7 +3,9 @@ transformers (`fedlayer.hf_models`) and user callables.
 
 `spec_kind` reads a name without importing anything (config validation uses it); `build_spec_model`
 builds, fits the model to the data (`fedlayer.model_fit`) and checks it, so a model that cannot take
-the data fails before any training.
+the data fails before any training. On a language task (`fedlayer.task_kinds`) the data is windows of
+token ids and the model returns next-token logits at every position: torchvision's classifiers do not
+fit it, Hugging Face causal language models and callables do.
 """
 
 from __future__ import annotations
@@ -21,13 +23,18 @@ from torch import nn
 
 from fedlayer.errors import ModelError, choices_message, listed
 from fedlayer.model_fit import fit_to_data
+from fedlayer.task_kinds import CLASSIFICATION, LANGUAGE
 
 SPEC_FORMS = (
     "a model spec: 'torchvision:<builder>', 'hf:<model id or directory>', 'path/to/file.py:callable' "
     "or 'package.module:callable'"
 )
-DATA_ARGUMENTS = ("input_shape", "num_classes")
-"""What a callable model is given from the data (those it accepts); options cannot set them."""
+DATA_ARGUMENTS = {
+    CLASSIFICATION: ("input_shape", "num_classes"),
+    LANGUAGE: ("input_shape", "num_classes", "vocab_size", "seq_len"),
+}
+"""What a callable model is given from the data, by task (those it accepts); options cannot set them. On a
+language task, vocab_size is num_classes and seq_len is input_shape[0]."""
 
 
 def spec_kind(name: str) -> str | None:
@@ -65,37 +72,49 @@ def build_spec_model(
     input_shape: tuple[int, ...],
     num_classes: int,
     options: Mapping[str, Any],
+    task: str = CLASSIFICATION,
 ) -> nn.Module:
-    """The model a spec names, built for the data, fitted to it and checked (see `fedlayer.models.build_model`)."""
+    """The model a spec names, built for the data and its task, fitted to it and checked (see
+    `fedlayer.models.build_model`)."""
     kind = spec_kind(spec)
     if kind == "torchvision":
+        if task == LANGUAGE:
+            raise ModelError(
+                f"model {spec} is an image classifier, but the data is a language task (windows of token ids, a "
+                "next token per position): use lstm, gpt, an hf: causal language model or a callable of your own"
+            )
         model = _torchvision_model(spec.partition(":")[2], num_classes, dict(options))
     elif kind == "hf":
         from fedlayer.hf_models import hf_model
 
-        model = hf_model(spec.partition(":")[2], input_shape, num_classes, dict(options))
+        model = hf_model(spec.partition(":")[2], input_shape, num_classes, dict(options), task)
     elif kind == "callable":
-        model = _callable_model(spec, input_shape, num_classes, dict(options))
+        model = _callable_model(spec, input_shape, num_classes, dict(options), task)
     else:
         raise ModelError(f"bad model spec {spec!r}; expected a built-in model name or {SPEC_FORMS}")
-    return fit_to_data(model, spec, input_shape, num_classes)
+    return fit_to_data(model, spec, input_shape, num_classes, task)
 
 
-def _callable_model(spec: str, input_shape: tuple[int, ...], num_classes: int, options: dict[str, Any]) -> nn.Module:
+def _callable_model(
+    spec: str, input_shape: tuple[int, ...], num_classes: int, options: dict[str, Any], task: str
+) -> nn.Module:
     """`callable(**data arguments it accepts, **options)`, which must return an nn.Module."""
     from strategies.loading import accepted_keywords, load_callable
 
     function = load_callable(spec, "model")
     accepted, any_keyword = accepted_keywords(function)
-    _check_options(spec, options, [name for name in accepted if name not in DATA_ARGUMENTS], any_keyword)
-    data = {"input_shape": input_shape, "num_classes": num_classes}
+    given = DATA_ARGUMENTS[task]
+    _check_options(spec, options, [name for name in accepted if name not in given], any_keyword, given)
+    data: dict[str, object] = {"input_shape": input_shape, "num_classes": num_classes}
+    if task == LANGUAGE:
+        data |= {"vocab_size": num_classes, "seq_len": input_shape[0]}
     kwargs = {key: value for key, value in data.items() if any_keyword or key in accepted} | options
     try:
         inspect.signature(function).bind(**kwargs)
     except TypeError as exc:
         raise ModelError(
             f"model {spec} cannot be called with {', '.join(kwargs) or 'no arguments'}: {exc} (it is given "
-            f"those of {', '.join(DATA_ARGUMENTS)} it accepts, and model.options)"
+            f"those of {', '.join(given)} it accepts on a {task} task, and model.options)"
         ) from None
     try:
         model = function(**kwargs)
@@ -106,9 +125,15 @@ def _callable_model(spec: str, input_shape: tuple[int, ...], num_classes: int, o
     return model
 
 
-def _check_options(spec: str, options: Mapping[str, Any], valid: list[str], any_keyword: bool = False) -> None:
-    """An option the builder does not take, or one that the data sets, is an error listing the valid ones."""
-    set_by_data = sorted(set(options) & set(DATA_ARGUMENTS))
+def _check_options(
+    spec: str,
+    options: Mapping[str, Any],
+    valid: list[str],
+    any_keyword: bool = False,
+    given: tuple[str, ...] = DATA_ARGUMENTS[CLASSIFICATION],
+) -> None:
+    """An option the builder does not take, or one that the data sets (`given`), is an error listing the valid ones."""
+    set_by_data = sorted(set(options) & set(given))
     if set_by_data:
         raise ModelError(f"model.options for {spec} set {', '.join(set_by_data)}, which the data sets; remove them")
     unknown = [key for key in options if key not in valid]

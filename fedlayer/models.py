@@ -1,5 +1,5 @@
-"""Model registry: the paper's architectures, sized for small images (8x8 digits up to 32x32 CIFAR);
-`build_model` also builds any model a spec names (`fedlayer.model_specs`).
+"""Model registry: the paper's architectures, sized for small images (8x8 digits up to 32x32 CIFAR) and for
+windows of characters; `build_model` also builds any model a spec names (`fedlayer.model_specs`).
 
 Every builder draws its initial weights from torch's global generator only, so
 `torch.manual_seed(s)` before `build_model` gives the same model every time (clients share an init).
@@ -18,7 +18,10 @@ from torch import nn
 
 from fedlayer.data.datasets import DATASET_SPECS
 from fedlayer.errors import DataError, ModelError, choices_message
+from fedlayer.language_models import GPT, CharLSTM
 from fedlayer.model_specs import SPEC_FORMS, build_spec_model, spec_kind
+from fedlayer.task_kinds import CLASSIFICATION, LANGUAGE, TASKS
+from fedlayer.vit import SimpleViT
 
 NORMS = ("none", "bn", "gn")
 """Normalisation layers a model may have: none, BatchNorm or GroupNorm (per model: `MODEL_NORMS`)."""
@@ -169,12 +172,87 @@ def _resnet18(input_shape: tuple[int, int, int], num_classes: int, norm: str = "
     return model
 
 
+def _vit(
+    input_shape: tuple[int, int, int],
+    num_classes: int,
+    dim: int = 128,
+    depth: int = 4,
+    heads: int = 4,
+    dim_head: int = 32,
+    mlp_dim: int = 256,
+    patch_size: int = 4,
+) -> nn.Module:
+    """SimpleViT (`fedlayer.vit`), the paper's E4 transformer, sized by its options.
+
+    The defaults are a quarter of the paper's width and two thirds of its depth (about 0.5 M
+    parameters; 64 patches of a 32x32 image): small enough to train federated on a CPU, deep enough
+    for layer-wise barriers. The paper's model is dim 512, depth 6, heads 16, dim_head 64,
+    mlp_dim 1024, patch_size 4.
+    """
+    sizes = dict(dim=dim, depth=depth, heads=heads, dim_head=dim_head, mlp_dim=mlp_dim, patch_size=patch_size)
+    dim, depth, heads, dim_head, mlp_dim, patch_size = _checked_sizes("vit", sizes)
+    if dim % 4 or dim < 8:
+        raise ModelError(f"model 'vit' needs dim a multiple of 4, at least 8 (sin-cos position embedding), got {dim}")
+    _, height, width = input_shape
+    if height % patch_size or width % patch_size:
+        raise ModelError(
+            f"model 'vit': patch_size {patch_size} does not divide the data's {height}x{width} images; set "
+            "model.options.patch_size to a divisor of both, or resize the images with data.resize"
+        )
+    return SimpleViT(input_shape, num_classes, dim, depth, heads, dim_head, mlp_dim, patch_size)
+
+
+def _lstm(
+    input_shape: tuple[int], num_classes: int, embedding_dim: int = 8, hidden_size: int = 256, num_layers: int = 2
+) -> nn.Module:
+    """LEAF's character LSTM (`fedlayer.language_models.CharLSTM`): embedding 8, two LSTM layers of 256."""
+    sizes = dict(embedding_dim=embedding_dim, hidden_size=hidden_size, num_layers=num_layers)
+    return CharLSTM(num_classes, *_checked_sizes("lstm", sizes))
+
+
+def _gpt(
+    input_shape: tuple[int],
+    num_classes: int,
+    n_layer: int = 4,
+    n_head: int = 4,
+    n_embd: int = 128,
+    block_size: int = 128,
+    dropout: float = 0.0,
+    bias: bool = False,
+) -> nn.Module:
+    """A GPT-2-like decoder (`fedlayer.language_models.GPT`), the paper's E5 language model, sized by its options.
+
+    The defaults are sized for a CPU (about 0.8 M parameters; block_size 128 covers LEAF's windows
+    of 80 characters). The paper's model is n_layer 12, n_head 12, n_embd 768, block_size 256,
+    dropout 0.2, bias false.
+    """
+    sizes = dict(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size)
+    n_layer, n_head, n_embd, block_size = _checked_sizes("gpt", sizes)
+    if n_embd % n_head:
+        raise ModelError(f"model 'gpt' needs n_embd divisible by n_head, got n_embd={n_embd}, n_head={n_head}")
+    if isinstance(dropout, bool) or not isinstance(dropout, int | float) or not 0.0 <= dropout < 1.0:
+        raise ModelError(f"model 'gpt' option dropout must be a number in [0, 1), got {dropout!r}")
+    if not isinstance(bias, bool):
+        raise ModelError(f"model 'gpt' option bias must be true or false, got {bias!r}")
+    (seq_len,) = input_shape
+    if seq_len > block_size:
+        raise ModelError(
+            f"the data's windows of seq_len {seq_len} tokens are longer than model 'gpt''s block_size {block_size} "
+            f"(the positions it has embeddings for): set model.options.block_size to at least {seq_len}, or "
+            f"data.seq_len to at most {block_size}"
+        )
+    return GPT(num_classes, block_size, n_layer, n_head, n_embd, float(dropout), bias)
+
+
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "mlp": MLP,
     "cnn": CNN,
     "resnet18": _resnet18,
     "vgg11": SmallVGG,
     "deep-linear": _deep_linear,
+    "vit": _vit,
+    "lstm": _lstm,
+    "gpt": _gpt,
 }
 """The model registry: builder by name, each called as builder(input_shape, num_classes, **options)."""
 MODEL_NORMS: dict[str, tuple[str, ...]] = {
@@ -183,8 +261,27 @@ MODEL_NORMS: dict[str, tuple[str, ...]] = {
     "resnet18": NORMS,
     "vgg11": ("none",),
     "deep-linear": ("none",),
+    "vit": ("none",),  # the transformers bring their own LayerNorms
+    "lstm": ("none",),
+    "gpt": ("none",),
 }
 """The `NORMS` each model supports, by model name (the same keys as `MODELS`)."""
+MODEL_TASKS: dict[str, str] = {
+    "mlp": CLASSIFICATION,
+    "cnn": CLASSIFICATION,
+    "resnet18": CLASSIFICATION,
+    "vgg11": CLASSIFICATION,
+    "deep-linear": CLASSIFICATION,
+    "vit": CLASSIFICATION,
+    "lstm": LANGUAGE,
+    "gpt": LANGUAGE,
+}
+"""The task (`fedlayer.task_kinds.TASKS`) each model is made for, by model name (the same keys as `MODELS`)."""
+TASK_INPUTS = {
+    CLASSIFICATION: "(channels, height, width) images in, one row of class logits per image out",
+    LANGUAGE: "token ids (N, T) in, next-token logits (N, T, vocabulary) out",
+}
+"""What a built-in model of each task reads and returns, for messages."""
 
 
 def _checked_int(what: str, value: object, minimum: int) -> int:
@@ -198,11 +295,42 @@ def _checked_int(what: str, value: object, minimum: int) -> int:
     return number
 
 
-def _checked_shape(input_shape) -> tuple[int, int, int]:
+def _checked_sizes(model: str, sizes: Mapping[str, object]) -> list[int]:
+    """A builder's size options, each an integer >= 1, in the order given."""
+    return [_checked_int(f"model {model!r} option {name}", value, 1) for name, value in sizes.items()]
+
+
+def _checked_shape(name: str, input_shape, task: str) -> tuple[int, ...]:
+    """A built-in model's input shape: (channels, height, width) for a classifier, (seq_len,) for a language model."""
     shape = tuple(_checked_int("input_shape entry", d, 1) for d in input_shape)
-    if len(shape) != 3:
+    if task == LANGUAGE and len(shape) != 1:
+        raise ModelError(f"model {name!r} reads windows of token ids: input_shape must be (seq_len,), got {shape!r}")
+    if task == CLASSIFICATION and len(shape) != 3:
         raise ModelError(f"input_shape must be (channels, height, width), got {tuple(input_shape)!r}")
     return shape
+
+
+def _check_task(name: str, task: str) -> None:
+    """A built-in model must be made for the data's task: a classifier cannot read token windows, nor the reverse."""
+    made_for = MODEL_TASKS[name]
+    if made_for != task:
+        fitting = [other for other, kind in MODEL_TASKS.items() if kind == task]
+        raise ModelError(
+            f"model {name!r} is a {made_for} model ({TASK_INPUTS[made_for]}), but the data is a {task} task; "
+            f"built-in models for it: {', '.join(fitting)}"
+        )
+
+
+def _check_vocabulary(name: str, options: dict[str, Any], vocabulary: int) -> None:
+    """A `vocab_size` option must be the data's vocabulary (its class count); then it is dropped: the data sets it."""
+    if "vocab_size" not in options:
+        return
+    given = options.pop("vocab_size")
+    if given != vocabulary:
+        raise ModelError(
+            f"model {name!r}: model.options.vocab_size is {given!r}, but the data's vocabulary has {vocabulary} "
+            "tokens (the data sets it): remove the option, or use data with that vocabulary"
+        )
 
 
 def build_model(
@@ -210,6 +338,7 @@ def build_model(
     input_shape: tuple[int, ...],
     num_classes: int,
     *,
+    task: str = CLASSIFICATION,
     norm: str = "none",
     options: Mapping[str, Any] | None = None,
 ) -> nn.Module:
@@ -219,8 +348,11 @@ def build_model(
     The built-in architectures are those of "Layer-wise Linear Mode Connectivity" (Adilova et al., ICLR 2024,
     arXiv:2307.06966), sized for small images: "mlp" (fc1, fc2, fc3); "cnn", the FedAvg CNN of
     McMahan et al. 2017 (arXiv:1602.05629); "resnet18" (He et al. 2016, arXiv:1512.03385) with a
-    3x3 stem and no max-pool; "vgg11" (Simonyan and Zisserman 2014, arXiv:1409.1556); and
-    "deep-linear", a stack of Linear layers with no non-linearity. Initial weights come from torch's
+    3x3 stem and no max-pool; "vgg11" (Simonyan and Zisserman 2014, arXiv:1409.1556);
+    "deep-linear", a stack of Linear layers with no non-linearity; and "vit", the SimpleViT of the
+    paper's transformer experiment (`fedlayer.vit`). For a language task: "lstm", LEAF's character
+    LSTM (Caldas et al. 2018, arXiv:1812.01097), and "gpt", the GPT-2-like decoder of the paper's
+    language-model experiment (`fedlayer.language_models`). Initial weights come from torch's
     global generator only: seed torch first for a reproducible initialisation.
 
     Parameters
@@ -229,14 +361,21 @@ def build_model(
         One of `MODELS`, or a spec: "torchvision:<builder>", "hf:<model id or directory>",
         "path/to/file.py:callable" or "package.module:callable".
     input_shape : tuple[int, ...]
-        (channels, height, width) of one image; spec models also take other shapes, e.g. (features,).
+        (channels, height, width) of one image, or (seq_len,) of one window of token ids for a language
+        task; spec models also take other shapes, e.g. (features,).
     num_classes : int
-        Classes of the classifier, at least 2.
+        Classes of the classifier, or the vocabulary size for a language task; at least 2.
+    task : str, default "classification"
+        The data's task, one of `fedlayer.task_kinds.TASKS`: "classification" (one label per input) or
+        "language" (a next token per position); the model must be made for it (`MODEL_TASKS`).
     norm : str, default "none"
         Built-in models: one of `MODEL_NORMS[name]`, "none", "bn" (BatchNorm) or "gn" (GroupNorm).
     options : mapping, optional
         `model.options`: the builder's extra keywords (mlp: width; vgg11: dropout; deep-linear: depth,
-        width), a torchvision builder's keywords, Hugging Face config overrides, a callable's keywords.
+        width; vit: dim, depth, heads, dim_head, mlp_dim, patch_size; lstm: embedding_dim,
+        hidden_size, num_layers; gpt: n_layer, n_head, n_embd, block_size, dropout, bias), a
+        torchvision builder's keywords, Hugging Face config overrides, a callable's keywords. On a
+        language task, a `vocab_size` option must equal `num_classes`.
 
     Returns
     -------
@@ -247,22 +386,29 @@ def build_model(
     Raises
     ------
     ModelError
-        If the name, norm or an option is unknown for this model, the shape or class count is bad, or a
-        spec model cannot be built or does not fit the data.
+        If the name, task, norm or an option is unknown for this model, the model is made for the other
+        task, the shape or class count is bad, a `vocab_size` option is not the data's vocabulary, the
+        windows are longer than the positions the model has (gpt's block_size), or a spec model cannot be
+        built or does not fit the data.
     """
     options = dict(options or {})
+    if task not in TASKS:
+        raise ModelError(choices_message("task", task, TASKS))
+    if task == LANGUAGE:
+        _check_vocabulary(name, options, num_classes)
     if name not in MODELS:
         if spec_kind(name) is None:
             raise ModelError(choices_message("model", name, [*MODELS, SPEC_FORMS]))
         if norm != "none":
             raise ModelError(f"norm {norm!r} applies to the built-in models only; {name} brings its own layers")
         shape = tuple(_checked_int("input_shape entry", d, 1) for d in input_shape)
-        return build_spec_model(name, shape, _checked_int("num_classes", num_classes, 2), options)
+        return build_spec_model(name, shape, _checked_int("num_classes", num_classes, 2), options, task)
     if norm not in MODEL_NORMS[name]:
         raise ModelError(
             f"model {name!r} does not support norm {norm!r}; valid choices: " + ", ".join(MODEL_NORMS[name])
         )
-    shape, num_classes = _checked_shape(input_shape), _checked_int("num_classes", num_classes, 2)
+    _check_task(name, task)
+    shape, num_classes = _checked_shape(name, input_shape, task), _checked_int("num_classes", num_classes, 2)
     builder = MODELS[name]
     allowed = [p for p in inspect.signature(builder).parameters if p not in ("input_shape", "num_classes", "norm")]
     unknown = sorted(set(options) - set(allowed))

@@ -23,8 +23,9 @@ from flwr.serverapp.strategy import Strategy
 from fedlayer import protocol
 from fedlayer.checkpoints import save_checkpoint
 from fedlayer.config import Config
-from fedlayer.results import RunDirectory
+from fedlayer.results import NUM_PREDICTIONS, PERPLEXITY, TASK, RunDirectory, perplexity
 from fedlayer.task import dataset_for, global_test_set, subsample
+from fedlayer.task_kinds import task_of_labels
 from fedlayer.training import Metrics, evaluate
 from strategies import BarrierAnalysis, BarrierAware, LayerSelective, client_label
 from strategies.observed import TRAFFIC_COLUMNS, Traffic
@@ -45,8 +46,9 @@ def reply_metrics(reply: Message) -> MetricRecord:
 
 
 def analysis_sets(cfg: Config) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
-    """The per-round analysis' data: `analysis.samples` seeded global test images to measure on, and as
-    many seeded training images to re-estimate BatchNorm statistics on (`analysis.bn = "recompute"`)."""
+    """The per-round analysis' data: `analysis.samples` seeded global test samples to measure on (images, or
+    windows of text), and as many seeded training samples to re-estimate BatchNorm statistics on
+    (`analysis.bn = "recompute"`)."""
     test_x, test_y = global_test_set(cfg)
     train = dataset_for(cfg)
     return (
@@ -68,6 +70,7 @@ def barrier_analysis(
         every=a.every,
         pairs=a.pairs or "all",
         groups=list(a.groups),
+        layer_unit=a.layer_unit,
         alphas=a.alphas,
         bases=tuple(a.bases),
         bn=a.bn,
@@ -100,6 +103,12 @@ class RoundRecorder:
         Where the global model is evaluated (the server's GPU, if it has one).
     on_round_end : callable, optional
         `on_round_end(round, global metrics)` last: progress.
+
+    Attributes
+    ----------
+    task : str
+        What the run's metrics measure (`fedlayer.task_kinds.TASKS`), read from its test labels: every
+        metrics row names it, and a language row adds its perplexity and counts tokens.
     """
 
     def __init__(
@@ -129,6 +138,9 @@ class RoundRecorder:
             {"choices": strategy.history_frame} if isinstance(strategy, BarrierAware) else {}
         )
         self.test_set = global_test_set(cfg)
+        labels = self.test_set[1]
+        self.task = task_of_labels(labels)  # what the metrics measure (`fedlayer.task_kinds.TASKS`)
+        self.positions = labels.shape[1] if labels.dim() == 2 else 1  # predictions per sample
 
     # -- hooks ---------------------------------------------------------------------------------------
     def on_train(self, server_round: int, replies: Sequence[Message], global_arrays: ArrayRecord) -> None:
@@ -165,9 +177,7 @@ class RoundRecorder:
         """
         self.eval_model.load_state_dict(arrays.to_torch_state_dict(), strict=True)
         metrics = evaluate(self.eval_model, *self.test_set, device=self.device)
-        row = _metrics_row(
-            server_round, "global", "test", metrics.loss, metrics.accuracy, metrics.num_examples, traffic=None
-        )
+        row = self._row(server_round, "global", "test", metrics.loss, metrics.accuracy, metrics.num_examples, None)
         self.run_dir.add("metrics", pd.DataFrame([row]))
         if self.cfg.output.checkpoints:
             self._save_checkpoints(arrays)
@@ -197,23 +207,46 @@ class RoundRecorder:
             m = reply_metrics(reply)
             loss = float(cast(float, m.get(loss_key, float("nan"))))
             accuracy = float(cast(float, m.get(accuracy_key, float("nan"))))
+            examples = int(cast(int, m.get(protocol.NUM_EXAMPLES, 0)))
+            node = reply.metadata.src_node_id
             rows.append(
-                _metrics_row(
-                    server_round,
-                    client_label(reply),
-                    split,
-                    loss,
-                    accuracy,
-                    int(cast(int, m.get(protocol.NUM_EXAMPLES, 0))),
-                    traffic.get(reply.metadata.src_node_id),
-                )
+                self._row(server_round, client_label(reply), split, loss, accuracy, examples, traffic.get(node))
             )
         for failure in self.failures.pop((server_round, split), []):
             nan = float("nan")
-            row = _metrics_row(server_round, failure["client"], split, nan, nan, 0, traffic.get(failure["node"]))
+            row = self._row(server_round, failure["client"], split, nan, nan, 0, traffic.get(failure["node"]))
             rows.append({**row, "status": failure["status"], "error": failure["reason"]})
         rows.sort(key=lambda row: protocol.client_order(row["client"]))
         self.run_dir.add("metrics", pd.DataFrame(rows))
+
+    def _row(
+        self,
+        server_round: int,
+        client: str,
+        split: str,
+        loss: float,
+        accuracy: float,
+        examples: int,
+        traffic: Traffic | None,
+    ) -> dict:
+        """One row of metrics.parquet (status "ok"; a failed client's row overrides status and error): the
+        run's task, the loss with its perplexity, the accuracy, the samples and the predictions they hold
+        (a language sample holds one per position), and the model-array bytes of its training messages
+        (`strategies.observed.Traffic`; NaN when none were counted)."""
+        return {
+            "round": server_round,
+            "client": client,
+            "split": split,
+            TASK: self.task,
+            "loss": loss,
+            PERPLEXITY: perplexity(loss, self.task),
+            "accuracy": accuracy,
+            "num_examples": examples,
+            NUM_PREDICTIONS: examples * self.positions,
+            "status": "ok",
+            "error": "",
+            **(dataclasses.asdict(traffic) if traffic is not None else dict.fromkeys(TRAFFIC_COLUMNS, float("nan"))),
+        }
 
     def _save_checkpoints(self, arrays: ArrayRecord) -> None:
         """The global model, and each client's personal layers as far as the server has seen them."""
@@ -225,27 +258,3 @@ class RoundRecorder:
                 save_checkpoint(
                     {k: state[k] for k in sorted(personal)}, folder / f"client-{client}-personal.safetensors"
                 )
-
-
-def _metrics_row(
-    server_round: int,
-    client: str,
-    split: str,
-    loss: float,
-    accuracy: float,
-    examples: int,
-    traffic: Traffic | None,
-) -> dict:
-    """One row of metrics.parquet (status "ok"; a failed client's row overrides status and error), with the
-    model-array bytes of its training messages (`strategies.observed.Traffic`; NaN when none were counted)."""
-    return {
-        "round": server_round,
-        "client": client,
-        "split": split,
-        "loss": loss,
-        "accuracy": accuracy,
-        "num_examples": examples,
-        "status": "ok",
-        "error": "",
-        **(dataclasses.asdict(traffic) if traffic is not None else dict.fromkeys(TRAFFIC_COLUMNS, float("nan"))),
-    }

@@ -42,28 +42,35 @@ from fedlayer.plots.runs import draw_run
 from fedlayer.protocol import client_order
 from fedlayer.results import (
     CLIENTS,
+    NUM_PREDICTIONS,
+    PERPLEXITY,
     RunRecord,
+    TaskTerms,
     comparison_runs,
     describe_run,
     directory_kind,
     read_compare_settings,
     read_comparison,
     read_run,
+    table_task,
+    task_terms,
 )
 from strategies.presets import get_preset
 
 FIGURE_CAPTIONS = {
-    "accuracy": "Test accuracy per round",
+    "accuracy": "Test {accuracy}{and_perplexity} per round",
     "barrier_heatmap": "Layer-wise midpoint loss barrier per round",
     "barrier_curves": "Loss along the interpolation in the last analysed round",
     "choices": "Barrier-aware averaging choices",
     "groups": "Barriers of cumulative layer groups and sliding windows",
     "directions": "Each layer moved towards the other model against random directions of the same norm",
     "barrier_heatmaps": "Layer-wise midpoint loss barrier per strategy",
-    "final": "Final-round accuracy per strategy",
-    "clients": "Personalised accuracy of every client in the final round, per strategy",
-    "communication": "Test accuracy against the megabytes communicated",
+    "final": "Final-round {accuracy} per strategy",
+    "clients": "Personalised {accuracy} of every client in the final round, per strategy",
+    "communication": "Test {accuracy} against the megabytes communicated",
 }
+"""Caption of each figure, by file name: "{accuracy}" is what the task calls its accuracy (`TaskTerms`), and
+"{and_perplexity}" names the perplexity a language run's accuracy figure adds."""
 
 
 def write_report(path: str | Path, out: str | Path | None = None) -> Path:
@@ -106,10 +113,13 @@ def _link(target: Path, out: Path) -> str:
     return quote(Path(os.path.relpath(target.resolve(), out.parent.resolve())).as_posix(), safe="/-_.~")
 
 
-def _figures(paths: Sequence[Path], out: Path) -> list[str]:
+def _figures(paths: Sequence[Path], out: Path, terms: TaskTerms) -> list[str]:
     lines = ["## Figures", ""]
+    and_perplexity = " and perplexity" if terms.perplexity else ""
     for path in paths:
-        caption = FIGURE_CAPTIONS.get(path.stem, path.stem)
+        caption = FIGURE_CAPTIONS.get(path.stem, path.stem).format(
+            accuracy=terms.accuracy, and_perplexity=and_perplexity
+        )
         lines += [f"### {caption}", "", f"![{caption}]({_link(path, out)})", ""]
     return lines
 
@@ -129,6 +139,7 @@ def run_report(run: RunRecord, figures: Sequence[Path], out: Path) -> str:
     else:
         lines = [f"# Run report: {name}", ""]
     averaged = averaged_layers(run)
+    terms = task_terms(table_task(run.metrics if run.metrics is not None else run.barriers))
     if run.config is not None:
         lines += [describe_run(run.config), ""]
         lines += _averaging_section(run.config, averaged)
@@ -137,9 +148,9 @@ def run_report(run: RunRecord, figures: Sequence[Path], out: Path) -> str:
     lines += _barrier_section(run.barriers, run.config, averaged)
     if run.choices is not None and not run.choices.empty:
         lines += _choices_section(run.choices)
-    lines += _figures(figures, out)
+    lines += _figures(figures, out, terms)
     if run.partitions is not None:
-        lines += _partitions_section(Partitions.load(run.partitions))
+        lines += _partitions_section(Partitions.load(run.partitions), terms)
     if run.config is not None:
         lines += ["## Configuration", "", "```toml", run.config.to_toml().strip(), "```", ""]
     return "\n".join(lines)
@@ -166,19 +177,27 @@ def _averaging_section(config: Config, averaged: pd.DataFrame | None) -> list[st
 
 
 def _metrics_section(metrics: pd.DataFrame) -> list[str]:
+    """The final round's metrics: the global model, the personalised models' mean, worst and best, and each
+    client. A language run's table adds the perplexity and counts tokens (predictions) where a
+    classification run's counts examples."""
+    terms = task_terms(table_task(metrics))
+    counted = NUM_PREDICTIONS if NUM_PREDICTIONS in metrics else "num_examples"
     last = int(metrics["round"].max())
     final = metrics[metrics["round"] == last]
     glob = final[(final["split"] == "test") & (final["client"] == "global")]
     local = final[final["split"] == "local-test"]
+    perplexities = local[PERPLEXITY] if PERPLEXITY in local else pd.Series(np.nan, index=local.index)
+
+    def cells(accuracy: str, loss: float, perplexity: float, count: int) -> list[object]:
+        return [accuracy, _number(loss), *([_number(perplexity, 2)] if terms.perplexity else []), count]
+
     rows = []
     if not glob.empty:
         g = glob.iloc[0]
         rows.append(
             [
                 "global model, global test set",
-                _number(g["accuracy"], 1, 100),
-                _number(g["loss"]),
-                int(g["num_examples"]),
+                *cells(_number(g["accuracy"], 1, 100), g["loss"], g.get(PERPLEXITY, np.nan), int(g[counted])),
             ]
         )
     if not local.empty:
@@ -186,30 +205,37 @@ def _metrics_section(metrics: pd.DataFrame) -> list[str]:
         rows.append(
             [
                 f"personalised, mean of {len(local)} clients' local test sets",
-                f"{acc.mean():.1f}",
-                _number(local["loss"].mean()),
-                int(local["num_examples"].sum()),
+                *cells(f"{acc.mean():.1f}", local["loss"].mean(), perplexities.mean(), int(local[counted].sum())),
             ]
         )
-        rows.append(["personalised, worst / best client", f"{acc.min():.1f} / {acc.max():.1f}", "", ""])
-    lines = [
-        f"## Final metrics (round {last})",
-        "",
-        markdown_table(["model", "accuracy (%)", "loss", "examples"], rows),
-        "",
-    ]
+        blank = [""] * (2 + terms.perplexity)
+        rows.append(["personalised, worst / best client", f"{acc.min():.1f} / {acc.max():.1f}", *blank])
+    headers = [f"{terms.accuracy} (%)", "loss", *(["perplexity"] if terms.perplexity else []), terms.counted]
+    lines = [f"## Final metrics (round {last})", "", markdown_table(["model", *headers], rows), ""]
+    if terms.perplexity:
+        lines += [
+            f"A language model predicts the next token at every position of each test window: {terms.accuracy} "
+            "and the loss (cross-entropy, nats per token) are means over those predictions, and perplexity is exp "
+            "of that loss; the personalised row is the mean over clients of each.",
+            "",
+        ]
     if not local.empty:
         ordered = local.sort_values("client", key=lambda c: c.map(client_order))
         per_client = [
-            [c, _number(a, 1, 100), _number(v), int(n)]
-            for c, a, v, n in zip(
-                ordered["client"], ordered["accuracy"], ordered["loss"], ordered["num_examples"], strict=True
+            [c, *cells(_number(a, 1, 100), v, p, int(n))]
+            for c, a, v, p, n in zip(
+                ordered["client"],
+                ordered["accuracy"],
+                ordered["loss"],
+                ordered[PERPLEXITY] if PERPLEXITY in ordered else [np.nan] * len(ordered),
+                ordered[counted],
+                strict=True,
             )
         ]
         lines += [
             "Per client (personalised model, local test set):",
             "",
-            markdown_table(["client", "accuracy (%)", "loss", "examples"], per_client),
+            markdown_table(["client", *headers], per_client),
             "",
         ]
     return lines
@@ -225,6 +251,7 @@ def _barrier_section(barriers: pd.DataFrame | None, config: Config | None, avera
         every = f" (analysis.every = {config.analysis.every})" if config is not None else ""
         return lines + [f"No single-layer or full-model barriers were measured in this run{every}.", ""]
     last = grid.columns[-1]
+    terms = task_terms(table_task(barriers))
     summary = layer_summary(barriers)
     rows = averaging_rows(barriers)
     bases = {base: barrier_grid(part).reindex(index=summary.index) for base, part in rows.groupby("base")}
@@ -234,7 +261,7 @@ def _barrier_section(barriers: pd.DataFrame | None, config: Config | None, avera
         *(f"loss barrier, round {last}, base {base}" for base in bases),
         "loss barrier, worst over rounds and bases",
         "loss barrier, mean over rounds and bases",
-        f"error barrier (pp), round {last}, mean of bases",
+        f"{terms.error} barrier (pp), round {last}, mean of bases",
     ]
     cells = [
         [
@@ -254,7 +281,12 @@ def _barrier_section(barriers: pd.DataFrame | None, config: Config | None, avera
     lines += [
         f"Midpoint barrier B_mid = L(θ(½)) − ½(L_A + L_B) of each single layer (and of the full model) "
         f"between client models, {pairs_note(rows)}; analysed rounds {', '.join(map(str, grid.columns))}. "
-        "On base a the other layers are model A's, on base b model B's; the base columns show each apart.",
+        "On base a the other layers are model A's, on base b model B's; the base columns show each apart."
+        + (
+            f" Losses are cross-entropies per token (nats); the {terms.error} is over every position."
+            if terms.perplexity
+            else ""
+        ),
         "",
         markdown_table(headers, cells),
         "",
@@ -281,7 +313,9 @@ def _choices_section(choices: pd.DataFrame) -> list[str]:
     ]
 
 
-def _partitions_section(parts: Partitions) -> list[str]:
+def _partitions_section(parts: Partitions, terms: TaskTerms) -> list[str]:
+    """Each client's train and local test samples and the classes among them; a language run's samples are
+    windows, counted under the token that follows each (the partitions' label of a window)."""
     train, test = parts.class_counts(split="train"), parts.class_counts(split="test")
     rows = [
         [c, int(train.loc[c].sum()), int(test.loc[c].sum()), int(((train.loc[c] + test.loc[c]) > 0).sum())]
@@ -289,13 +323,17 @@ def _partitions_section(parts: Partitions) -> list[str]:
     ]
     params = ", ".join(f"{k}={v}" for k, v in parts.params.items())
     dataset = f"{parts.dataset}, " if parts.dataset else ""
+    headers, labels = ["train", "local test", "classes"], f"{parts.num_classes} classes"
+    if terms.perplexity:
+        headers = ["train windows", "local test windows", "next tokens"]
+        labels = f"windows of text over {parts.num_classes} tokens, each counted under the token that follows it"
     return [
         "## Partitions",
         "",
-        f"{dataset}{parts.method} ({params}), seed {parts.seed}: {parts.num_clients} clients, "
-        f"{parts.num_classes} classes. Content hash `{parts.content_hash}`.",
+        f"{dataset}{parts.method} ({params}), seed {parts.seed}: {parts.num_clients} clients, {labels}. "
+        f"Content hash `{parts.content_hash}`.",
         "",
-        markdown_table(["client", "train", "local test", "classes"], rows),
+        markdown_table(["client", *headers], rows),
         "",
     ]
 
@@ -334,15 +372,20 @@ def comparison_report(compare_dir: Path, figures: Sequence[Path], out: Path) -> 
             "",
         ]
     if (compare_dir / CLIENTS).is_file():
+        terms = summary.terms
+        measures = f"{terms.accuracy} and loss"
+        labels = "its label distribution (classes present, majority class and its share)"
+        if terms.perplexity:
+            measures = f"{terms.accuracy}, loss and perplexity"
+            labels = "the tokens that follow its windows (tokens present, the most frequent and its share)"
         lines += [
             "## Clients",
             "",
             f"[{CLIENTS}]({_link(compare_dir / CLIENTS, out)}) has one row per strategy, seed, round and client: "
-            "the client's personalised accuracy and loss on its local test split, its training examples and "
-            "its label distribution (classes present, majority class and its share).",
+            f"the client's personalised {measures} on its local test split, its training examples and {labels}.",
             "",
         ]
-    lines += _figures(figures, out)
+    lines += _figures(figures, out, summary.terms)
     lines += ["## Runs", ""]
     for strategy, seed, run in comparison_runs(compare_dir, comparison):
         report = write_report(run)

@@ -3,11 +3,12 @@
 Layout of a run directory:
     config.toml          the resolved config
     partitions.json      client indices, class counts, content hash
-    metrics.parquet      round, client ('global' or a partition id), split, loss, accuracy, num_examples,
-                         status ('ok', 'failed', 'rejected', 'timeout'), error (why, '' when ok); a failed
-                         client's row has NaN loss and accuracy and num_examples 0
-    barriers.parquet     one row per (round, client pair, group, base)
-    curves.parquet       one row per (round, client pair, group, base, alpha)
+    vocabulary.json      a language dataset's vocabulary: the token of each id, in id order
+    metrics.parquet      round, client ('global' or a partition id), split, task, loss, perplexity, accuracy,
+                         num_examples, num_predictions, status ('ok', 'failed', 'rejected', 'timeout'), error
+                         (why, '' when ok); a failed client's row has NaN loss and accuracy and num_examples 0
+    barriers.parquet     one row per (round, client pair, group, base), with its task
+    curves.parquet       one row per (round, client pair, group, base, alpha), with its task
     choices.parquet      barrier-aware strategy: which layers were averaged each round
     checkpoints/         global.safetensors, client-<id>-personal.safetensors (latest round, for users);
                          round-<R>/ the last committed round's state for resuming (fedlayer.resume)
@@ -29,6 +30,12 @@ An analysis folder holds barriers.parquet and/or curves.parquet alone (no config
 what fedlayer's barrier-analysis strategy wrapper writes inside a Flower app of one's own. Its figures and
 report show the barriers only.
 
+Every table says which task its rows measure (`TASK`): classification (one prediction per sample) or
+language modelling (one prediction per token, `fedlayer.task_kinds`). Losses, accuracies and error rates
+are means over predictions either way; a language row adds its perplexity (`PERPLEXITY`). Tables written
+before fedlayer recorded the task are classification (`table_task`), and `task_terms` says how figures,
+reports and the terminal name what a task measures.
+
 Everything that draws or reports on results reads them through `read_run`, `read_comparison`,
 `read_clients` and `read_compare_settings`.
 """
@@ -36,6 +43,7 @@ Everything that draws or reports on results reads them through `read_run`, `read
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import re
 import shutil
@@ -51,6 +59,7 @@ import pyarrow.parquet as pq
 from fedlayer.atomic import atomic_swap, atomic_target, readable, settle, write_bytes
 from fedlayer.config import CompareConfig, Config, load_config
 from fedlayer.errors import DataError, FedlayerError
+from fedlayer.task_kinds import CLASSIFICATION, LANGUAGE, PREDICTION_UNITS
 
 TABLES = ("metrics", "barriers", "curves", "choices")
 RUN_MARKER = "metrics.parquet"
@@ -62,6 +71,74 @@ CLIENTS = "clients.parquet"
 MAX_FOLDER_NAME = 64
 PART = re.compile(r"round-(\d+)\.parquet")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+# -- what a table's rows measure ---------------------------------------------------------------------
+TASK = "task"
+"""Column of metrics, barriers, curves, comparison and clients tables: the task kind (`fedlayer.task_kinds.TASKS`)
+its row measures."""
+PERPLEXITY = "perplexity"
+"""Column next to `loss` (metrics and clients tables): exp(loss), the perplexity per token, on language rows;
+NaN on classification rows, where the loss per sample is the measure."""
+NUM_PREDICTIONS = "num_predictions"
+"""Column of metrics.parquet next to `num_examples`: the predictions in the data a row was computed on, which
+its loss and accuracy average over (the samples in classification, the tokens, windows x positions, in
+language modelling)."""
+
+
+@dataclass(frozen=True)
+class TaskTerms:
+    """How figures, reports and the terminal name what a task measures.
+
+    Attributes
+    ----------
+    accuracy : str
+        The accuracy: "accuracy", or "next-token accuracy" (the share of positions whose next token is
+        predicted; for character-level text such as Shakespeare, the next character).
+    counted : str
+        What `NUM_PREDICTIONS` counts, in the plural: "examples" or "tokens".
+    cross_entropy : str
+        What the loss is: "cross-entropy", or "cross-entropy per token".
+    perplexity : bool
+        Whether the task reports perplexity (language modelling).
+    """
+
+    accuracy: str
+    counted: str
+    cross_entropy: str
+    perplexity: bool
+
+    @property
+    def error(self) -> str:
+        """The error rate the error barriers measure (100 − accuracy, in percentage points)."""
+        return self.accuracy.replace("accuracy", "error")
+
+
+_TOKEN = PREDICTION_UNITS[LANGUAGE]
+TERMS = {
+    CLASSIFICATION: TaskTerms("accuracy", "examples", "cross-entropy", perplexity=False),
+    LANGUAGE: TaskTerms(f"next-{_TOKEN} accuracy", f"{_TOKEN}s", f"cross-entropy per {_TOKEN}", perplexity=True),
+}
+
+
+def table_task(table: pd.DataFrame | None) -> str:
+    """The task a table's rows measure, from its `TASK` column; classification for a table without one (written
+    before fedlayer recorded it) or without rows."""
+    if table is None or TASK not in table.columns or table.empty:
+        return CLASSIFICATION
+    return str(table[TASK].dropna().iloc[0]) if table[TASK].notna().any() else CLASSIFICATION
+
+
+def task_terms(task: str) -> TaskTerms:
+    """`TERMS` of `task` (classification's for a task this version does not know)."""
+    return TERMS.get(task, TERMS[CLASSIFICATION])
+
+
+def perplexity(loss: float, task: str) -> float:
+    """A row's `PERPLEXITY`: exp(loss) for language modelling (inf where that overflows), NaN for
+    classification and for a NaN loss (a failed client)."""
+    if task != LANGUAGE or math.isnan(loss):
+        return math.nan
+    return math.exp(loss) if loss < 709.0 else math.inf
 
 
 def write_parquet(frame: pd.DataFrame, path: str | Path) -> Path:

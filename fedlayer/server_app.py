@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import sys
 import time
 from collections.abc import Mapping
@@ -33,7 +34,7 @@ from fedlayer.memory import keep_freed_memory
 from fedlayer.model_specs import absolute_model_spec
 from fedlayer.observer import RoundRecorder, barrier_analysis
 from fedlayer.plots.runs import plot_run
-from fedlayer.results import RunDirectory
+from fedlayer.results import RunDirectory, task_terms
 from fedlayer.resume import (
     STATE_FILE,
     RoundOffset,
@@ -44,7 +45,8 @@ from fedlayer.resume import (
     read_state,
 )
 from fedlayer.runlock import claim
-from fedlayer.task import new_model, partitions_for
+from fedlayer.task import dataset_for, new_model, partitions_for
+from fedlayer.task_kinds import LANGUAGE
 from fedlayer.training import Metrics, default_device
 from strategies import (
     BarrierAware,
@@ -98,7 +100,7 @@ class FederatedRun:
         self.console = console
         self.partitions = partitions_for(cfg)  # loads the dataset: a missing one fails here
         self.model = new_model(cfg)
-        self.layers = model_layers(self.model)
+        self.layers = model_layers(self.model, cfg.analysis.layer_unit)  # the unit of the selectors and groups
         device = default_device()  # the server's GPU, if it has one, evaluates and analyses
         self.strategy = self._build_strategy()
         note = unsaved_note(self.strategy)
@@ -148,10 +150,14 @@ class FederatedRun:
         return cls(cfg, run_dir, console or make_console(stderr=True), resumed=saved)
 
     def prepare_directory(self) -> None:
-        """Create the run directory with the resolved config and the partitions."""
+        """Create the run directory with the resolved config, the partitions and, for a language dataset, its
+        vocabulary (vocabulary.json: the token of each id, in id order), which reads the model's outputs."""
         self.run_dir.create()
         self.run_dir.write_text("config.toml", self.cfg.to_toml())
         self.partitions.save(self.run_dir.path / "partitions.json")
+        data = dataset_for(self.cfg)
+        if data.task == LANGUAGE:
+            self.run_dir.write_text("vocabulary.json", json.dumps(list(data.class_names)))
 
     def _build_strategy(self) -> LayerSelective:
         """The configured strategy, wrapped for layer-wise averaging; selectors are checked here."""
@@ -164,6 +170,7 @@ class FederatedRun:
             average=s.average or None,
             personal=s.personal,
             layers=self.layers,
+            layer_unit=self.cfg.analysis.layer_unit,
             model_name=self.cfg.model.name,
             measure=self._layer_barriers,
             threshold=s.threshold,
@@ -251,9 +258,11 @@ class FederatedRun:
         elapsed = now - self.started
         analysis = f"  analysis {analysis_s:5.1f}s" if analysis_s is not None else ""
         label = "initial model" if server_round == 0 else f"round {server_round}/{self.cfg.federation.rounds}"
+        terms = task_terms(self.recorder.task)
+        perplexity = f"  perplexity {metrics.perplexity:.2f}" if terms.perplexity else ""
         self.console.print(
-            f"  {label:<14} global test accuracy {100 * metrics.accuracy:5.1f}%  "
-            f"loss {metrics.loss:.3f}{self._personalised(server_round)}{analysis}  [{elapsed:6.1f}s]"
+            f"  {label:<14} global test {terms.accuracy} {100 * metrics.accuracy:5.1f}%  "
+            f"loss {metrics.loss:.3f}{perplexity}{self._personalised(server_round)}{analysis}  [{elapsed:6.1f}s]"
             f"{self._left_out(server_round)}",
             soft_wrap=True,
         )

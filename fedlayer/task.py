@@ -19,12 +19,13 @@ import torch
 
 from fedlayer.config import Config
 from fedlayer.data import DATASET_SPECS, Dataset, load_dataset
-from fedlayer.data.partition import Partitions, partitions_from_config
+from fedlayer.data.partition import TEST_SET, Partitions, partitions_from_config
 from fedlayer.errors import ConfigError, FedlayerError
 from fedlayer.layers import Layer, model_layers, select_layers
 from fedlayer.memory import keep_freed_memory
 from fedlayer.model_fit import fit_input
 from fedlayer.models import build_model
+from fedlayer.task_kinds import CLASSIFICATION
 from fedlayer.training import TrainSettings
 
 
@@ -49,8 +50,16 @@ def configure_process(cfg: Config) -> None:
 
 
 @functools.lru_cache(maxsize=4)
-def _dataset(spec: str, data_dir: str, download: bool, seed: int, columns: tuple[str, str, str]) -> Dataset:
+def _dataset(
+    spec: str,
+    data_dir: str,
+    download: bool,
+    seed: int,
+    columns: tuple[str, str, str],
+    windows: tuple[int, int, int, float],
+) -> Dataset:
     input_column, label_column, partition_by = columns
+    seq_len, stride, min_lines, test_fraction = windows
     return load_dataset(
         spec,
         data_dir=data_dir or None,
@@ -59,6 +68,10 @@ def _dataset(spec: str, data_dir: str, download: bool, seed: int, columns: tuple
         input_column=input_column,
         label_column=label_column,
         partition_by=partition_by,
+        seq_len=seq_len,
+        stride=stride,
+        min_lines=min_lines,
+        test_fraction=test_fraction,
     )
 
 
@@ -66,15 +79,17 @@ def dataset_for(cfg: Config) -> Dataset:
     """The config's dataset (a built-in name or a spec), loaded once per process."""
     data = cfg.data
     columns = (data.input_column, data.label_column, data.partition_by)
-    return _dataset(data.dataset, data.data_dir, data.download, cfg.seed, columns)
+    windows = (data.seq_len, data.stride, data.min_lines, data.test_fraction)
+    return _dataset(data.dataset, data.data_dir, data.download, cfg.seed, columns, windows)
 
 
-def data_shape(cfg: Config) -> tuple[tuple[int, ...], int]:
-    """(input_shape, num_classes) of the config's dataset: a built-in one's without loading it."""
+def data_shape(cfg: Config) -> tuple[tuple[int, ...], int, str]:
+    """(input_shape, num_classes, task) of the config's dataset, as `model_for` takes them: a registered image
+    dataset's without loading it (`DATASET_SPECS`; all classification), any other's from the loaded data."""
     if cfg.data.dataset in DATASET_SPECS:
-        return DATASET_SPECS[cfg.data.dataset]
+        return (*DATASET_SPECS[cfg.data.dataset], CLASSIFICATION)
     data = dataset_for(cfg)
-    return data.input_shape, data.num_classes
+    return data.input_shape, data.num_classes, data.task
 
 
 _PARTITIONS: dict[str, Partitions] = {}
@@ -131,12 +146,15 @@ def partitions_for(cfg: Config) -> Partitions:
 
 
 def client_data(cfg: Config, partition_id: int) -> ClientData:
-    """The local train and test split of one client."""
+    """The local train and test split of one client (its local test part from the global train set, or, where
+    the partitions say so, from the global test set: `Partitions.local_test`)."""
     data = dataset_for(cfg)
-    part = partitions_for(cfg).clients[partition_id]
+    partitions = partitions_for(cfg)
+    part = partitions.clients[partition_id]
     train = torch.as_tensor(part.train_indices, dtype=torch.long)
     test = torch.as_tensor(part.test_indices, dtype=torch.long)
-    return ClientData(data.train_x[train], data.train_y[train], data.train_x[test], data.train_y[test])
+    test_x, test_y = (data.test_x, data.test_y) if partitions.local_test == TEST_SET else (data.train_x, data.train_y)
+    return ClientData(data.train_x[train], data.train_y[train], test_x[test], test_y[test])
 
 
 def global_test_set(cfg: Config) -> tuple[torch.Tensor, torch.Tensor]:
@@ -157,12 +175,15 @@ def subsample(x: torch.Tensor, y: torch.Tensor, count: int, seed: int) -> tuple[
 def new_model(cfg: Config) -> torch.nn.Module:
     """The config's model for its dataset, initialised from the config's seed (every client starts from it)."""
     data = dataset_for(cfg)
-    return model_for(cfg, data.input_shape, data.num_classes)
+    return model_for(cfg, data.input_shape, data.num_classes, data.task)
 
 
-def model_for(cfg: Config, input_shape: tuple[int, ...], num_classes: int) -> torch.nn.Module:
-    """The config's model for data of this shape: the one place a config becomes a model (`new_model`, and
-    the benchmarks and plots that know the shape without loading the data).
+def model_for(
+    cfg: Config, input_shape: tuple[int, ...], num_classes: int, task: str = CLASSIFICATION
+) -> torch.nn.Module:
+    """The config's model for data of this shape and task (`fedlayer.task_kinds.TASKS`; a language task's
+    num_classes is its vocabulary size): the one place a config becomes a model (`new_model`, and the
+    benchmarks and plots that know the shape without loading the data, `model_for(cfg, *data_shape(cfg))`).
 
     Seeded from the config's seed; with `data.resize` the model is built for resize x resize images and
     resizes what it is given.
@@ -176,7 +197,9 @@ def model_for(cfg: Config, input_shape: tuple[int, ...], num_classes: int) -> to
             )
         input_shape = (input_shape[0], size, size)
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg.model.name, input_shape, num_classes, norm=cfg.model.norm, options=cfg.model.options)
+    model = build_model(
+        cfg.model.name, input_shape, num_classes, task=task, norm=cfg.model.norm, options=cfg.model.options
+    )
     return fit_input(model, size=size) if size else model
 
 

@@ -7,6 +7,7 @@ what the barrier engine (`fedlayer.analysis`) measures at every point, so both r
 
 from __future__ import annotations
 
+import math
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
@@ -15,6 +16,7 @@ from torch import nn
 
 from fedlayer.errors import ConfigError, choices_message
 from fedlayer.protocol import TRAIN_MODES
+from fedlayer.task_kinds import flat_predictions
 
 OPTIMIZERS = ("sgd", "adam")
 
@@ -43,17 +45,19 @@ class TrainSettings:
 class Metrics:
     """A model's mean loss and accuracy over `seen` predictions, shared by training and the barrier engine.
 
-    Accuracy and error are derived from the counts, so the error rate is exactly
-    100 - 100 * correct / seen, never a rounded 100 * (1 - accuracy).
+    A prediction is a sample's class in classification and a position's next token in language
+    modelling (`fedlayer.task_kinds`). Accuracy and error are derived from the counts, so the error rate
+    is exactly 100 - 100 * correct / seen, never a rounded 100 * (1 - accuracy).
 
     Attributes
     ----------
     loss : float
-        Sample-weighted mean cross-entropy over the `seen` predictions.
+        Mean cross-entropy over the `seen` predictions (weighted by prediction, never a mean of batch means).
     correct : int
         Predictions whose arg-max is the label.
     seen : int
-        Predictions the means run over: every epoch's in training, one per sample in evaluation.
+        Predictions the means run over: every epoch's in training, one per sample (classification) or
+        per position (language) in evaluation.
     num_examples : int
         Distinct samples: the weight of this client in federated averaging.
     """
@@ -67,6 +71,11 @@ class Metrics:
     def accuracy(self) -> float:
         """Fraction of correct predictions, in [0, 1]."""
         return self.correct / self.seen
+
+    @property
+    def perplexity(self) -> float:
+        """exp(loss): a language model's perplexity per token (inf where the loss overflows it)."""
+        return math.exp(self.loss) if self.loss < 709.0 else math.inf
 
     @property
     def error(self) -> float:
@@ -118,17 +127,17 @@ def _run_epochs(
             idx = order[start : start + settings.batch_size]
             xb, yb = x[idx].to(device, non_blocking=True), y[idx].to(device, non_blocking=True)
             optimizer.zero_grad(set_to_none=True)
-            logits = model(xb)
-            loss = loss_fn(logits, yb)
+            logits, targets = flat_predictions(model(xb), yb)
+            loss = loss_fn(logits, targets)
             objective = loss
             if anchor is not None and settings.proximal_mu > 0:
                 prox = sum(((p - anchor[n]) ** 2).sum() for n, p in named)
                 objective = loss + 0.5 * settings.proximal_mu * prox
             objective.backward()
             optimizer.step()
-            total_loss += loss.item() * len(idx)
-            correct += (logits.argmax(1) == yb).sum().item()
-            seen += len(idx)
+            total_loss += loss.item() * len(targets)
+            correct += int((logits.argmax(1) == targets).sum())
+            seen += len(targets)
     for p in model.parameters():
         p.requires_grad_(True)
     return total_loss, correct, seen
@@ -157,7 +166,7 @@ def train_local(
     model : nn.Module
         The model to train, already on `device`; changed in place.
     x, y : torch.Tensor
-        The local training inputs and integer labels.
+        The local training inputs and integer labels: (N,) classes, or (N, T) next tokens.
     settings : TrainSettings
         Epochs, batch size, optimizer and training mode.
     head_params : Collection[str], default ()
@@ -205,14 +214,14 @@ def train_local(
 def evaluate(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, batch_size: int = 512, device: torch.device | str = "cpu"
 ) -> Metrics:
-    """Sample-weighted mean cross-entropy and accuracy of `model` on (x, y), in eval mode.
+    """Mean cross-entropy and accuracy of `model` on (x, y) over every prediction, in eval mode.
 
     Parameters
     ----------
     model : nn.Module
         The model to evaluate, already on `device`.
     x, y : torch.Tensor
-        Inputs and integer labels.
+        Inputs and integer labels: (N,) classes, or (N, T) next tokens of a language task.
     batch_size : int, default 512
         Samples per forward pass.
     device : torch.device or str, default "cpu"
@@ -221,15 +230,16 @@ def evaluate(
     Returns
     -------
     Metrics
-        Loss and accuracy over the len(x) samples (both 0 for an empty set).
+        Loss and accuracy over the predictions of the len(x) samples (both 0 for an empty set).
     """
     model.eval()
-    total_loss, correct = 0.0, 0
+    total_loss, correct, seen = 0.0, 0, 0
     for start in range(0, len(x), batch_size):
         xb = x[start : start + batch_size].to(device, non_blocking=True)
         yb = y[start : start + batch_size].to(device, non_blocking=True)
-        logits = model(xb)
-        total_loss += nn.functional.cross_entropy(logits, yb, reduction="sum").item()
-        correct += (logits.argmax(1) == yb).sum().item()
-    n = max(len(x), 1)
-    return Metrics(loss=total_loss / n, correct=correct, seen=n, num_examples=len(x))
+        logits, targets = flat_predictions(model(xb), yb)
+        total_loss += nn.functional.cross_entropy(logits, targets, reduction="sum").item()
+        correct += int((logits.argmax(1) == targets).sum())
+        seen += len(targets)
+    seen = max(seen, 1)
+    return Metrics(loss=total_loss / seen, correct=correct, seen=seen, num_examples=len(x))

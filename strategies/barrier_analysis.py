@@ -8,9 +8,9 @@ with (Adilova et al., ICLR 2024, https://arxiv.org/abs/2307.06966):
     strategy.start(grid=grid, initial_arrays=ArrayRecord(Net().state_dict()), num_rounds=5)
 
 It changes nothing in what the wrapped strategy sees or returns. The tables (`barriers.parquet`,
-`curves.parquet`, the columns of fedlayer's run directories plus `round`) get each analysed round's
-rows as an atomically written part, as a run directory's tables do, and are compacted into one file
-each when `start` ends (`fedlayer.results.PartTable`), so `fedlayer plot` and `fedlayer report`
+`curves.parquet`, the columns of fedlayer's run directories: the engine's plus `round` and `task`) get
+each analysed round's rows as an atomically written part, as a run directory's tables do, and are
+compacted into one file each when `start` ends (`fedlayer.results.PartTable`), so `fedlayer plot` and `fedlayer report`
 work on the folder, during the run too. The measurement is the barrier engine's
 (`fedlayer.analysis.pairwise_curves`), or the `engine` given.
 """
@@ -29,12 +29,14 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
 from torch import nn
+from torch.utils.data import DataLoader
 
 from fedlayer.analysis import EvalInput, pairwise_curves, resolve_groups
 from fedlayer.errors import ConfigError
 from fedlayer.layers import model_layers
 from fedlayer.protocol import AGGREGATE_LABEL
-from fedlayer.results import ANALYSIS_TABLES, PartTable, read_optional
+from fedlayer.results import ANALYSIS_TABLES, TASK, PartTable, read_optional
+from fedlayer.task_kinds import task_of_labels
 from strategies.sampling import client_label, split_replies
 from strategies.wrapper import StrategyWrapper
 
@@ -53,7 +55,8 @@ class BarrierAnalysis(StrategyWrapper):
     model : nn.Module
         A model of the clients' architecture (copied, never changed).
     data : tuple of tensors or DataLoader
-        The evaluation set the losses are measured on (inputs, integer labels).
+        The evaluation set the losses are measured on (inputs, integer labels): labels (N,) of classes, or
+        (N, T) next tokens of a language model, whose losses and errors are then per token.
     every : int, default 1
         Analyse rounds `every`, 2 * `every`, ...; 0 turns the analysis off (no work at all).
     pairs : "all" or int, default "all"
@@ -61,6 +64,9 @@ class BarrierAnalysis(StrategyWrapper):
     groups : str or list of str, default ("layers", "full")
         Group specs (`fedlayer.analysis.resolve_groups`): single layers, the full model, orderings,
         windows, layer selectors.
+    layer_unit : {"module", "tensor"}, default "module"
+        What one layer is in those groups (`fedlayer.layers.LAYER_UNITS`): a module with all its
+        tensors, or one weight tensor with its bias.
     alphas : int or list of float, default 5
         The interpolation grid (a count, or the points; 0, 0.5 and 1 are always on it).
     bases : tuple of str, default ("a", "b")
@@ -97,8 +103,8 @@ class BarrierAnalysis(StrategyWrapper):
     Raises
     ------
     ConfigError
-        A bad group spec (checked when `every` is on), `every` below 0, or `bn = "recompute"`
-        without `bn_data`.
+        A bad layer unit, a bad group spec (checked when `every` is on), `every` below 0, or
+        `bn = "recompute"` without `bn_data`.
     """
 
     def __init__(
@@ -110,6 +116,7 @@ class BarrierAnalysis(StrategyWrapper):
         every: int = 1,
         pairs: str | int = "all",
         groups: str | Sequence[str] = ("layers", "full"),
+        layer_unit: str = "module",
         alphas: int | Sequence[float] = 5,
         bases: Sequence[str] = ("a", "b"),
         bn: str = "interpolate",
@@ -128,7 +135,8 @@ class BarrierAnalysis(StrategyWrapper):
         if bn == "recompute" and bn_data is None:
             raise ConfigError("bn = 'recompute' needs bn_data: training inputs to re-estimate BatchNorm statistics")
         self.model = model
-        self.layers = model_layers(model)
+        self.layer_unit = layer_unit
+        self.layers = model_layers(model, layer_unit)
         self.groups = [groups] if isinstance(groups, str) else list(groups)
         if every:
             resolve_groups(self.layers, self.groups, seed=seed)  # a bad group fails now, not in round 1
@@ -222,6 +230,7 @@ class BarrierAnalysis(StrategyWrapper):
             pairs=pairs or "all",
             seed=self.seed * 100_003 + server_round,
             groups=self.groups,
+            layer_unit=self.layer_unit,
             alphas=self.alphas,
             bases=self.bases,
             bn=self.bn,
@@ -230,9 +239,18 @@ class BarrierAnalysis(StrategyWrapper):
             device=self.device,
         )
         curves, barriers = (self._visible(table, received) for table in (curves, barriers))
-        curves.insert(0, "round", server_round)
-        barriers.insert(0, "round", server_round)
+        task = self._task()
+        for table in (curves, barriers):
+            table.insert(0, "round", server_round)
+            table.insert(1, TASK, task)
         return curves, barriers
+
+    def _task(self) -> str:
+        """What the evaluation data's labels make the measurement (`fedlayer.task_kinds.TASKS`): the `task` of
+        every row. A DataLoader's first batch tells."""
+        data = self.data
+        labels = next(iter(data))[1] if isinstance(data, DataLoader) else data[1]
+        return task_of_labels(torch.as_tensor(labels))
 
     def _visible(self, table: pd.DataFrame, received: set[str]) -> pd.DataFrame:
         """Drop rows about layers the clients did not send (personal layers they keep themselves)."""
@@ -266,7 +284,7 @@ class BarrierAnalysis(StrategyWrapper):
             states = {k: {n: torch.as_tensor(np.asarray(v)) for n, v in s.items()} for k, s in client_states.items()}
             _, table = self.engine(
                 self.model, states, self.data, pairs=self.pairs or "all", seed=self.seed, groups="layers",
-                alphas=3, device=self.device,
+                layer_unit=self.layer_unit, alphas=3, device=self.device,
             )  # fmt: skip
         layer_rows = table[table["kind"] == "layer"]
         return layer_rows.groupby("group")["loss_barrier_mid"].mean().to_dict()

@@ -55,6 +55,8 @@ class BarrierAware(LayerSelective):
         A layer is averaged this round when its barrier is below it (a NaN barrier never is).
     average : str or sequence of str, default "all"
         The candidate layers (a layer selector).
+    layer_unit : {"module", "tensor"}, default "module"
+        What one layer is (see `LayerSelective`); the measure reports barriers of layers of this unit.
     layers : model, state dict or list of Layer, optional
         What the selector is resolved against now (see `LayerSelective`).
     personal : {"server"}, default "server"
@@ -80,6 +82,7 @@ class BarrierAware(LayerSelective):
         threshold: float = 0.1,
         *,
         average: str | Sequence[str] = "all",
+        layer_unit: str = "module",
         layers: LayerSource | None = None,
         personal: str = "server",
         preset: Preset | None = None,
@@ -91,7 +94,7 @@ class BarrierAware(LayerSelective):
             )
         if not callable(measure):
             raise ConfigError(f"barrier-aware averaging needs a measure function, got {measure!r}")
-        super().__init__(strategy, average, layers=layers, personal=personal, preset=preset)
+        super().__init__(strategy, average, layer_unit=layer_unit, layers=layers, personal=personal, preset=preset)
         self.measure = measure
         self.threshold = threshold
         self.history: list[dict] = []

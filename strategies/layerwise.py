@@ -55,7 +55,7 @@ from torch import nn
 
 from fedlayer import protocol
 from fedlayer.errors import ConfigError, RunError, choices_message, listed
-from fedlayer.layers import Layer, keys_of, model_layers, select_layers
+from fedlayer.layers import LAYER_UNITS, Layer, keys_of, model_layers, select_layers
 from strategies.sampling import SeededGrid, client_label, split_replies
 from strategies.wrapper import StrategyWrapper
 
@@ -65,19 +65,26 @@ if TYPE_CHECKING:
 LayerSource = ArrayRecord | Mapping[str, Any] | nn.Module | Sequence[Layer]
 
 
-def layers_of(source: LayerSource) -> list[Layer]:
-    """Layers from a model (finds tied weights), a state dict / ArrayRecord (by key), or a Layer list."""
+def layers_of(source: LayerSource, unit: str = "module") -> list[Layer]:
+    """Layers at a layer unit (`fedlayer.layers.LAYER_UNITS`) from a model (finds tied weights), a state dict /
+    ArrayRecord (by key), or a Layer list (which must be of that unit)."""
     if isinstance(source, ArrayRecord):
-        return model_layers(source.to_torch_state_dict())
+        return model_layers(source.to_torch_state_dict(), unit)
     if isinstance(source, nn.Module):
-        return model_layers(source)
+        return model_layers(source, unit)
     if isinstance(source, Mapping):
-        return model_layers({k: torch.as_tensor(v) for k, v in source.items()})
+        return model_layers({k: torch.as_tensor(v) for k, v in source.items()}, unit)
     layers = list(source)
     if not layers or not all(isinstance(layer, Layer) for layer in layers):
         raise ConfigError(
             f"cannot find layers in a {type(source).__name__}: pass a model, a state dict, "
             "an ArrayRecord or a list of fedlayer.layers.Layer"
+        )
+    other = sorted({layer.unit for layer in layers} - {unit})
+    if other:
+        raise ConfigError(
+            f"the layers given are of layer unit {listed(other)}, not {unit!r}: build them with "
+            f"fedlayer.layers.model_layers(model, {unit!r}), or pass the model"
         )
     return layers
 
@@ -133,6 +140,10 @@ class LayerSelective(StrategyWrapper):
     average : str or sequence of str
         A layer selector (`fedlayer.layers.select_layers` grammar, e.g. "body", "all,-norm",
         "conv*"): the layers averaged; every other layer stays personal to each client.
+    layer_unit : {"module", "tensor"}, default "module"
+        What one layer is for the selector (`fedlayer.layers.LAYER_UNITS`): a module with all its
+        tensors, or one weight tensor with its bias, so that "tensor" can average an nn.LSTM's
+        input weights and keep its recurrent ones personal.
     layers : nn.Module, state dict, ArrayRecord or list of Layer, optional
         What the selector is resolved against now (a model also finds tied weights). When None,
         it is resolved against the first global arrays seen; call `resolve(model)` to check early.
@@ -147,7 +158,7 @@ class LayerSelective(StrategyWrapper):
     Raises
     ------
     ConfigError
-        A bad `personal` or `train_mode`, or a selector that matches no layer.
+        A bad `personal`, `train_mode` or `layer_unit`, or a selector that matches no layer.
     """
 
     def __init__(
@@ -155,6 +166,7 @@ class LayerSelective(StrategyWrapper):
         strategy: Strategy,
         average: str | Sequence[str],
         *,
+        layer_unit: str = "module",
         layers: LayerSource | None = None,
         personal: str = "server",
         train_mode: str = "standard",
@@ -165,7 +177,10 @@ class LayerSelective(StrategyWrapper):
             raise ConfigError(choices_message("personal mode", personal, protocol.PERSONAL_MODES))
         if train_mode not in protocol.TRAIN_MODES:
             raise ConfigError(choices_message("train mode", train_mode, protocol.TRAIN_MODES))
+        if layer_unit not in LAYER_UNITS:
+            raise ConfigError(choices_message("layer unit", layer_unit, LAYER_UNITS))
         self.average = average
+        self.layer_unit = layer_unit
         self.personal = personal
         self.train_mode = train_mode
         self.preset = preset
@@ -183,12 +198,12 @@ class LayerSelective(StrategyWrapper):
     # ------------------------------------------------------------------ layers
 
     def resolve(self, source: LayerSource, *, model_name: str = "") -> list[Layer]:
-        """Resolve the selector against a model's layers; returns the selected layers.
+        """Resolve the selector against a model's layers at `layer_unit`; returns the selected layers.
 
         Raises ConfigError naming the selector and the layer names when it matches nothing (with
         a preset: ModelError naming the preset, `model_name` and what the preset needs).
         """
-        layers = layers_of(source)
+        layers = layers_of(source, self.layer_unit)
         try:
             selected = select_layers(layers, self.average)
         except ConfigError as exc:
@@ -453,9 +468,10 @@ class LayerSelective(StrategyWrapper):
     def summary(self) -> None:
         log(
             INFO,
-            "\t├──> %s: average %r (%d of %d keys), personal layers kept by the %s, train mode %s",
+            "\t├──> %s: average %r (layer unit %s: %d of %d keys), personal layers kept by the %s, train mode %s",
             type(self).__name__,
             self.average,
+            self.layer_unit,
             len(self.average_keys),
             len(self.model_keys),
             self.personal,

@@ -133,6 +133,7 @@ def build_strategy(
     personal: str = "server",
     layers: LayerSource | None = None,
     *,
+    layer_unit: str = "module",
     model_name: str = "",
     measure: Measure | None = None,
     threshold: float = 0.1,
@@ -155,6 +156,8 @@ def build_strategy(
         Who keeps the personal layers.
     layers : model, state dict or list of Layer, optional
         The model: the selector is checked now. Otherwise call `.resolve(model)` before training.
+    layer_unit : {"module", "tensor"}, default "module"
+        What one layer is for the selector (`fedlayer.layers.LAYER_UNITS`).
     model_name : str
         How error messages name the model ("cnn").
     measure : callable, optional
@@ -172,7 +175,7 @@ def build_strategy(
     Raises
     ------
     ConfigError
-        A bad class, keyword, selector or personal mode, before any training.
+        A bad class, keyword, selector, layer unit or personal mode, before any training.
     ModelError
         A preset that does not fit the model ("preset 'fedbn' needs normalisation layers; model 'cnn' has none").
     """
@@ -184,10 +187,12 @@ def build_strategy(
         if measure is None:
             raise ConfigError("the barrier-aware preset needs a measure function (the server app provides it)")
         strategy: LayerSelective = BarrierAware(
-            inner, measure, threshold, average=selector, personal=personal, preset=preset
+            inner, measure, threshold, average=selector, layer_unit=layer_unit, personal=personal, preset=preset
         )
     else:
-        strategy = LayerSelective(inner, selector, personal=personal, train_mode=preset.train_mode, preset=preset)
+        strategy = LayerSelective(
+            inner, selector, layer_unit=layer_unit, personal=personal, train_mode=preset.train_mode, preset=preset
+        )
     if layers is not None:
         strategy.resolve(layers, model_name=model_name)
     return strategy

@@ -12,6 +12,7 @@ from fedlayer.data import load_dataset
 from fedlayer.errors import FedlayerError
 from fedlayer.layers import model_layers
 from fedlayer.models import build_model
+from fedlayer.task_kinds import flat_predictions
 
 SAMPLES = 96
 
@@ -79,9 +80,9 @@ def reference_loss(model, state, x, y, bn_x=None):
                 model(bn_x[start : start + 32])
     model.eval()
     with torch.no_grad():
-        logits = model(x)
-    error = 100.0 - 100.0 * float((logits.argmax(1) == y).double().mean())
-    return float(F.cross_entropy(logits, y)), error
+        logits, labels = flat_predictions(model(x), y)  # one row per prediction: per sample, or per position
+    error = 100.0 - 100.0 * float((logits.argmax(1) == labels).double().mean())
+    return float(F.cross_entropy(logits.double(), labels)), error
 
 
 def reference_state(model, state_a, state_b, row):
@@ -91,11 +92,14 @@ def reference_state(model, state_a, state_b, row):
     names = row.layers.split("|")
     layers = [layer for layer in model_layers(model) if layer.name in names]
     if row.kind == "random-direction":
-        params = {n for n, _ in model.named_parameters()}
-        keys = [k for k in layers[0].keys if k in params]
+        params = dict(model.named_parameters(remove_duplicate=False))
+        tied: dict[int, list[str]] = {}  # one parameter under several names (gpt's wte and lm_head): one direction
+        for key in (k for k in layers[0].keys if k in params):
+            tied.setdefault(id(params[key]), []).append(key)
+        keys = [aliases[0] for aliases in tied.values()]
         d = random_direction(state_a, state_b, keys, seed=0, layer_index=layers[0].index, draw=row.direction)
         t = row.alpha if row.base == "a" else 1 - row.alpha
-        return point | {k: base[k] + t * d[k] for k in keys}
+        return point | {k: base[aliases[0]] + t * d[aliases[0]] for aliases in tied.values() for k in aliases}
     for key in (k for layer in layers for k in layer.keys):
         if base[key].is_floating_point():
             point[key] = (1 - row.alpha) * state_a[key] + row.alpha * state_b[key]
@@ -108,6 +112,12 @@ CASES = {
     "cnn-bn-recompute": (lambda: build_model("cnn", (1, 8, 8), 10, norm="bn"), ["layers", "full"], "recompute", 0),
     "resnet": (TinyResNet, ["layers", "full", "minimal", "window:3", "conv1,fc"], "interpolate", 1),
     "resnet-bn-recompute": (lambda: TinyResNet(norm=True), ["shallow"], "recompute", 0),
+    "vit": (
+        lambda: build_model("vit", (1, 8, 8), 10, options=dict(dim=16, depth=2, heads=2, dim_head=8, mlp_dim=32)),
+        ["layers", "full", "blocks.1", "norm"],
+        "interpolate",
+        1,
+    ),
 }
 
 
@@ -129,6 +139,33 @@ def test_every_point_matches_the_naive_reference(digits, case):
         assert row.error == pytest.approx(error, abs=1e-9), row
     endpoint_a = reference_loss(model, state_a, x, y, bn_x if bn == "recompute" else None)[0]
     assert curves["loss_a"].to_numpy() == pytest.approx(endpoint_a, abs=1e-6)
+
+
+LANGUAGE_CASES = {  # vocabulary 20, windows of 12 tokens; gpt with dropout, which evaluation must switch off
+    "gpt": (
+        lambda: build_model("gpt", (12,), 20, task="language", options=GPT_OPTIONS),
+        ["layers", "full", "transformer.h.1", "transformer.wte"],
+    ),
+    "lstm": (lambda: build_model("lstm", (12,), 20, task="language", options={"hidden_size": 16}), ["layers", "full"]),
+}
+GPT_OPTIONS = {"n_layer": 2, "n_head": 2, "n_embd": 16, "block_size": 16, "dropout": 0.3}
+
+
+@pytest.mark.parametrize("case", LANGUAGE_CASES)
+def test_every_point_of_a_language_model_matches_the_naive_reference(case):
+    make, groups = LANGUAGE_CASES[case]
+    generator = torch.Generator().manual_seed(0)
+    x, y = (torch.randint(0, 20, (24, 12), generator=generator) for _ in range(2))
+    state_a, state_b = _states(make)
+    model = make()
+    engine = CurveEngine(model, (x, y), batch_size=10)
+    assert engine.evaluator_name == "graph", engine.fallback
+    curves = engine.curves(state_a, state_b, groups=groups, alphas=[0, 0.3, 0.5, 1], random_directions=1)
+    assert set(curves["base"]) == {"a", "b"} and (curves["kind"] == "random-direction").any()
+    for row in curves.itertuples():
+        loss, error = reference_loss(model, reference_state(model, state_a, state_b, row), x, y)
+        assert row.loss == pytest.approx(loss, abs=1e-6), row
+        assert row.error == pytest.approx(error, abs=1e-9), row
 
 
 def test_identical_models_have_zero_barriers(digits):

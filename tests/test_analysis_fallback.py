@@ -1,5 +1,7 @@
 """Models torch.fx cannot trace run with full forward passes, give the same numbers, and say so."""
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -161,3 +163,25 @@ def test_fedlayer_barrier_prints_the_path_and_why(tmp_path, monkeypatch, capsys)
     assert f"engine: plain path (full forward passes), because {reason}" in capsys.readouterr().out
     stored = pd.read_parquet(tmp_path / "out" / "curves.parquet").attrs
     assert stored == {"engine": "plain", "engine_fallback": reason}
+
+
+def test_a_hugging_face_causal_language_model_falls_back_with_the_naive_reference_s_numbers(tmp_path):
+    folder = tmp_path / "tiny-gpt2"  # GPT-2's wte and lm_head are tied: one layer, interpolated as one tensor
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_embd": 16, "n_layer": 1, "n_head": 2}))
+    states = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        states.append(models.build_model(f"hf:{folder}", (12,), 20, task="language").state_dict())
+    model = models.build_model(f"hf:{folder}", (12,), 20, task="language")
+    generator = torch.Generator().manual_seed(0)
+    x, y = (torch.randint(0, 20, (16, 12), generator=generator) for _ in range(2))
+    engine = CurveEngine(model, (x, y), batch_size=6)
+    assert engine.evaluator_name == "plain"
+    assert engine.fallback.startswith("the fast path cannot run GPT2LMHeadModel: torch.fx cannot trace it")
+    curves = engine.curves(*states, groups=["layers", "full"], alphas=3, random_directions=1)
+    assert "transformer.wte" in set(curves["group"])
+    for row in curves.itertuples():
+        loss, error = reference_loss(model, reference_state(model, *states, row), x, y)
+        assert row.loss == pytest.approx(loss, abs=1e-6), row
+        assert row.error == pytest.approx(error, abs=1e-9), row

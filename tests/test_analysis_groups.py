@@ -1,6 +1,7 @@
 """Group specs resolve to readable, unique names of the right kind."""
 
 import pytest
+from torch import nn
 
 from fedlayer.analysis import resolve_groups
 from fedlayer.errors import FedlayerError
@@ -34,3 +35,19 @@ def test_every_kind_of_spec(layers):
 def test_bad_specs_name_the_problem(layers, spec, message):
     with pytest.raises(FedlayerError, match=message):
         resolve_groups(layers, spec)
+
+
+def test_groups_of_tensor_units_are_named_by_their_units():
+    model = nn.Sequential()
+    model.add_module("embed", nn.Embedding(10, 4))
+    model.add_module("lstm", nn.LSTM(4, 4))
+    model.add_module("fc", nn.Linear(4, 10))
+    units = model_layers(model, "tensor")  # embed, lstm.weight_ih_l0, lstm.weight_hh_l0, fc
+    groups = resolve_groups(units, ["layers", "deep", "window:2", "lstm"])
+    assert [g.name for g in groups if g.kind == "layer"] == ["embed", "lstm.weight_ih_l0", "lstm.weight_hh_l0", "fc"]
+    assert [g.layer_names for g in groups if g.kind == "deep"][:2] == ["fc", "fc|lstm.weight_hh_l0"]
+    assert [g.name for g in groups if g.kind == "window"][1] == "window:2@lstm.weight_ih_l0"
+    selector = next(g for g in groups if g.kind == "selector")
+    assert selector.keys == ["lstm.weight_ih_l0", "lstm.bias_ih_l0", "lstm.weight_hh_l0", "lstm.bias_hh_l0"]
+    with pytest.raises(FedlayerError, match="it names the module lstm, which is no layer at layer_unit = 'tensor'"):
+        resolve_groups(units, "re:^lstm$")

@@ -73,7 +73,7 @@ def test_a_successful_run_writes_tables_and_figures(tmp_path, checkpoints, capsy
             r"shape mismatch: fc1.weight \(200, 64\) \(model: \(512, 256\)\)",
         ),
         (dict(extra=["--norm", "bn"]), "missing keys: norm1.weight"),
-        (dict(extra=["--model", "vit"]), "unknown model 'vit'; valid choices: mlp, cnn"),
+        (dict(extra=["--model", "mamba"]), "unknown model 'mamba'; valid choices: mlp, cnn"),
         (dict(extra=["--dataset", "imagenet"]), "unknown dataset 'imagenet'"),
         (dict(extra=["--groups", "layers,nosuch"]), "'nosuch' matches no layer; layers: conv1, conv2"),
         (dict(extra=["--groups", "window:0"]), "bad window width"),

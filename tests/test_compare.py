@@ -85,6 +85,15 @@ def test_clients_table_has_every_clients_result_and_label_distribution(compared)
     assert row["majority_share"] == pytest.approx(counts.loc[2].max() / counts.loc[2].sum())
 
 
+def test_a_classification_comparison_says_so_and_has_no_perplexity(compared):
+    out, table = compared
+    clients = pd.read_parquet(out / "clients.parquet")
+    for frame in (table, clients, pd.read_parquet(run_path(out, "fedavg", 0) / "metrics.parquet")):
+        assert set(frame["task"]) == {"classification"}
+    assert table[["global_perplexity", "personal_perplexity_mean"]].isna().all().all()
+    assert clients["perplexity"].isna().all()
+
+
 def test_rows_agree_with_each_run_directory(compared):
     out, table = compared
     metrics = pd.read_parquet(run_path(out, "fedper", 1) / "metrics.parquet")

@@ -72,7 +72,7 @@ def test_integer_for_float_field_is_accepted():
         ("data.alpha=0", "'data.alpha': invalid value 0; expected a number > 0.0"),
         ("data.dataset=imagenet", "expected one of 'digits', 'fashion-mnist'"),
         ("data.partition=sorted", "expected one of 'iid', 'dirichlet', 'pathological', 'shard'"),
-        ("model.name=gpt", "'model.name'"),
+        ("model.name=transformer", "'model.name'"),
         ("federation.fraction=1.5", "<= 1.0"),
         ("federation.optimizer=lion", "'sgd', 'adam'"),
         ("analysis.alphas=4", "odd number"),

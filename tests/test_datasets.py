@@ -166,3 +166,10 @@ def test_unknown_dataset_lists_choices():
         load_dataset("imagenet")
     assert "'imagenet'" in str(err.value)
     assert all(name in str(err.value) for name in DATASETS)
+
+
+def test_language_datasets_are_built_in_with_their_shape_set_by_options():
+    assert set(registry.DATASETS) - set(registry.DATASET_SPECS) == set(registry.LANGUAGE_DATASETS)
+    data = registry.load_builtin_dataset("shakespeare-corpus", seq_len=40, stride=20)
+    assert data.input_shape == (40,) and data.train_x.shape[1] == 40 and data.train_y.dim() == 2
+    assert torch.equal(data.train_x[1, :20], data.train_x[0, 20:])  # windows every 20 characters

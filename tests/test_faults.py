@@ -73,8 +73,8 @@ def test_injected_faults_are_recorded_and_the_run_goes_on(tmp_path):
     assert 0 < len(expected) < 8  # the seeded faults hit some clients, not all
     metrics = metrics_of(run_with(tmp_path, f"federation.fault_probability={p}"))
     assert list(metrics.columns) == [
-        "round", "client", "split", "loss", "accuracy", "num_examples", "status", "error",
-        "bytes_down", "bytes_up", "bytes_personal_down", "bytes_personal_up",
+        "round", "client", "split", "task", "loss", "perplexity", "accuracy", "num_examples", "num_predictions",
+        "status", "error", "bytes_down", "bytes_up", "bytes_personal_down", "bytes_personal_up",
     ]  # fmt: skip
     train = metrics[metrics["split"] == "train"]
     failed = train[train["status"] == "failed"]

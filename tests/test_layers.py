@@ -7,6 +7,7 @@ from torch import nn
 from fedlayer.cli import main
 from fedlayer.errors import FedlayerError
 from fedlayer.layers import (
+    LAYER_UNITS,
     ORDERINGS,
     Layer,
     cumulative_groups,
@@ -140,6 +141,194 @@ def test_root_level_tensors_are_layers_of_their_own():
     model.head = nn.Linear(4, 2)
     layers = model_layers(model)
     assert names(layers) == ["cls_token", "head"] and layers[0].keys == ("cls_token",)
+
+
+# ---------------------------------------------------------------- layer units
+
+
+class Mixed(nn.Module):
+    """Every case of the tensor unit: a root-level token, an embedding tied to a bias-free output, a two-layer
+    LSTM, attention with bias_k and bias_v (a module of five units), a plain attention (one unit), a
+    LayerNorm, a BatchNorm, a bias-free Linear and a Linear head."""
+
+    def __init__(self):
+        super().__init__()
+        self.cls_token = nn.Parameter(torch.zeros(1, 8))
+        self.embed = nn.Embedding(20, 8)
+        self.lstm = nn.LSTM(8, 8, num_layers=2)
+        self.attn = nn.MultiheadAttention(8, 2, add_bias_kv=True)
+        self.plain_attn = nn.MultiheadAttention(8, 2)
+        self.norm = nn.LayerNorm(8)
+        self.bn = nn.BatchNorm1d(8)
+        self.proj = nn.Linear(8, 8, bias=False)
+        self.head = nn.Linear(8, 3)
+        self.out = nn.Linear(8, 20, bias=False)
+        self.out.weight = self.embed.weight
+
+
+MIXED_TENSOR_UNITS = {  # name -> keys, in state_dict order
+    "cls_token": ("cls_token",),
+    "embed": ("embed.weight", "out.weight"),
+    **{
+        f"lstm.weight_{kind}_l{i}": (f"lstm.weight_{kind}_l{i}", f"lstm.bias_{kind}_l{i}")
+        for i in (0, 1)
+        for kind in ("ih", "hh")
+    },
+    "attn.in_proj_weight": ("attn.in_proj_weight", "attn.in_proj_bias"),
+    "attn.bias_k": ("attn.bias_k",),
+    "attn.bias_v": ("attn.bias_v",),
+    "attn.out_proj": ("attn.out_proj.weight", "attn.out_proj.bias"),
+    "plain_attn": ("plain_attn.in_proj_weight", "plain_attn.in_proj_bias"),
+    "plain_attn.out_proj": ("plain_attn.out_proj.weight", "plain_attn.out_proj.bias"),
+    "norm": ("norm.weight", "norm.bias"),
+    "bn": tuple(f"bn.{suffix}" for suffix in BN_KEYS),
+    "proj": ("proj.weight",),
+    "head": ("head.weight", "head.bias"),
+}
+
+
+@pytest.fixture(scope="module")
+def mixed():
+    torch.manual_seed(0)
+    return Mixed()
+
+
+@pytest.fixture(scope="module")
+def mixed_units(mixed):
+    return model_layers(mixed, "tensor")
+
+
+def test_a_tensor_unit_is_a_weight_with_its_bias_and_a_module_of_one_unit_keeps_its_name(mixed, mixed_units):
+    assert {layer.name: layer.keys for layer in mixed_units} == MIXED_TENSOR_UNITS
+    assert names(mixed_units) == list(MIXED_TENSOR_UNITS)  # state_dict order of each unit's first key
+    assert [layer.index for layer in mixed_units] == list(range(len(MIXED_TENSOR_UNITS)))
+    assert all(layer.unit == "tensor" for layer in mixed_units)
+    assert sorted(keys_of(mixed_units)) == sorted(mixed.state_dict())  # every key once
+    by_name = {layer.name: layer for layer in mixed_units}
+    assert by_name["lstm.weight_hh_l1"].module_type == "LSTM" and not by_name["lstm.weight_hh_l1"].is_norm
+    assert by_name["bn"].is_norm and by_name["norm"].is_norm
+    assert by_name["attn.bias_k"].module_type == "MultiheadAttention"
+    assert by_name["embed"].numel == 20 * 8  # the tied tensor counts once
+    assert by_name["lstm.weight_ih_l0"].numel == 32 * 8 + 32
+
+
+def test_at_the_module_unit_a_split_module_is_one_layer(mixed):
+    layers = model_layers(mixed)
+    assert layers == model_layers(mixed, "module") and all(layer.unit == "module" for layer in layers)
+    assert names(layers) == [
+        "cls_token", "embed", "lstm", "attn", "attn.out_proj", "plain_attn", "plain_attn.out_proj", "norm", "bn",
+        "proj", "head",
+    ]  # fmt: skip
+    assert layers[2].keys == tuple(
+        f"lstm.{k}_l{i}" for i in (0, 1) for k in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+    )
+
+
+@pytest.mark.parametrize("norm", ["none", "bn", "gn"])
+def test_both_units_agree_on_models_whose_modules_are_one_unit_each(norm):
+    model = build_model("resnet18", (1, 8, 8), 10, norm=norm)  # torchvision's ResNet18, BatchNorm included
+    units = model_layers(model, "tensor")
+    assert [(u.name, u.keys, u.numel, u.module_type, u.is_norm) for u in units] == [
+        (m.name, m.keys, m.numel, m.module_type, m.is_norm) for m in model_layers(model)
+    ]
+
+
+def test_tensor_units_from_a_state_dict_are_those_of_the_module(mixed, mixed_units):
+    from_state = model_layers(mixed.state_dict(), "tensor")  # its tensors still share memory: the tie is found
+    assert [(x.name, x.keys, x.numel) for x in from_state] == [(x.name, x.keys, x.numel) for x in mixed_units]
+    copied = model_layers({key: value.clone() for key, value in mixed.state_dict().items()}, "tensor")
+    assert "out" in names(copied) and copied[1].keys == ("embed.weight",)  # a copy loses the tie
+
+
+def test_root_level_tensors_are_units_of_their_own():
+    model = nn.Module()
+    model.pos_embedding = nn.Parameter(torch.zeros(4, 4))
+    model.cls_token = nn.Parameter(torch.zeros(1, 4))
+    model.head = nn.Linear(4, 2)
+    assert [(x.name, x.keys) for x in model_layers(model, "tensor")] == [
+        ("pos_embedding", ("pos_embedding",)),
+        ("cls_token", ("cls_token",)),
+        ("head", ("head.weight", "head.bias")),
+    ]
+
+
+def test_an_unknown_layer_unit_lists_the_choices(mixed):
+    with pytest.raises(FedlayerError, match="unknown layer unit 'tensors'; valid choices: module, tensor"):
+        model_layers(mixed, "tensors")
+    assert LAYER_UNITS == ("module", "tensor")
+
+
+TENSOR_SELECTOR_CASES = [
+    ("lstm", [f"lstm.weight_{k}_l{i}" for i in (0, 1) for k in ("ih", "hh")]),  # a module picks all its units
+    ("lstm.weight_hh_l0", ["lstm.weight_hh_l0"]),
+    ("re:weight_hh", ["lstm.weight_hh_l0", "lstm.weight_hh_l1"]),
+    ("*_l1", ["lstm.weight_ih_l1", "lstm.weight_hh_l1"]),
+    ("attn", ["attn.in_proj_weight", "attn.bias_k", "attn.bias_v", "attn.out_proj"]),
+    ("plain_attn", ["plain_attn", "plain_attn.out_proj"]),
+    ("norm", ["norm", "bn"]),
+    ("lstm,-re:_l1$", ["lstm.weight_ih_l0", "lstm.weight_hh_l0"]),
+    ("first:3", ["cls_token", "embed", "lstm.weight_ih_l0"]),
+    ("middle:2", ["attn.bias_k", "attn.bias_v"]),
+]
+
+
+@pytest.mark.parametrize(("selector", "expected"), TENSOR_SELECTOR_CASES, ids=[s for s, _ in TENSOR_SELECTOR_CASES])
+def test_selectors_on_tensor_units(mixed_units, selector, expected):
+    assert names(select_layers(mixed_units, selector)) == expected
+
+
+def test_orderings_and_windows_on_tensor_units(mixed_units):
+    count = len(mixed_units)
+    assert names(order_layers(mixed_units, "deep"))[:2] == ["head", "proj"]
+    assert names(order_layers(mixed_units, "minimal"))[:10] == names(mixed_units[:5] + mixed_units[-5:])
+    assert [len(group) for group in cumulative_groups(mixed_units, "shallow")] == list(range(1, count + 1))
+    windows = sliding_windows(mixed_units, 2)
+    assert len(windows) == count - 1 and names(windows[2]) == ["lstm.weight_ih_l0", "lstm.weight_hh_l0"]
+
+
+@pytest.mark.parametrize("selector", ["re:^lstm$", "re:^attn$", "at?n", "lstm,re:^attn$"])
+def test_a_module_that_the_tensor_unit_splits_is_named_with_its_units(mixed_units, selector):
+    module = "lstm" if "lstm$" in selector else "attn"
+    lstm_units = [f"lstm.weight_{k}_l{i}" for i in (0, 1) for k in ("ih", "hh")]
+    units = lstm_units if module == "lstm" else ["attn.in_proj_weight", "attn.bias_k", "attn.bias_v"]  # not out_proj
+    with pytest.raises(FedlayerError, match="matches no layer") as info:
+        select_layers(mixed_units, selector)
+    message = str(info.value)
+    assert f"names the module {module}, which is no layer at layer_unit = 'tensor'" in message
+    assert f"its tensor units are {', '.join(units)})" in message
+
+
+@pytest.mark.parametrize(
+    ("selector", "unit", "layer"),
+    [
+        ("lstm.weight_ih_l0", "lstm.weight_ih_l0", "lstm"),
+        ("re:weight_hh", "lstm.weight_hh_l0, lstm.weight_hh_l1", "lstm"),
+        ("*.in_proj_weight", "attn.in_proj_weight", "attn"),
+        ("attn.bias_k", "attn.bias_k", "attn"),
+    ],
+)
+def test_a_tensor_unit_at_the_module_unit_says_to_set_layer_unit_tensor(mixed, selector, unit, layer):
+    with pytest.raises(FedlayerError, match="matches no layer") as info:
+        select_layers(model_layers(mixed), selector)
+    assert (
+        f"names the tensor unit {unit} of the layer {layer}: at layer_unit = 'module' a layer is a whole module; "
+        "set layer_unit = 'tensor'"
+    ) in str(info.value)
+
+
+def test_a_name_of_neither_unit_gets_no_unit_hint(mixed, mixed_units):
+    for layers in (mixed_units, model_layers(mixed)):
+        with pytest.raises(FedlayerError, match="'gru' matches no layer; layers:"):
+            select_layers(layers, "gru")
+
+
+def test_describe_layers_shows_tensor_units_keys_relative_to_their_module(mixed_units):
+    table = describe_layers(mixed_units).set_index("name")
+    assert table.loc["lstm.weight_ih_l0", "keys"] == "weight_ih_l0, bias_ih_l0"
+    assert table.loc["attn.bias_k", "keys"] == "bias_k" and table.loc["cls_token", "keys"] == "cls_token"
+    assert table.loc["plain_attn", "keys"] == "in_proj_weight, in_proj_bias"
+    assert table.loc["embed", "keys"] == "weight, out.weight"
+    assert table.loc["lstm.weight_ih_l0", "type"] == "LSTM"
 
 
 # ---------------------------------------------------------------- selectors
@@ -327,6 +516,39 @@ def test_layers_cli_shows_what_a_selector_picks(capsys):
     out = capsys.readouterr().out
     assert "selector 'norm' picks 20 of 41 layers" in out
     assert "layer2.0.downsample.1" in out and "layer2.0.downsample.0" not in out
+
+
+RECURRENT_NET = """\
+from torch import nn
+
+
+class RecurrentNet(nn.Module):
+    def __init__(self, num_classes):
+        super().__init__()
+        self.lstm = nn.LSTM(8, 16, batch_first=True)
+        self.fc = nn.Linear(16, num_classes)
+
+    def forward(self, x):
+        return self.fc(self.lstm(x.reshape(len(x), 8, 8))[0][:, -1])
+
+
+def make_net(input_shape, num_classes):
+    return RecurrentNet(num_classes)
+"""
+
+
+def test_layers_cli_lists_tensor_units(tmp_path, capsys):
+    spec = tmp_path / "recurrent.py"
+    spec.write_text(RECURRENT_NET)
+    args = ["layers", "--model", f"{spec}:make_net", "--dataset", "digits"]
+    assert main([*args, "--layer-unit", "tensor", "--select", "lstm"]) == 0
+    out = capsys.readouterr().out
+    assert "total: 3 layers (layer unit tensor)" in out and "selector 'lstm' picks 2 of 3 layers" in out
+    assert "lstm.weight_ih_l0" in out and "weight_hh_l0, bias_hh_l0" in out
+    assert main([*args, "--select", "lstm.weight_ih_l0"]) == 2
+    assert "set layer_unit = 'tensor'" in capsys.readouterr().err
+    assert main([*args, "--layer-unit", "tensors"]) == 2
+    assert "unknown layer unit 'tensors'; valid choices: module, tensor" in capsys.readouterr().err
 
 
 def test_layers_cli_reports_a_bad_selector(capsys):

@@ -18,7 +18,7 @@ from fedlayer.analysis.graph import GraphEvaluator
 from fedlayer.cli import main
 from fedlayer.config import config_from_flat, load_config
 from fedlayer.errors import FedlayerError
-from fedlayer.layers import model_layers
+from fedlayer.layers import model_layers, select_layers
 from fedlayer.model_fit import FittedModel
 from fedlayer.models import build_model
 from fedlayer.task import model_for
@@ -66,6 +66,20 @@ def not_a_model(num_classes):
 
 def needs_vocab(input_shape, num_classes, vocab_size):
     return make_net(input_shape, num_classes)
+
+
+class TinyLM(nn.Module):
+    def __init__(self, vocab_size, seq_len, width=8):
+        super().__init__()
+        self.seq_len = seq_len
+        self.embed, self.out = nn.Embedding(vocab_size, width), nn.Linear(width, vocab_size)
+
+    def forward(self, tokens):
+        return self.out(self.embed(tokens))
+
+
+def last_position_only(vocab_size):
+    return nn.Sequential(nn.Embedding(vocab_size, 4), nn.Flatten(), nn.LazyLinear(vocab_size))
 """
 VIT = {  # a tiny ViT: 2 layers of width 16 on 4x4 patches; channels and image size come from the data
     "model_type": "vit",
@@ -203,6 +217,77 @@ def test_hf_sequence_classification_takes_token_ids_stored_as_numbers(tmp_path):
     assert model(torch.randint(0, 50, (3, 12)).float()).shape == (3, 4)
 
 
+# -- language tasks: windows of token ids in, next-token logits at every position out ------------------------
+
+
+def language_model(spec, seed=0, **options):
+    torch.manual_seed(seed)
+    return build_model(spec, (12,), 20, task="language", options=options)
+
+
+def test_a_callable_language_model_is_given_the_vocabulary_and_the_window_length(user_file):
+    model = language_model(f"{user_file}:TinyLM", width=4)
+    assert model.seq_len == 12 and model.embed.num_embeddings == 20
+    assert model(torch.randint(0, 20, (3, 12))).shape == (3, 12, 20)
+
+
+def test_a_classification_callable_may_still_take_vocab_size_as_an_option(user_file):
+    model = seeded(f"{user_file}:needs_vocab", vocab_size=50)  # e.g. a classifier of token sequences
+    assert model(torch.randn(2, 1, 8, 8)).shape == (2, 10)
+
+
+def gpt2_folder(tmp_path, **config) -> Path:
+    folder = tmp_path / "tiny-gpt2"
+    folder.mkdir(exist_ok=True)
+    gpt2 = {"model_type": "gpt2", "n_embd": 16, "n_layer": 1, "n_head": 2}  # GPT-2's vocabulary: 50,257 tokens
+    (folder / "config.json").write_text(json.dumps(gpt2 | config))
+    return folder
+
+
+def test_a_hugging_face_causal_language_model_is_built_for_the_data_s_vocabulary(tmp_path):
+    spec = f"hf:{gpt2_folder(tmp_path)}"
+    model, again = language_model(spec), language_model(spec)
+    assert model.config.vocab_size == 20 and model(torch.randint(0, 20, (3, 12)).float()).shape == (3, 12, 20)
+    assert all(torch.equal(value, again.state_dict()[key]) for key, value in model.state_dict().items())
+    layers = model_layers(model)
+    assert layers[0].name == "transformer.wte" and "lm_head.weight" in layers[0].keys  # tied: one layer
+    assert [layer.name for layer in select_layers(layers, "head")] == ["transformer.wte"]
+    neox = tmp_path / "tiny-neox"
+    neox.mkdir()
+    config = {"model_type": "gpt_neox", "hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2}
+    (neox / "config.json").write_text(json.dumps(config | {"intermediate_size": 32}))
+    untied = model_layers(language_model(f"hf:{neox}"))
+    assert [layer.name for layer in select_layers(untied, "head")] == ["lm_head"]
+
+
+@pytest.mark.parametrize(
+    ("spec", "options", "message"),
+    [
+        ("hf:{gpt2}", {"n_positions": 8}, "seq_len 12 tokens are longer than hf:{gpt2}'s 8 positions (its config's "
+         "n_positions): set model.options.n_positions to at least 12"),
+        ("hf:{gpt2}", {"vocab_size": 50257}, "model.options.vocab_size is 50257, but the data's vocabulary has 20"),
+        ("hf:{pretrained}", {"pretrained": True}, "has a vocabulary of 50257 tokens (its config's vocab_size), the "
+         "data's has 20"),
+        ("hf:{vit}", {}, "which has no causal language model in transformers (the data is windows of token ids"),
+        ("{file}:last_position_only", {}, "must give (2, 12, 20): one logit per token of the vocabulary at every "
+         "position"),
+        ("{file}:TinyLM", {"seq_len": 12}, "set seq_len, which the data sets"),
+    ],
+    ids=["positions", "vocabulary-option", "pretrained-vocabulary", "no-causal-head", "output", "set-by-data"],
+)  # fmt: skip
+def test_language_model_specs_that_do_not_fit_the_data_are_clear_errors(
+    spec, options, message, tmp_path, user_file, vit_dir
+):
+    gpt2 = gpt2_folder(tmp_path)
+    pretrained = tmp_path / "pretrained"
+    pretrained.mkdir()
+    (pretrained / "config.json").write_text((gpt2 / "config.json").read_text())
+    paths = {"gpt2": gpt2, "pretrained": pretrained, "vit": vit_dir, "file": user_file}
+    with pytest.raises(FedlayerError) as error:
+        language_model(spec.format(**paths), **options)
+    assert message.format(**paths) in str(error.value)
+
+
 # -- bad input: a clear error before any training, nothing written --------------------------------------------
 
 
@@ -243,7 +328,7 @@ BAD_RUNS = {
         ["model.name=hf:{vit}", "model.options.pretrained=true"],
         "no weights (model.safetensors or pytorch_model.bin) in that directory",
     ),
-    "hf-language": (["model.name=hf:{gpt2}"], "causal language modelling needs a language task"),
+    "hf-language": (["model.name=hf:{gpt2}"], "a causal language model needs a language dataset"),
     "norm": (["model.name=torchvision:resnet18", "model.norm=bn"], "applies to the built-in models only"),
     "malformed": (["model.name=resnet50"], "or a model spec: 'torchvision:<builder>'"),
 }

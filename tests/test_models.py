@@ -7,10 +7,12 @@ from torch import nn
 
 from fedlayer.errors import FedlayerError
 from fedlayer.layers import model_layers
-from fedlayer.models import DATASET_SPECS, MODEL_NORMS, MODELS, build_model, dataset_spec
+from fedlayer.models import DATASET_SPECS, MODEL_NORMS, MODEL_TASKS, MODELS, build_model, dataset_spec
+from fedlayer.task_kinds import CLASSIFICATION
 
 SHAPES = [((1, 8, 8), 10), ((1, 28, 28), 10), ((3, 32, 32), 100)]
-VARIANTS = [(name, norm) for name in MODELS for norm in MODEL_NORMS[name]]
+IMAGE_MODELS = [name for name in MODELS if MODEL_TASKS[name] == CLASSIFICATION]  # language: test_language_models
+VARIANTS = [(name, norm) for name in IMAGE_MODELS for norm in MODEL_NORMS[name]]
 
 
 def layer_names(model):
@@ -28,7 +30,11 @@ def test_every_model_runs_forward_and_backward(name, norm, shape, classes):
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
 
 
-@pytest.mark.parametrize("name", list(MODELS))
+def test_every_model_has_its_norms_and_its_task():
+    assert set(MODEL_NORMS) == set(MODEL_TASKS) == set(MODELS)
+
+
+@pytest.mark.parametrize("name", IMAGE_MODELS)
 def test_models_are_deterministic_given_the_seed(name):
     def state(seed):
         torch.manual_seed(seed)

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from fedlayer.config import load_config
 from fedlayer.data import load_dataset
-from fedlayer.data.partition import METHODS, Partitions, make_partitions, partitions_from_config
+from fedlayer.data.partition import METHODS, Partitions, make_partitions, partition_labels, partitions_from_config
 from fedlayer.errors import FedlayerError
 
 PROPERTY = settings(max_examples=25, deadline=None)
@@ -191,3 +191,54 @@ def test_partitions_from_config_subsamples_the_train_set():
     assert parts.num_samples == len(dataset.train_y) and parts.dataset == "digits"
     assert parts.params["max_train_samples"] == 300
     assert partitions_from_config(cfg, dataset).content_hash == parts.content_hash
+
+
+def _with_group_tests() -> tuple[Partitions, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """A natural split into 4 of 6 groups of 60 samples, whose 18 test samples carry the same group ids; with
+    the train labels and groups and the test labels and groups."""
+    rng = np.random.default_rng(0)
+    labels, groups = rng.integers(0, 3, 60), np.repeat(np.array(list("abcdef")), 10)
+    test_labels, test_groups = rng.integers(0, 3, 18), np.array(list("fedcba") * 3)
+    tests = {"test_labels": test_labels, "test_groups": test_groups}
+    parts = make_partitions(labels, 4, "natural", seed=0, groups=groups, **tests)
+    return parts, labels, groups, test_labels, test_groups
+
+
+def test_natural_split_with_test_groups_tests_each_client_on_its_groups_test_samples():
+    parts, labels, groups, _, test_groups = _with_group_tests()
+    assert parts.local_test == "test" and parts.params["groups"] == 6
+    for client in parts.clients:
+        (group,) = set(groups[client.train_indices])
+        assert client.train_indices.tolist() == np.flatnonzero(groups == group).tolist()  # all of it trains
+        assert client.test_indices.tolist() == np.flatnonzero(test_groups == group).tolist()
+    plain = make_partitions(labels, 4, "natural", seed=0, groups=groups)
+    assert [c.train_indices.tolist() for c in plain.clients] != [c.train_indices.tolist() for c in parts.clients]
+
+
+def test_test_set_indices_round_trip_and_count(tmp_path):
+    parts, labels, _, test_labels, _ = _with_group_tests()
+    loaded = Partitions.load(parts.save(tmp_path / "partitions.json"))
+    assert loaded.local_test == "test" and loaded.content_hash == parts.content_hash
+    assert loaded.class_counts(labels, test_labels=test_labels).equals(parts.class_counts())
+    with pytest.raises(FedlayerError, match="give its test_labels too"):
+        loaded.class_counts(labels)
+    stored = json.loads((tmp_path / "partitions.json").read_text())
+    stored["local_test"] = "train"  # the same indices read as held-out train samples: not what was hashed
+    (tmp_path / "partitions.json").write_text(json.dumps(stored))
+    with pytest.raises(FedlayerError, match="was modified"):
+        Partitions.load(tmp_path / "partitions.json")
+
+
+def test_a_file_written_before_local_test_was_recorded_holds_out_train_samples(tmp_path, digits_labels):
+    path = make_partitions(digits_labels, 3, "iid", seed=0).save(tmp_path / "partitions.json")
+    stored = json.loads(path.read_text())
+    del stored["local_test"]
+    path.write_text(json.dumps(stored))
+    assert Partitions.load(path).local_test == "train"
+
+
+def test_language_labels_are_split_by_each_windows_next_token():
+    windows = np.array([[1, 2, 3], [4, 5, 6], [7, 8, 0]])
+    assert partition_labels(windows).tolist() == [3, 6, 0]
+    parts = make_partitions(partition_labels(windows), 3, "iid", seed=0, test_fraction=0.0, num_classes=9)
+    assert parts.class_counts(windows).equals(parts.class_counts())

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from matplotlib.colors import to_hex
+from matplotlib.figure import Figure
 from pngs import is_figure
 from rich.console import Console
 
@@ -33,10 +34,12 @@ from fedlayer.compare import clients_table
 from fedlayer.config import load_config
 from fedlayer.data.partition import ClientPartition, Partitions
 from fedlayer.errors import DataError, FedlayerError
+from fedlayer.plots import save_figure
 from fedlayer.plots.barriers import barrier_curves_figure, barrier_heatmap_figure, curves_figure, distinct_paths
 from fedlayer.plots.compare import accuracy_figure, comparison_setting, plot_comparison, strategy_grids
 from fedlayer.plots.directions import directions_figure
 from fedlayer.plots.groups import groups_figure
+from fedlayer.plots.heatmaps import barrier_panels, heatmap_size
 from fedlayer.plots.marks import AVERAGED_COLOR, PERSONAL_TEXT
 from fedlayer.plots.runs import plot_run
 from fedlayer.report import write_report
@@ -536,6 +539,19 @@ def test_heatmap_shows_each_base_in_its_own_panel(run_dir):
     assert "per base" in fig.texts[0].get_text()
     only_a = barrier_heatmap_figure(barriers[barriers["base"] == "a"])
     assert [ax.get_title() for ax in only_a.axes if ax.get_title()] == ["mean over 3 client pairs, base a"]
+
+
+@pytest.mark.parametrize("prefix", ["", "transformer.h.0.attn."])
+def test_side_by_side_heatmaps_are_about_equally_wide_whatever_the_length_of_the_layer_names(tmp_path, prefix):
+    """The first panel also holds the row names: a transformer's long ones must not squeeze its heatmap."""
+    names = [f"{prefix}c_{i}" for i in range(12)] + [FULL_ROW]
+    grid = pd.DataFrame(np.linspace(-0.2, 0.2, 13 * 5).reshape(13, 5), index=names, columns=range(1, 6))
+    grids = {f"strategy {i}": grid for i in range(6)}
+    fig = Figure(figsize=heatmap_size(len(names), 5, len(grids), names), layout="constrained")
+    barrier_panels(fig, grids)
+    save_figure(fig, tmp_path / "heatmaps.png")  # the layout as drawn into the file
+    widths = [ax.get_position().width for ax in fig.axes if ax.get_title()]
+    assert len(widths) == 6 and max(widths) / min(widths) < 1.2
 
 
 def test_a_fixed_selection_is_marked_in_every_layer_wise_figure(tmp_path):

@@ -53,8 +53,8 @@ def test_run_directory_holds_config_partitions_tables_and_checkpoints(tmp_path):
     assert load_config(path / "config.toml") == run.cfg
     metrics = pd.read_parquet(path / "metrics.parquet")
     assert list(metrics.columns) == [
-        "round", "client", "split", "loss", "accuracy", "num_examples", "status", "error",
-        "bytes_down", "bytes_up", "bytes_personal_down", "bytes_personal_up",
+        "round", "client", "split", "task", "loss", "perplexity", "accuracy", "num_examples", "num_predictions",
+        "status", "error", "bytes_down", "bytes_up", "bytes_personal_down", "bytes_personal_up",
     ]  # fmt: skip
     assert set(metrics["split"]) == {"train", "local-test", "test"}
     assert sorted(metrics.loc[metrics["client"] == "global", "round"]) == [0, 1, 2]
@@ -94,7 +94,7 @@ def test_observer_tables_agree_with_the_engine_on_the_same_models(tmp_path):
         groups=list(a.groups),
         alphas=a.alphas,
     )
-    stored = stored.drop(columns="round").reset_index(drop=True)
+    stored = stored.drop(columns=["round", "task"]).reset_index(drop=True)
     pd.testing.assert_frame_equal(stored, direct.reset_index(drop=True), check_exact=False, atol=1e-9)
 
 

@@ -98,7 +98,7 @@ def test_tables_equal_the_engine_on_the_replies_and_are_written_to_the_folder(tm
             groups=["layers", "full"],
             alphas=5,
         )
-        measured = analysis.barriers[analysis.barriers["round"] == server_round].drop(columns="round")
+        measured = analysis.barriers[analysis.barriers["round"] == server_round].drop(columns=["round", "task"])
         pd.testing.assert_frame_equal(measured.reset_index(drop=True), direct, check_exact=True)
     pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "barriers.parquet"), analysis.barriers)
     pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "curves.parquet"), analysis.curves)
@@ -119,7 +119,7 @@ def test_each_client_against_the_aggregate():
     analysis = BarrierAnalysis(inner, tiny_net(), analysis_data(), every=2, vs_aggregate=True, groups="layers")
     run(analysis)
     assert set(analysis.barriers["round"]) == {2}
-    against = analysis.barriers[analysis.barriers["client_b"] == "aggregate"].drop(columns="round")
+    against = analysis.barriers[analysis.barriers["client_b"] == "aggregate"].drop(columns=["round", "task"])
     states = states_of(inner.replies[2])
     assert sorted(against["client_a"].unique()) == sorted(states)
     pairs = [(client, "aggregate") for client in sorted(states, key=client_order)]

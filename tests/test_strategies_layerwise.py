@@ -9,6 +9,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 from flwr.serverapp.strategy import FedAdam, FedAvg
 from inprocess_grid import InProcessGrid, ProtocolClient, digits, tiny_net
+from torch import nn
 
 from fedlayer.errors import FedlayerError
 from fedlayer.layers import model_layers, select_layers
@@ -267,3 +268,48 @@ def test_exclusions_in_selectors():
     assert [layer.name for layer in select_layers(layers, "body,-0")] == ["1"]
     with pytest.raises(FedlayerError, match="no layer"):
         select_layers(layers, "norm,-norm")
+
+
+class RecurrentNet(nn.Module):
+    """Digits as 8 rows of 8 pixels through an LSTM: at layer unit "tensor", "lstm.weight_ih_l0" (input weights
+    with their bias) and "lstm.weight_hh_l0" (recurrent weights with theirs) are two layers."""
+
+    def __init__(self):
+        super().__init__()
+        self.lstm = nn.LSTM(8, 16, batch_first=True)
+        self.fc = nn.Linear(16, 10)
+
+    def forward(self, x):
+        return self.fc(self.lstm(x.reshape(-1, 8, 8))[0][:, -1])
+
+
+def recurrent_net() -> nn.Module:
+    torch.manual_seed(0)
+    return RecurrentNet()
+
+
+@pytest.mark.parametrize("personal", ["server", "client"])
+def test_at_layer_unit_tensor_exactly_the_selected_tensors_are_averaged(personal):
+    client = ProtocolClient(recurrent_net, *digits())
+    strategy = LayerSelective(flower(), "lstm.weight_ih_l0,fc", layer_unit="tensor", personal=personal)
+    grid = InProcessGrid(client.app, NODES)
+    strategy.start(grid=grid, initial_arrays=ArrayRecord(recurrent_net().state_dict()), num_rounds=2)
+    assert not grid.exceptions
+    averaged = ["lstm.weight_ih_l0", "lstm.bias_ih_l0", "fc.weight", "fc.bias"]
+    assert strategy.average_keys == averaged and strategy.personal_keys == ["lstm.weight_hh_l0", "lstm.bias_hh_l0"]
+    assert_shared_and_personal(client, averaged, strategy.personal_keys)
+    assert not np.array_equal(client.loaded[(0, 2)]["lstm.weight_hh_l0"], client.loaded[(1, 2)]["lstm.weight_hh_l0"])
+    assert client.configs[(0, 1)]["average-keys"] == ",".join(averaged)
+
+
+def test_the_layer_unit_is_checked_with_the_selector():
+    with pytest.raises(FedlayerError, match="unknown layer unit 'tensors'; valid choices: module, tensor"):
+        LayerSelective(FedAvg(), "all", layer_unit="tensors")
+    with pytest.raises(FedlayerError, match="it names the module lstm, which is no layer at layer_unit = 'tensor'"):
+        LayerSelective(FedAvg(), "re:^lstm$", layer_unit="tensor", layers=RecurrentNet())
+    with pytest.raises(FedlayerError, match="set layer_unit = 'tensor'"):
+        LayerSelective(FedAvg(), "lstm.weight_ih_l0", layers=RecurrentNet())
+    with pytest.raises(FedlayerError, match="layers given are of layer unit module, not 'tensor'"):
+        LayerSelective(FedAvg(), "all", layer_unit="tensor", layers=model_layers(RecurrentNet()))
+    whole = LayerSelective(FedAvg(), "lstm", layer_unit="tensor", layers=RecurrentNet())  # a module: all its units
+    assert [layer.name for layer in whole.selected] == ["lstm.weight_ih_l0", "lstm.weight_hh_l0"]

@@ -6,6 +6,8 @@ Columns of the curves table (one row per group, base, direction and alpha):
   layers     the group's layer names joined with "|";  n_layers: how many
   base       "a" or "b": the model that keeps every layer outside the group
   bn         the BatchNorm policy, "interpolate" or "recompute"
+  layer_unit what one layer is, "module" or "tensor" (`fedlayer.layers.LAYER_UNITS`): the unit of
+             the group and layer names
   direction  the random-direction draw (0..N-1) on random-direction rows, -1 on all others
   alpha      position on the line from A (0) to B (1) on BOTH bases: the group's tensors are
              (1 - alpha) A + alpha B, so base a passes through model A at alpha 0 and base b through
@@ -55,7 +57,7 @@ log = logging.getLogger(__name__)
 BN_POLICIES = ("interpolate", "recompute")
 """How BatchNorm running statistics are treated along a path (see `interpolation_curves`)."""
 CURVE_COLUMNS = [
-    "group", "kind", "layers", "n_layers", "base", "bn", "direction", "alpha",
+    "group", "kind", "layers", "n_layers", "base", "bn", "layer_unit", "direction", "alpha",
     "loss", "error", "loss_a", "loss_b", "error_a", "error_b",
 ]  # fmt: skip
 RANDOM_KIND = "random-direction"
@@ -69,6 +71,7 @@ def interpolation_curves(
     data: EvalInput,
     *,
     groups: str | Sequence[str] = "layers",
+    layer_unit: str = "module",
     alphas: int | Sequence[float] = 11,
     bases: str | Sequence[str] = BASES,
     bn: str = "interpolate",
@@ -98,6 +101,9 @@ def interpolation_curves(
         (inputs, labels, ...) batches; read once.
     groups : str or Sequence[str], default "layers"
         Group specs (see `resolve_groups`): "layers", "full", an ordering, "window:W" or a layer selector.
+    layer_unit : str, default "module"
+        What one layer is in those groups (`fedlayer.layers.LAYER_UNITS`): a module with all its
+        tensors, or one weight tensor with its bias (the paper's ViT layers).
     alphas : int or Sequence[float], default 11
         A count of evenly spaced points or the values in [0, 1]; 0, 0.5 and 1 are always added.
     bases : str or Sequence[str], default ("a", "b")
@@ -128,19 +134,21 @@ def interpolation_curves(
     Raises
     ------
     ConfigError
-        If a group spec, alpha grid, base, BN policy, count or batch size is bad, or bn="recompute"
-        lacks `bn_data` for a model with BatchNorm statistics.
+        If a group spec, layer unit, alpha grid, base, BN policy, count or batch size is bad, or
+        bn="recompute" lacks `bn_data` for a model with BatchNorm statistics.
     CheckpointError
         If `state_a` or `state_b` does not fit `model`.
     DataError
         If `data` is not one integer label per input.
     ModelError
-        If the model does not return (batch, classes) logits.
+        If the model does not return one row of logits per label: (batch, classes), or (batch, T, vocabulary)
+        for a language task's (batch, T) labels.
     """
     engine = CurveEngine(model, data, bn=bn, bn_data=bn_data, device=device, batch_size=batch_size)
     return engine.curves(
-        state_a, state_b, groups=groups, alphas=alphas, bases=bases, random_directions=random_directions, seed=seed
-    )
+        state_a, state_b, groups=groups, layer_unit=layer_unit, alphas=alphas, bases=bases,
+        random_directions=random_directions, seed=seed,
+    )  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -189,7 +197,8 @@ class CurveEngine:
     DataError
         If `data` or `bn_data` is not one integer label per input.
     ModelError
-        If the model does not return (batch, classes) logits.
+        If the model does not return one row of logits per label: (batch, classes), or (batch, T, vocabulary)
+        for a language task's (batch, T) labels.
     """
 
     def __init__(
@@ -208,7 +217,7 @@ class CurveEngine:
             raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
         self.bn: str = bn
         self.work: WorkingModel = WorkingModel(model, _device(model, device))
-        self.layers: list[Layer] = model_layers(self.work.model)
+        self._layers: dict[str, list[Layer]] = {}  # by layer unit, built when first asked for
         data = as_eval_data(data).to(self.work.device)  # moved once, not per point
         self.evaluator: GraphEvaluator | PlainEvaluator
         self.fallback: str = ""  # why the plain path is used; empty on the fast path
@@ -232,6 +241,7 @@ class CurveEngine:
         state_b: Mapping[str, torch.Tensor],
         *,
         groups: str | Sequence[str] = "layers",
+        layer_unit: str = "module",
         alphas: int | Sequence[float] = 11,
         bases: str | Sequence[str] = BASES,
         random_directions: int = 0,
@@ -243,7 +253,7 @@ class CurveEngine:
         ----------
         state_a, state_b : Mapping[str, torch.Tensor]
             The two models' state dicts.
-        groups, alphas, bases, random_directions, seed
+        groups, layer_unit, alphas, bases, random_directions, seed
             As for `interpolation_curves`.
 
         Returns
@@ -255,7 +265,7 @@ class CurveEngine:
         Raises
         ------
         ConfigError
-            If a group spec, alpha grid, base or count is bad.
+            If a group spec, layer unit, alpha grid, base or count is bad.
         CheckpointError
             If `state_a` or `state_b` does not fit the model.
         """
@@ -263,12 +273,13 @@ class CurveEngine:
         grid = alpha_grid(alphas)
         check_non_negative("random_directions", random_directions)
         check_non_negative("seed", seed)
-        resolved = resolve_groups(self.layers, groups, seed=seed)
+        layers = self.layers(layer_unit)
+        resolved = resolve_groups(layers, groups, seed=seed)
         states = {
             base: self.work.prepare(fit_state(self.work.model, state, what=f"state_{base}"))
             for base, state in (("a", state_a), ("b", state_b))
         }
-        directions = self._directions(states, resolved, random_directions, seed)
+        directions = self._directions(states, layers, resolved, random_directions, seed)
 
         endpoints: dict[str, Metrics] = {}
         evaluated: dict[str, list[tuple[_Curve, dict[float, Metrics]]]] = {}
@@ -290,7 +301,7 @@ class CurveEngine:
             for curve, values in evaluated[base]:
                 known = full if curve.kind == "full" else {**values, BASE_ALPHA[base]: endpoints[base]}
                 rows.extend(
-                    (curve.group, curve.kind, curve.layers, curve.n_layers, base, self.bn, curve.direction,
+                    (curve.group, curve.kind, curve.layers, curve.n_layers, base, self.bn, layer_unit, curve.direction,
                      alpha, known[alpha].loss, known[alpha].error, endpoints["a"].loss, endpoints["b"].loss,
                      endpoints["a"].error, endpoints["b"].error)
                     for alpha in grid
@@ -329,13 +340,19 @@ class CurveEngine:
                 targets.append((key, tensor))
         return targets
 
-    def _directions(self, states, groups: list[Group], count: int, seed: int):
-        """(layer, draw, direction) for every layer in the groups that has parameters."""
+    def layers(self, unit: str = "module") -> list[Layer]:
+        """The model's layers at a layer unit (`fedlayer.layers.model_layers`), built once per unit."""
+        if unit not in self._layers:
+            self._layers[unit] = model_layers(self.work.model, unit)
+        return self._layers[unit]
+
+    def _directions(self, states, layers: list[Layer], groups: list[Group], count: int, seed: int):
+        """(layer, draw, direction) for every layer of `layers` in the groups that has parameters."""
         if count == 0:
             return []
         wanted = {layer.name for group in groups for layer in group.layers}
         directions = []
-        for layer in self.layers:
+        for layer in layers:
             keys = [k for k, _ in self._targets(k for k in layer.keys if k in self.work.parameter_names)]
             if layer.name in wanted and keys:
                 for draw in range(count):

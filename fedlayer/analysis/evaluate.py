@@ -20,11 +20,14 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from fedlayer.analysis.pooling import use_strided_max_pools
-from fedlayer.errors import DataError, ModelError
+from fedlayer.errors import DataError
+from fedlayer.task_kinds import flat_predictions
 from fedlayer.training import Metrics
 
 EvalInput = Sequence[torch.Tensor] | DataLoader
-"""Evaluation data: an (inputs, labels) pair of tensors, or a DataLoader yielding (inputs, labels, ...) batches."""
+"""Evaluation data: an (inputs, labels) pair of tensors, or a DataLoader yielding (inputs, labels, ...) batches.
+
+Labels are (N,) classes, or (N, T) next tokens for a language task (`fedlayer.task_kinds`)."""
 
 
 @contextlib.contextmanager
@@ -59,13 +62,13 @@ class EvalData:
 
 
 def as_eval_data(data: EvalInput) -> EvalData:
-    """The evaluation set held by `data`, checked: one integer label per input.
+    """The evaluation set held by `data`, checked: one integer label per input (or per position).
 
     Raises
     ------
     DataError
         If `data` is neither a DataLoader nor a pair of tensors, yields nothing, or its labels do
-        not match its inputs one to one or are not integers.
+        not match its inputs one to one ((N,) or (N, T)) or are not integers.
     """
     if isinstance(data, DataLoader):
         batches = [tuple(batch)[:2] for batch in data]
@@ -78,10 +81,10 @@ def as_eval_data(data: EvalInput) -> EvalData:
         raise DataError(
             f"evaluation data must be a DataLoader or an (inputs, labels) pair of tensors, got {type(data).__name__}"
         )
-    if labels.dim() != 1 or len(labels) != len(inputs) or len(labels) == 0:
+    if labels.dim() not in (1, 2) or len(labels) != len(inputs) or len(labels) == 0:
         raise DataError(
-            f"evaluation data needs one integer label per input: {len(inputs)} inputs, labels of shape "
-            f"{tuple(labels.shape)}"
+            f"evaluation data needs one integer label per input (N,), or one per position (N, T) for a language "
+            f"task: {len(inputs)} inputs, labels of shape {tuple(labels.shape)}"
         )
     if labels.is_floating_point():
         raise DataError(f"labels must be class indices (integers), got dtype {labels.dtype}")
@@ -102,18 +105,18 @@ def as_inputs(data: torch.Tensor | EvalInput) -> torch.Tensor:
 
 
 class Accumulator:
-    """Sums per-sample losses and correct predictions (in float64), never a mean of batch means."""
+    """Sums per-prediction losses and correct predictions (in float64), never a mean of batch means."""
 
     def __init__(self) -> None:
         self.loss_sum = torch.zeros((), dtype=torch.float64)
         self.correct = torch.zeros((), dtype=torch.int64)
         self.count = 0
+        self.samples = 0
 
-    def add(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
-        """Count one batch; a ModelError if the model did not return (batch, classes) logits."""
-        if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
-            shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
-            raise ModelError(f"the model must return a (batch, classes) tensor of logits, got {shape}")
+    def add(self, output: torch.Tensor, labels: torch.Tensor) -> None:
+        """Count one batch's predictions; a ModelError if the output has no row of logits per label."""
+        self.samples += len(labels)
+        logits, labels = flat_predictions(output, labels)
         if logits.dtype not in (torch.float32, torch.float64):
             logits = logits.float()
         losses = F.cross_entropy(logits, labels, reduction="none").double().sum()
@@ -124,7 +127,7 @@ class Accumulator:
 
     def result(self) -> Metrics:
         loss = float(self.loss_sum) / self.count
-        return Metrics(loss=loss, correct=int(self.correct), seen=self.count, num_examples=self.count)
+        return Metrics(loss=loss, correct=int(self.correct), seen=self.count, num_examples=self.samples)
 
 
 @dataclass(frozen=True, eq=False)

@@ -7,6 +7,10 @@ Linear/Conv module, that module is not re-run at all: for a fixed input its outp
 its own weights, so the output at alpha is lerp(out_base, out_end, alpha) from two cached outputs.
 Batching several alphas through the downstream part was measured on the CPU and did not pay
 (a conv's cost per sample is flat in the batch size there), so alphas run one after another.
+A tensor read in two places (a language model's token embedding tied to its output projection)
+changes both nodes, so the re-run starts at the first of them and the second sees the moved tensor
+too. Attention, LayerNorm, GELU, position embeddings and LSTMs are re-run like any other node;
+evaluation is in eval mode, so dropout is off everywhere, endpoints included.
 """
 
 from __future__ import annotations

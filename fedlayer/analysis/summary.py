@@ -19,6 +19,8 @@ from scipy import stats
 
 from fedlayer.errors import ConfigError
 from fedlayer.protocol import AGGREGATE_LABEL, client_order
+from fedlayer.results import PERPLEXITY, TASK, TaskTerms, table_task, task_terms
+from fedlayer.task_kinds import CLASSIFICATION, LANGUAGE, PREDICTION_UNITS, TASKS
 
 FULL_ROW = "full model"
 
@@ -248,14 +250,20 @@ def client_rows(metrics: pd.DataFrame, train_counts: pd.DataFrame | None) -> pd.
     Returns
     -------
     DataFrame
-        round, client, train_examples, classes, majority_class, majority_share, accuracy, loss and
-        test_examples, sorted by round and client.
+        round, client, task, train_examples, classes, majority_class, majority_share, accuracy, loss,
+        perplexity (NaN for classification) and test_examples, sorted by round and client.
     """
     local = metrics[(metrics["split"] == "local-test") & metrics["accuracy"].notna()]
     rows = local[["round", "client", "accuracy", "loss", "num_examples"]].rename(
         columns={"num_examples": "test_examples"}
     )
-    rows = rows.assign(client=rows["client"].astype(str))
+    rows = rows.assign(
+        client=rows["client"].astype(str),
+        **{
+            TASK: table_task(metrics),
+            PERPLEXITY: local[PERPLEXITY].astype(float) if PERPLEXITY in local else math.nan,
+        },
+    )
     if train_counts is not None:
         rows = rows.merge(client_profiles(train_counts), on="client", how="left")
     else:
@@ -263,8 +271,8 @@ def client_rows(metrics: pd.DataFrame, train_counts: pd.DataFrame | None) -> pd.
     rows = rows.sort_values(
         ["round", "client"], key=lambda c: c.map(lambda v: tuple(client_order(v))) if c.name == "client" else c
     )
-    columns = ["round", "client", "train_examples", "classes", "majority_class", "majority_share"]
-    return rows[[*columns, "accuracy", "loss", "test_examples"]].reset_index(drop=True)
+    columns = ["round", "client", TASK, "train_examples", "classes", "majority_class", "majority_share"]
+    return rows[[*columns, "accuracy", "loss", PERPLEXITY, "test_examples"]].reset_index(drop=True)
 
 
 def final_client_rows(clients: pd.DataFrame) -> pd.DataFrame:
@@ -281,10 +289,12 @@ LAST, AT_TARGET, PER_ROUND = "last", "at target", "per round"
 class Metric:
     """A summary column: where it comes from, how it is shown, and which direction is best.
 
-    `unit` is what a difference of two values is in (percentage points for accuracies). `at` is the value
-    of a run it takes from `column`: LAST, its last measured value; AT_TARGET, its value in the first round
-    whose mean personalised accuracy reaches the target accuracy (NaN when none does); PER_ROUND, its last
-    measured value divided by that round. "{target}" in `label` stands for the target.
+    `unit` is what a difference of two values is in (percentage points for accuracies; "" for a plain
+    number). `at` is the value of a run it takes from `column`: LAST, its last measured value; AT_TARGET,
+    its value in the first round whose mean personalised accuracy reaches the target accuracy (NaN when none
+    does); PER_ROUND, its last measured value divided by that round. "{target}" in `label` stands for the
+    target, "{accuracy}" for what the task calls its accuracy (`fedlayer.results.TaskTerms`). `tasks` are
+    the task kinds it is reported for.
     """
 
     name: str
@@ -295,6 +305,11 @@ class Metric:
     digits: int
     unit: str
     at: str = LAST
+    tasks: tuple[str, ...] = TASKS
+
+    def title(self, terms: TaskTerms, target: str = "target") -> str:
+        """The label, for the task named by `terms` and the target shown as `target`."""
+        return self.label.format(target=target, accuracy=terms.accuracy)
 
 
 CUMULATIVE_BYTES = "cumulative_bytes"  # comparison.parquet: bytes_down + bytes_up of every round so far
@@ -303,17 +318,36 @@ TARGET_COLUMN = "personal_accuracy_mean"  # the accuracy the target is set on
 ROUNDS_TO_TARGET = "rounds_to_target"
 NOT_REACHED = "not reached"
 TARGET_SHARE = 0.9  # compare.target_accuracy = 0: this share of the best strategy's final accuracy
+LANGUAGE_ONLY = (LANGUAGE,)  # `Metric.tasks` of perplexity
 SUMMARY_METRICS = (
-    Metric("global_accuracy", "global_accuracy", "global accuracy (%)", True, 100.0, 1, "pp"),
-    Metric("personal_accuracy", "personal_accuracy_mean", "personalised accuracy (%)", True, 100.0, 1, "pp"),
+    Metric("global_accuracy", "global_accuracy", "global {accuracy} (%)", True, 100.0, 1, "pp"),
+    Metric("personal_accuracy", "personal_accuracy_mean", "personalised {accuracy} (%)", True, 100.0, 1, "pp"),
     Metric("client_std", "personal_accuracy_std", "std over clients (pp)", False, 100.0, 1, "pp"),
     Metric("worst_clients", "personal_accuracy_worst10", "worst 10 % of clients (%)", True, 100.0, 1, "pp"),
+    Metric("global_perplexity", "global_perplexity", "global perplexity", False, 1.0, 2, "", tasks=LANGUAGE_ONLY),
+    Metric(
+        "personal_perplexity",
+        "personal_perplexity_mean",
+        "personalised perplexity",
+        False,
+        1.0,
+        2,
+        "",
+        LAST,
+        LANGUAGE_ONLY,
+    ),
     Metric(ROUNDS_TO_TARGET, "round", "rounds to {target}", False, 1.0, 1, "rounds", AT_TARGET),
     Metric("mb_to_target", CUMULATIVE_BYTES, "MB to {target}", False, MB, 3, "MB", AT_TARGET),
     Metric("mb_per_round", CUMULATIVE_BYTES, "MB per round", False, MB, 3, "MB", PER_ROUND),
     Metric("full_barrier", "full_barrier_mean", "full-model barrier", False, 1.0, 3, "nats"),
     Metric("layer_barrier", "layer_barrier_mean", "mean layer barrier", False, 1.0, 3, "nats"),
 )
+
+
+def summary_metrics(task: str) -> tuple[Metric, ...]:
+    """The SUMMARY_METRICS reported for a comparison of `task` (`fedlayer.task_kinds.TASKS`): perplexity for
+    language models only."""
+    return tuple(metric for metric in SUMMARY_METRICS if task in metric.tasks)
 
 
 def strategies(comparison: pd.DataFrame) -> list[str]:
@@ -353,7 +387,8 @@ def _run_value(run: pd.DataFrame, metric: Metric, target: float) -> float:
 
 
 def run_values(comparison: pd.DataFrame, target: float = math.nan) -> pd.DataFrame:
-    """One row per (strategy, seed): its final round and each SUMMARY_METRICS value (`Metric.at`).
+    """One row per (strategy, seed): its final round and each value of `summary_metrics` of the comparison's
+    task (`Metric.at`).
 
     A run's value is mostly its last measured one (the final round, or for barriers analysed every N rounds
     the last analysed round); its rounds and MB to target are the round, and the cumulative MB, of the first
@@ -361,11 +396,17 @@ def run_values(comparison: pd.DataFrame, target: float = math.nan) -> pd.DataFra
     its cumulative MB over its rounds.
     """
     finals = []
+    reported = summary_metrics(table_task(comparison))
     for (strategy, seed), run in comparison.sort_values("round", kind="stable").groupby(["strategy", "seed"]):
         record = {"strategy": strategy, "seed": int(seed), "round": int(run["round"].max())}
-        record |= {metric.name: _run_value(run, metric, target) for metric in SUMMARY_METRICS}
+        record |= {metric.name: _run_value(run, metric, target) for metric in reported}
         finals.append(record)
     return pd.DataFrame(finals)
+
+
+def _reported(finals: pd.DataFrame) -> list[Metric]:
+    """The SUMMARY_METRICS `run_values` gave values of."""
+    return [metric for metric in SUMMARY_METRICS if metric.name in finals.columns]
 
 
 def resolve_target(comparison: pd.DataFrame, target_accuracy: float = 0.0) -> float:
@@ -379,9 +420,9 @@ def resolve_target(comparison: pd.DataFrame, target_accuracy: float = 0.0) -> fl
 
 
 def summary_table(comparison: pd.DataFrame, target_accuracy: float = 0.0) -> pd.DataFrame:
-    """Per strategy (in run order): seeds, final round, and for each SUMMARY_METRICS value over seeds its
-    mean, std (ddof 1), 95 % confidence half-width `_ci` (NaN with one seed) and count `_n` of seeds
-    with a value (for rounds to target: the seeds that reached it).
+    """Per strategy (in run order): seeds, final round, and for each value of `summary_metrics` (of the
+    comparison's task) over seeds its mean, std (ddof 1), 95 % confidence half-width `_ci` (NaN with one
+    seed) and count `_n` of seeds with a value (for rounds to target: the seeds that reached it).
 
     Parameters
     ----------
@@ -398,7 +439,7 @@ def _summary(finals: pd.DataFrame, names: list[str]) -> pd.DataFrame:
     for name in names:
         runs = finals[finals["strategy"] == name]
         record: dict[str, object] = {"strategy": name, "seeds": runs["seed"].nunique(), "round": runs["round"].max()}
-        for metric in SUMMARY_METRICS:
+        for metric in _reported(finals):
             values = runs[metric.name]
             record[f"{metric.name}_mean"], record[f"{metric.name}_ci"] = mean_ci(values)
             record[f"{metric.name}_std"] = float(values.std()) if values.notna().sum() > 1 else math.nan
@@ -408,7 +449,7 @@ def _summary(finals: pd.DataFrame, names: list[str]) -> pd.DataFrame:
 
 
 def paired_differences(comparison: pd.DataFrame, reference: str, target_accuracy: float = 0.0) -> pd.DataFrame:
-    """Each other strategy against `reference`, seed by seed, for every SUMMARY_METRICS value.
+    """Each other strategy against `reference`, seed by seed, for every value of `summary_metrics`.
 
     Parameters
     ----------
@@ -438,7 +479,7 @@ def _differences(finals: pd.DataFrame, names: list[str], reference: str) -> pd.D
             continue
         runs = finals[finals["strategy"] == name].set_index("seed")
         seeds = runs.index.intersection(base.index)
-        for metric in SUMMARY_METRICS:
+        for metric in _reported(finals):
             test = paired_t_test(runs.loc[seeds, metric.name], base.loc[seeds, metric.name])
             if test.n:
                 rows.append(
@@ -465,6 +506,9 @@ class ComparisonSummary:
         The resolved target accuracy for rounds to target (NaN when there is none).
     target_accuracy : float
         compare.target_accuracy as given (0 = TARGET_SHARE of the best strategy's final accuracy).
+    task : str
+        The task the comparison measures (`fedlayer.task_kinds.TASKS`): which values are reported
+        (`summary_metrics`) and how they are named (`terms`).
     """
 
     table: pd.DataFrame
@@ -472,6 +516,16 @@ class ComparisonSummary:
     reference: str
     target: float
     target_accuracy: float
+    task: str = CLASSIFICATION
+
+    @property
+    def terms(self) -> TaskTerms:
+        return task_terms(self.task)
+
+    @property
+    def metrics(self) -> tuple[Metric, ...]:
+        """The values reported, in column order."""
+        return summary_metrics(self.task)
 
     @property
     def seeds(self) -> int:
@@ -496,7 +550,12 @@ def summarise(comparison: pd.DataFrame, reference: str, target_accuracy: float =
     target = resolve_target(comparison, target_accuracy)
     finals = run_values(comparison, target)
     return ComparisonSummary(
-        _summary(finals, names), _differences(finals, names, reference), reference, target, target_accuracy
+        _summary(finals, names),
+        _differences(finals, names, reference),
+        reference,
+        target,
+        target_accuracy,
+        table_task(comparison),
     )
 
 
@@ -532,14 +591,14 @@ def summary_cells(summary: ComparisonSummary) -> tuple[list[str], list[list[str]
     """
     table = summary.table
     target = f"{summary.target * 100:.1f}%" if np.isfinite(summary.target) else "target"  # one word: no wrap
-    labels = [m.label.format(target=target) for m in SUMMARY_METRICS]
+    labels = [m.title(summary.terms, target) for m in summary.metrics]
     fixed = ["strategy", *(column for column in ("seeds", "round") if _uniform(table, column) is None)]
     headers = [*fixed, *labels]
     marked = summary.differences[summary.differences["significant"]]
     significant = set(zip(marked["strategy"], marked["metric"], strict=True))
     rows = [[str(record[column]) for column in fixed] for record in table.to_dict("records")]
     best = set()
-    for j, metric in enumerate(SUMMARY_METRICS, start=len(fixed)):
+    for j, metric in enumerate(summary.metrics, start=len(fixed)):
         means = table[f"{metric.name}_mean"]
         for row, record in zip(rows, table.to_dict("records"), strict=True):
             cell = _value_cell(metric, record)
@@ -571,13 +630,12 @@ def difference_cells(summary: ComparisonSummary) -> tuple[list[str], list[list[s
     rows = []
     for row in summary.differences.itertuples(index=False):
         metric = metrics[row.metric]
-        label = metric.label.format(target="target")
         low, high = row.difference - row.ci, row.difference + row.ci
         rows.append(
             [
                 str(row.strategy),
-                label,
-                f"{_signed(row.difference, metric)} {metric.unit}",
+                metric.title(summary.terms),
+                f"{_signed(row.difference, metric)} {metric.unit}".rstrip(),
                 f"[{_signed(low, metric)}, {_signed(high, metric)}]" if np.isfinite(row.ci) else "–",
                 f"{row.t:.2f}" if not math.isnan(row.t) else "–",  # ±inf: the same difference every seed
                 _p_value(row.p) + (f" {SIGNIFICANT_MARK}" if row.significant else ""),
@@ -611,20 +669,27 @@ def summary_notes(summary: ComparisonSummary) -> list[str]:
             f"degrees of freedom). {SIGNIFICANT_MARK}: the paired difference to {summary.reference} over seeds "
             f"is significant at 5 % (paired t-test; the differences are listed below)."
         )
+    accuracy = summary.terms.accuracy
     notes.append(
-        "Personalised accuracy: each client's model on its own local test split, mean over clients; std over "
-        "clients and worst 10 % of clients (the mean accuracy of the lowest-scoring tenth, at least one "
+        f"Personalised {accuracy}: each client's model on its own local test split, mean over clients; std over "
+        f"clients and worst 10 % of clients (the mean {accuracy} of the lowest-scoring tenth, at least one "
         "client) say how evenly it is shared."
     )
+    if summary.terms.perplexity:
+        notes.append(
+            f"Language model: {accuracy} is the share of the test windows' positions whose next token the model "
+            "ranks first; perplexity is exp of the mean cross-entropy per token (personalised: the mean of the "
+            "clients' perplexities)."
+        )
     if np.isfinite(summary.target):
         why = (
             "compare.target_accuracy"
             if summary.target_accuracy > 0
-            else f"{TARGET_SHARE * 100:.0f} % of the best strategy's final mean personalised accuracy"
+            else f"{TARGET_SHARE * 100:.0f} % of the best strategy's final mean personalised {accuracy}"
         )
         notes.append(
             f"Rounds and MB to {summary.target * 100:.1f} % ({why}): the first round whose mean personalised "
-            f"accuracy reaches it, and the communication until then; {NOT_REACHED}: no seed's run reached it."
+            f"{accuracy} reaches it, and the communication until then; {NOT_REACHED}: no seed's run reached it."
         )
     notes.append(
         "MB: model-array megabytes (10^6 bytes) of the averaged layers sent to and received from the sampled "
@@ -632,7 +697,8 @@ def summary_notes(summary: ComparisonSummary) -> list[str]:
         "over its rounds. Personal layers that travel only because the server keeps them (personal = "
         '"server") are not counted (they are bytes_personal_down and bytes_personal_up).'
     )
-    notes.append("Barriers: midpoint loss barriers between client models (nats), in a run's last analysed round.")
+    per = f" per {PREDICTION_UNITS[summary.task]}" if summary.terms.perplexity else ""
+    notes.append(f"Barriers: midpoint loss barriers between client models (nats{per}), in a run's last analysed round.")
     return notes
 
 

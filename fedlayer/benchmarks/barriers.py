@@ -2,7 +2,8 @@
 
 Both sides sweep every single layer plus the full model, on both bases, over the same alpha grid,
 for two differently seeded models on random RGB images (32x32 like CIFAR, or --input-size) with
-random labels. The naive
+random labels; a language model (lstm, gpt) reads random windows of --input-size token ids over
+Shakespeare's 80-character vocabulary, with a random next token at every position. The naive
 side does what the paper's code does for every point: build a model, copy a state dict, overwrite
 the group's keys, load_state_dict, full forward pass; and it re-evaluates the two endpoints for
 every group.
@@ -23,7 +24,7 @@ TOLERANCE = 1e-5
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--samples", type=int, default=64, help="evaluation images (default: 64)")
+    parser.add_argument("--samples", type=int, default=64, help="evaluation images or windows (default: 64)")
     parser.add_argument("--alphas", type=int, default=5, help="alpha grid size (default: 5)")
     parser.add_argument(
         "--model",
@@ -41,7 +42,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--input-size",
         type=int,
         default=INPUT_SIZE,
-        help=f"height and width of the random images (default: {INPUT_SIZE}; a model that needs more says how much)",
+        help=f"height and width of the random images, or a language model's window length in tokens (default: "
+        f"{INPUT_SIZE}; a model that needs more says how much)",
     )
     parser.add_argument("--batch-size", type=int, default=256, help="evaluation batch size (default: 256)")
     parser.add_argument(
@@ -49,6 +51,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--device", default="cpu", help="torch device, both sides (default: cpu)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the inputs and labels (default: 0)")
+    from fedlayer.config import declared
+
+    unit, unit_help = declared("analysis.layer_unit")
+    parser.add_argument("--layer-unit", default=unit, help=f"{unit_help}, both sides (default: %(default)s)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -58,17 +64,31 @@ def run(args: argparse.Namespace) -> int:
     from fedlayer.analysis.evaluate import full_precision
     from fedlayer.analysis.groups import resolve_groups
     from fedlayer.config import parse_options
+    from fedlayer.data.shakespeare import VOCABULARY
     from fedlayer.errors import FedlayerError
     from fedlayer.layers import model_layers
-    from fedlayer.models import MODELS, build_model
+    from fedlayer.models import MODEL_TASKS, MODELS, build_model
+    from fedlayer.task_kinds import CLASSIFICATION, LANGUAGE
 
     if args.samples < 1 or args.alphas < 2 or args.threads < 1 or args.input_size < 1:
         raise FedlayerError("bench barriers needs --samples >= 1, --alphas >= 2, --threads >= 1 and --input-size >= 1")
     torch.set_num_threads(args.threads)
-    shape, options = (CHANNELS, args.input_size, args.input_size), parse_options(args.option)
+    options, task = parse_options(args.option), MODEL_TASKS.get(args.model, CLASSIFICATION)
+    generator = torch.Generator().manual_seed(args.seed)
+    shape: tuple[int, ...]
+    if task == LANGUAGE:
+        shape, classes = (args.input_size,), len(VOCABULARY)
+        inputs = torch.randint(0, classes, (args.samples, *shape), generator=generator)
+        labels = torch.randint(0, classes, (args.samples, *shape), generator=generator)
+        described = f"windows of {args.input_size} tokens"
+    else:
+        shape, classes = (CHANNELS, args.input_size, args.input_size), NUM_CLASSES
+        inputs = torch.randn((args.samples, *shape), generator=generator)
+        labels = torch.randint(0, classes, (args.samples,), generator=generator)
+        described = f"{'x'.join(map(str, shape))} images"
 
     def new_model():
-        return build_model(args.model, shape, NUM_CLASSES, options=options)
+        return build_model(args.model, shape, classes, task=task, options=options)
 
     states = []
     for seed in (1, 2):
@@ -76,22 +96,20 @@ def run(args: argparse.Namespace) -> int:
         states.append(new_model().state_dict())
     state_a, state_b = states
     model = new_model()
-    generator = torch.Generator().manual_seed(args.seed)
-    inputs = torch.randn((args.samples, *shape), generator=generator)
-    labels = torch.randint(0, NUM_CLASSES, (args.samples,), generator=generator)
     groups = ["layers", "full"]
+    layers = model_layers(model, args.layer_unit)
     alphas = alpha_grid(args.alphas)
     print(
-        f"barrier sweep: {args.model}{' (norm=none)' if args.model in MODELS else ''}, {len(model_layers(model))} "
-        "layers + full, both bases, "
-        f"{len(alphas)} alphas, {args.samples} {'x'.join(map(str, shape))} images, {args.threads} thread(s), "
+        f"barrier sweep: {args.model}{' (norm=none)' if args.model in MODELS else ''}, {len(layers)} "
+        f"layers + full (layer unit {args.layer_unit}), both bases, "
+        f"{len(alphas)} alphas, {args.samples} {described}, {args.threads} thread(s), "
         f"{args.device}"
     )
 
     def engine():
         return interpolation_curves(
-            model, state_a, state_b, (inputs, labels), groups=groups, alphas=alphas, device=args.device,
-            batch_size=args.batch_size,
+            model, state_a, state_b, (inputs, labels), groups=groups, layer_unit=args.layer_unit, alphas=alphas,
+            device=args.device, batch_size=args.batch_size,
         )  # fmt: skip
 
     # The engine runs before and after the naive method and the two times are averaged, so that a
@@ -103,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
     def make_model():
         return new_model().to(device)
 
-    pairs = [(group.name, group.keys) for group in resolve_groups(model_layers(model), groups)]
+    pairs = [(group.name, group.keys) for group in resolve_groups(layers, groups)]
     with _Timer("naive per point") as naive_time, full_precision():  # the engine's arithmetic (no TF32)
         naive = naive_curves(make_model, state_a, state_b, inputs, labels, pairs, alphas, args.batch_size, device)
     with _Timer("fedlayer engine") as fast_after:
@@ -169,13 +187,17 @@ def naive_curves(make_model, state_a, state_b, inputs, labels, groups, alphas, b
 
 
 def naive_metrics(model, inputs, labels, batch_size, device) -> tuple[float, float]:
-    """Sample-weighted cross-entropy and error (%) with a full forward pass."""
+    """Prediction-weighted cross-entropy and error (%) with a full forward pass (a prediction: a sample, or a
+    position of a language model's window)."""
     import torch.nn.functional as F
 
-    loss_sum, correct = 0.0, 0
+    from fedlayer.task_kinds import flat_predictions
+
+    loss_sum, correct, count = 0.0, 0, 0
     for start in range(0, len(labels), batch_size):
         x, y = inputs[start : start + batch_size].to(device), labels[start : start + batch_size].to(device)
-        logits = model(x)
+        logits, y = flat_predictions(model(x), y)
         loss_sum += float(F.cross_entropy(logits, y, reduction="none").double().sum())
         correct += int((logits.argmax(dim=1) == y).sum())
-    return loss_sum / len(labels), 100.0 - 100.0 * correct / len(labels)
+        count += len(y)
+    return loss_sum / count, 100.0 - 100.0 * correct / count

@@ -6,7 +6,8 @@ import argparse
 
 DESCRIPTION = """\
 Interpolate between two checkpoints of one model, group by group on both bases, and measure the
-loss and error barriers (the README's "Concepts and definitions") on a seeded sample of test images. Writes
+loss and error barriers (the README's "Concepts and definitions") on a seeded sample of test samples
+(images, or windows of text for a language model, whose losses and errors are per token). Writes
 curves.parquet, barriers.parquet, barriers.png (per-layer midpoint loss barriers), curves.png (the loss
 along α on each base, one panel per family of groups: single layers, cumulative groups, windows and
 selected groups, each against the full model and its chord) and, with --random-directions,
@@ -27,11 +28,13 @@ def add_parser(sub) -> None:
     p.add_argument("--model", required=True, help="model name, e.g. cnn or resnet18")
     norm, norm_help = declared("model.norm")
     p.add_argument("--norm", default=norm, help=f"{norm_help} (default: %(default)s)")
-    p.add_argument("--dataset", required=True, help="dataset whose test images are evaluated, e.g. digits")
+    p.add_argument("--dataset", required=True, help="dataset whose test samples are evaluated, e.g. digits")
     p.add_argument("--data-dir", metavar="DIR", help="where the dataset's files are (default: standard places)")
     # the analysis options mirror the config's [analysis] keys: one declaration, one default
     groups, groups_help = declared("analysis.groups")
     p.add_argument("--groups", default=",".join(groups), help=f"{groups_help}; comma-separated (default: %(default)s)")
+    unit, unit_help = declared("analysis.layer_unit")
+    p.add_argument("--layer-unit", default=unit, help=f"{unit_help} (default: %(default)s)")
     alphas, alphas_help = declared("analysis.alphas")
     p.add_argument(
         "--alphas",
@@ -44,7 +47,7 @@ def add_parser(sub) -> None:
     samples, samples_help = declared("analysis.samples")
     p.add_argument("--samples", type=int, default=samples, help=f"{samples_help}, 0 = all (default: %(default)s)")
     p.add_argument(
-        "--bn-samples", type=int, default=1024, help="seeded train images for --bn recompute (default: 1024)"
+        "--bn-samples", type=int, default=1024, help="seeded train samples for --bn recompute (default: 1024)"
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the samples, orderings and directions (default: 0)")
     directions, directions_help = declared("analysis.random_directions")
@@ -69,14 +72,14 @@ def run(args: argparse.Namespace) -> int:
     from fedlayer.plots import save_figure
     from fedlayer.plots.barriers import curves_figure, layer_barrier_figure
     from fedlayer.plots.directions import directions_figure
-    from fedlayer.results import write_parquet
+    from fedlayer.results import TASK, task_terms, write_parquet
     from fedlayer.task import subsample
 
     alphas = parse_alphas(args.alphas)
     groups = [spec.strip() for spec in args.groups.split(",")]
     stored = [read_state_dict(path) for path in (args.checkpoint_a, args.checkpoint_b)]
     dataset = load_dataset(args.dataset, data_dir=args.data_dir)
-    model = build_model(args.model, dataset.input_shape, dataset.num_classes, norm=args.norm)
+    model = build_model(args.model, dataset.input_shape, dataset.num_classes, task=dataset.task, norm=args.norm)
     states = [
         fit_state(model, state, what=f"checkpoint {path} (model {args.model!r}, norm {args.norm!r})")
         for path, state in zip((args.checkpoint_a, args.checkpoint_b), stored, strict=True)
@@ -88,13 +91,18 @@ def run(args: argparse.Namespace) -> int:
     from fedlayer.console import make_console
 
     console = make_console()
-    with console.status(f"interpolating {args.model} on {len(data[1])} {args.dataset} test images ({device})"):
+    evaluated = f"{len(data[1])} {args.dataset} test images"
+    if data[1].dim() == 2:  # a language task: windows of text, a prediction per token
+        evaluated = f"{len(data[1])} {args.dataset} test windows ({data[1].numel()} tokens)"
+    with console.status(f"interpolating {args.model} on {evaluated} ({device})"):
         curves = interpolation_curves(
-            model, states[0], states[1], data, groups=groups, alphas=alphas, bn=args.bn,
+            model, states[0], states[1], data, groups=groups, layer_unit=args.layer_unit, alphas=alphas, bn=args.bn,
             bn_data=bn_data if args.bn == "recompute" else None, random_directions=args.random_directions,
             seed=args.seed, device=device, batch_size=args.batch_size,
         )  # fmt: skip
         table = barriers(curves)
+    for measured in (curves, table):
+        measured.insert(0, TASK, dataset.task)
     out = Path(args.out)
     written = [write_parquet(curves, out / "curves.parquet"), write_parquet(table, out / "barriers.parquet")]
     if (table["kind"] == "layer").any():
@@ -105,9 +113,10 @@ def run(args: argparse.Namespace) -> int:
         written.append(save_figure(directions, out / "directions.png"))
     console.print(_rich_table(table, title=f"barriers: {args.checkpoint_a} (A) vs {args.checkpoint_b} (B)"))
     first = table.iloc[0]
+    error = task_terms(dataset.task).error
     console.print(
-        f"full models: loss A {first.loss_a:.4f}, loss B {first.loss_b:.4f}, error A {first.error_a:.2f}%, "
-        f"error B {first.error_b:.2f}%; bn={args.bn}"
+        f"full models: loss A {first.loss_a:.4f}, loss B {first.loss_b:.4f}, {error} A {first.error_a:.2f}%, "
+        f"{error} B {first.error_b:.2f}%; bn={args.bn}; layer unit {args.layer_unit}"
     )
     console.print(_engine_line(curves.attrs), markup=False, soft_wrap=True)  # one line, however long
     console.print("wrote " + ", ".join(str(path) for path in written))

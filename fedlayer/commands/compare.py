@@ -22,7 +22,8 @@ def add_parser(sub) -> None:
     p.add_argument(
         "--strategies",
         default=None,
-        help="comma-separated presets or selectors, e.g. fedavg,fedper,lg-fedavg,fedbn "
+        help="comma-separated presets or selectors, e.g. fedavg,fedper,lg-fedavg,fedbn; a selector that holds a "
+        "comma (all,-norm) goes in compare.strategies "
         f"(default: compare.strategies, {','.join(declared('compare.strategies')[0])} unless the config says)",
     )
     p.add_argument(

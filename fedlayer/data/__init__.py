@@ -1,7 +1,8 @@
 """Real datasets (offline first), datasets named by a spec, and seeded non-IID partitions of them into clients.
 
-The registries: `DATASETS` (the built-in dataset names, with their shapes in `DATASET_SPECS`), the
-specs `load_dataset` also accepts ("hf:<id or path>", "file.py:callable", "module:callable"; see
+The registries: `DATASETS` (the built-in dataset names: the image datasets, with their shapes in
+`DATASET_SPECS`, and Shakespeare's plays as language datasets, `fedlayer.data.shakespeare`), the specs
+`load_dataset` also accepts ("hf:<id or path>", "file.py:callable", "module:callable"; see
 `fedlayer.data.specs`) and `PARTITION_SCHEMES` (the schemes `make_partitions` accepts).
 """
 

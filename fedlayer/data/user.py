@@ -7,6 +7,11 @@ The callable receives those of `data_dir` (the config's `data.data_dir` as a Pat
 and optionally `groups`, a natural client id per train sample. Everything is checked before any training,
 each mistake named with the bad value and what was expected. Inputs are used as given (float32, not
 normalised).
+
+Labels of shape (N,) make a classification task. Labels of shape (N, T) make a language-modelling task
+(`fedlayer.task_kinds`): each sample is a window of T token ids (inputs (N, T), integers in
+0..num_classes-1, kept as int64) and its labels are the next token at each position (text[s+1:s+T+1] for
+the window text[s:s+T]); `num_classes` is then the vocabulary size.
 """
 
 from __future__ import annotations
@@ -36,7 +41,11 @@ class UserData:
     """What a dataset callable returns: the number of classes and the train and test sets, given either as
     `train_x`, `train_y`, `test_x`, `test_y` (tensors or arrays; inputs (N, ...), integer labels (N,) in
     0..num_classes-1) or as `train`, `test` (torch Datasets yielding (input, label) pairs); `groups`
-    optionally holds a natural client id per train sample (a writer, a speaker) for the natural partition."""
+    optionally holds a natural client id per train sample (a writer, a speaker) for the natural partition.
+
+    For a language model, each sample is a window of T token ids and its label the next token at every
+    position: inputs (N, T) and labels (N, T), integers in 0..num_classes-1, num_classes the vocabulary size
+    (a torch Dataset yields (T,) token and (T,) label tensors)."""
 
     num_classes: int
     train_x: Any = None
@@ -103,7 +112,8 @@ def dataset_from_arrays(
 ) -> Dataset:
     """A `Dataset` from arrays or tensors, checked: numeric finite inputs with one row per sample and the same
     per-sample shape in train and test, integer labels in 0..num_classes-1, as many labels (and groups) as
-    inputs.
+    inputs. Labels (N,) make a classification task; labels (N, T) a language task, whose inputs must be the
+    (N, T) token ids (integers in 0..num_classes-1, kept as int64) the labels follow.
 
     Raises
     ------
@@ -113,8 +123,19 @@ def dataset_from_arrays(
     if isinstance(num_classes, bool) or not isinstance(num_classes, int | np.integer) or num_classes < 2:
         raise DataError(f"dataset {name!r}: num_classes must be an integer >= 2, got {num_classes!r}")
     num_classes = int(num_classes)
-    xs = {part: _inputs(name, part, x) for part, x in (("train_x", train_x), ("test_x", test_x))}
     ys = {part: _labels(name, part, y, num_classes) for part, y in (("train_y", train_y), ("test_y", test_y))}
+    if ys["train_y"].dim() != ys["test_y"].dim():
+        raise DataError(
+            f"dataset {name!r}: train_y has shape {tuple(ys['train_y'].shape)} but test_y {tuple(ys['test_y'].shape)}; "
+            "give both as (N,) class labels (classification) or both as (N, T) next tokens (a language task)"
+        )
+    if ys["train_y"].dim() == 2:
+        xs = {
+            part: _tokens(name, part, x, ys[f"{part[:-2]}_y"], num_classes)
+            for part, x in (("train_x", train_x), ("test_x", test_x))
+        }
+    else:
+        xs = {part: _inputs(name, part, x) for part, x in (("train_x", train_x), ("test_x", test_x))}
     for split in ("train", "test"):
         x, y = xs[f"{split}_x"], ys[f"{split}_y"]
         if len(x) != len(y):
@@ -218,12 +239,40 @@ def _inputs(name: str, part: str, value: Any) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
 
 
+def _tokens(name: str, part: str, value: Any, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """A language task's inputs: (N, T) token ids, one per label, in the vocabulary, as int64."""
+    array = _checked_array(name, part, value)
+    if array.ndim != 2:
+        raise DataError(
+            f"dataset {name!r}: {part} must hold (N, T) token ids for its (N, T) next-token labels "
+            f"(a language task), got shape {array.shape}"
+        )
+    if array.dtype.kind == "f" and np.isfinite(array).all() and (array == np.round(array)).all():
+        array = array.astype(np.int64)  # whole numbers stored as floats
+    if array.dtype.kind not in "iu":
+        raise DataError(
+            f"dataset {name!r}: {part} must be integer token ids (a language task), got dtype {array.dtype}"
+        )
+    if len(array) == len(labels) and array.shape != tuple(labels.shape):
+        labels_part = part.replace("_x", "_y")
+        raise DataError(
+            f"dataset {name!r}: {part} has shape {array.shape} but {labels_part} {tuple(labels.shape)}; a language "
+            "task needs one next-token label per input token (labels = the window shifted by one)"
+        )
+    if array.size and (array.min() < 0 or array.max() >= num_classes):
+        bad = array.min() if array.min() < 0 else array.max()
+        raise DataError(
+            f"dataset {name!r}: {part} holds token {bad}, outside the vocabulary 0..{num_classes - 1} (num_classes)"
+        )
+    return torch.from_numpy(np.ascontiguousarray(array, dtype=np.int64))
+
+
 def _labels(name: str, part: str, value: Any, num_classes: int) -> torch.Tensor:
     array = _checked_array(name, part, value)
-    if array.ndim != 1 or array.dtype.kind not in "iu":
+    if array.ndim not in (1, 2) or array.dtype.kind not in "iu":
         raise DataError(
-            f"dataset {name!r}: {part} must be integer class labels of shape (N,), got dtype {array.dtype} "
-            f"and shape {array.shape}"
+            f"dataset {name!r}: {part} must be integer class labels of shape (N,), or next tokens of shape (N, T) "
+            f"for a language task, got dtype {array.dtype} and shape {array.shape}"
         )
     if len(array) and (array.min() < 0 or array.max() >= num_classes):
         bad = array.min() if array.min() < 0 else array.max()

@@ -24,7 +24,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from fedlayer.atomic import atomic_target
 
@@ -34,6 +36,16 @@ def save_figure(fig: Figure, path: str | Path, *, dpi: int = 120) -> Path:
     with atomic_target(path) as tmp:
         fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format="png")
     return Path(path)
+
+
+def perplexity_axis(ax: Axes) -> None:
+    """A log-scale y axis for perplexities (they fall from about the vocabulary size), ticked at 1, 2, 3, 5
+    and 7 times powers of ten and labelled as plain numbers."""
+    ax.set_yscale("log")
+    ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 3.0, 5.0, 7.0)))
+    ax.yaxis.set_minor_locator(LogLocator(base=10, subs=(4.0, 6.0, 8.0, 9.0)))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    ax.yaxis.set_minor_formatter(NullFormatter())
 
 
 def titles(fig: Figure, what: str, context: str) -> None:

@@ -29,6 +29,7 @@ from fedlayer.layers import ORDERINGS
 from fedlayer.plots import titles
 from fedlayer.plots.heatmaps import barrier_panels, heatmap_size
 from fedlayer.plots.marks import legend_entries, mark_texts, style_legend
+from fedlayer.results import table_task, task_terms
 
 MAX_LEGEND_LINES = 12  # more lines of one kind: one legend entry for the kind (single layers: a colour bar)
 FAMILIES = {
@@ -40,14 +41,20 @@ _ORDERING_CMAPS = {"shallow": "Blues", "deep": "Oranges", "random": "Greens", "m
 _LAYER_CMAP = ListedColormap(matplotlib.colormaps["viridis"](np.linspace(0.0, 0.85, 256)))  # no pale yellow
 _REFERENCE = "reference"  # gid of the lines every panel shares: full model, chord, random directions
 _BASE_COLORS = {"a": "tab:blue", "b": "tab:orange"}
-_LABELS = {
-    "loss_barrier_mid": "midpoint loss barrier",
-    "loss_barrier_max": "max loss barrier",
-    "error_barrier_mid": "midpoint error barrier (pp)",
-    "error_barrier_max": "max error barrier (pp)",
-    "loss": "loss (cross-entropy)",
-    "error": "error (%)",
-}
+
+
+def metric_label(metric: str, table: pd.DataFrame) -> str:
+    """How an axis names a column of a curves or barriers table, in the terms of the task its rows measure
+    (a language model's loss is per token, its error the next-token error)."""
+    terms = task_terms(table_task(table))
+    return {
+        "loss_barrier_mid": "midpoint loss barrier",
+        "loss_barrier_max": "max loss barrier",
+        "error_barrier_mid": f"midpoint {terms.error} barrier (pp)",
+        "error_barrier_max": f"max {terms.error} barrier (pp)",
+        "loss": f"loss ({terms.cross_entropy})",
+        "error": f"{terms.error} (%)",
+    }.get(metric, metric)
 
 
 # -- a run -------------------------------------------------------------------------------------------------
@@ -68,7 +75,8 @@ def barrier_heatmap_figure(
         return None
     rows_shown = max(len(g) for g in grids.values())
     rounds = max(g.shape[1] for g in grids.values())
-    fig = Figure(figsize=heatmap_size(rows_shown, rounds, panels=len(grids)), layout="constrained")
+    names = [name for grid in grids.values() for name in grid.index]
+    fig = Figure(figsize=heatmap_size(rows_shown, rounds, panels=len(grids), labels=names), layout="constrained")
     barrier_panels(fig, grids, {title: averaged for title in grids})
     titles(
         fig,
@@ -97,7 +105,7 @@ def barrier_curves_figure(
     _draw_family(ax, rows, ("layer",), "loss", marker)
     _draw_reference(ax, rows, "loss", marker)
     ax.set_xlabel("α (0 = client A, 1 = client B in the interpolated layers)")
-    ax.set_ylabel("test loss (cross-entropy)")
+    ax.set_ylabel(f"test {metric_label('loss', rows)}")
     ax.set_xlim(0, 1)
     ax.grid(alpha=0.3)
     _legend(
@@ -137,8 +145,9 @@ def layer_barrier_figure(barriers: pd.DataFrame, metric: str = "loss_barrier_mid
         ax.axhline(full.mean(), color="black", linestyle="--", linewidth=1.2, label=f"full model ({full.mean():.3g})")
     ax.axhline(0.0, color="grey", linewidth=0.6)
     ax.set_xticks(positions, names, rotation=90, fontsize=8)
-    ax.set_ylabel(_LABELS.get(metric, metric))
-    ax.set_title(f"{_LABELS.get(metric, metric)} per layer")
+    label = metric_label(metric, barriers)
+    ax.set_ylabel(label)
+    ax.set_title(f"{label} per layer")
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
@@ -170,7 +179,7 @@ def curves_figure(curves: pd.DataFrame, metric: str = "loss") -> Figure:
             ax.grid(alpha=0.3)
             ax.set_title(f"{title}, base {base}: model {own} outside the group", fontsize="medium")
     for ax in axes[:, 0]:
-        ax.set_ylabel(_LABELS.get(metric, metric))
+        ax.set_ylabel(metric_label(metric, curves))
     for ax in axes[-1]:
         ax.set_xlabel("α (0 = model A, 1 = model B)")
     where = {"loc": "upper center", "bbox_to_anchor": (0.5, -0.2), "ncols": 2}
@@ -179,7 +188,7 @@ def curves_figure(curves: pd.DataFrame, metric: str = "loss") -> Figure:
     for column in panels.T:
         _legend(fig, list(column), lambda _: None, **where)
     fig.suptitle(
-        f"{_LABELS.get(metric, metric)} along the interpolation from model A (α = 0) to model B (α = 1)",
+        f"{metric_label(metric, curves)} along the interpolation from model A (α = 0) to model B (α = 1)",
         fontsize="medium",
     )
     return fig

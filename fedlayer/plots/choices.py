@@ -19,7 +19,7 @@ def choices_figure(choices: pd.DataFrame, threshold: float | None = None, contex
     strategy's rule, named in the legend when known."""
     averaged, barrier = choices_grids(choices)
     order = list(averaged.index)
-    fig = Figure(figsize=heatmap_size(len(order), averaged.shape[1]), layout="constrained")
+    fig = Figure(figsize=heatmap_size(len(order), averaged.shape[1], labels=order), layout="constrained")
     ax = fig.subplots()
     colours = ListedColormap([PERSONAL_COLOR, AVERAGED_COLOR])
     ax.imshow(averaged.to_numpy(dtype=float), cmap=colours, vmin=0, vmax=1, aspect="auto", interpolation="nearest")

@@ -9,14 +9,16 @@ from matplotlib.figure import Figure
 
 from fedlayer.analysis.summary import final_client_rows, worst_clients_mean
 from fedlayer.plots import titles
+from fedlayer.results import table_task, task_terms
 
 JITTER = 0.18  # half-width of the seeded horizontal scatter of the points
 
 
 def client_accuracy_figure(clients: pd.DataFrame, context: str = "") -> Figure | None:
-    """Per strategy (in table order), each client's personalised accuracy (%) in its run's final round, over
-    all seeds: a box (quartiles, median, whiskers at 1.5 IQR) with every client as a point, the mean and the
-    mean of the worst 10 % of clients (each the mean over seeds, as in the summary). None without rows."""
+    """Per strategy (in table order), each client's personalised accuracy (%, named by the comparison's task)
+    in its run's final round, over all seeds: a box (quartiles, median, whiskers at 1.5 IQR) with every
+    client as a point, the mean and the mean of the worst 10 % of clients (each the mean over seeds, as in
+    the summary). None without rows."""
     final = final_client_rows(clients)
     if final.empty:
         return None
@@ -40,14 +42,15 @@ def client_accuracy_figure(clients: pd.DataFrame, context: str = "") -> Figure |
     long = len(names) > 5 or max(len(name) for name in names) > 10
     ax.set_xticks(x)
     ax.set_xticklabels(names, rotation=30 if long else 0, ha="right" if long else "center")
-    ax.set_ylabel("personalised test accuracy (%)")
+    accuracy = task_terms(table_task(clients)).accuracy
+    ax.set_ylabel(f"personalised test {accuracy} (%)")
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize="small", loc="best")
     rounds = sorted(set(final["round"]))
     seeds = final["seed"].nunique()
     titles(
         fig,
-        f"Personalised accuracy of every client, final round ({', '.join(map(str, rounds))})",
+        f"Personalised {accuracy} of every client, final round ({', '.join(map(str, rounds))})",
         f"each point: one client{f' of one of {seeds} seeds' if seeds > 1 else ''}; box: quartiles and median\n"
         f"{context}",
     )

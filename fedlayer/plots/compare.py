@@ -10,10 +10,12 @@ strategy, from clients.parquet).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
@@ -27,10 +29,12 @@ from fedlayer.analysis.summary import (
     strategies,
     summary_table,
 )
-from fedlayer.plots import save_figure, titles
+from fedlayer.plots import perplexity_axis, save_figure, titles
 from fedlayer.plots.clients import client_accuracy_figure
 from fedlayer.plots.heatmaps import barrier_panels, heatmap_size
 from fedlayer.results import (
+    TERMS,
+    TaskTerms,
     describe_setting,
     find_run,
     read_clients,
@@ -39,7 +43,10 @@ from fedlayer.results import (
     read_config,
     read_optional,
     table_path,
+    table_task,
+    task_terms,
 )
+from fedlayer.task_kinds import CLASSIFICATION
 
 
 def plot_comparison(compare_dir: str | Path) -> list[Path]:
@@ -55,7 +62,7 @@ def plot_comparison(compare_dir: str | Path) -> list[Path]:
         "accuracy": lambda: accuracy_figure(comparison, context),
         "communication": lambda: communication_figure(comparison, target, context),
         "barrier_heatmaps": lambda: barrier_heatmaps_figure(compare_dir, comparison, context),
-        "final": lambda: final_figure(summary_table(comparison), context),
+        "final": lambda: final_figure(summary_table(comparison), context, task_terms(table_task(comparison))),
         "clients": lambda: client_accuracy_figure(clients, context) if clients is not None else None,
     }
     paths = []
@@ -83,18 +90,48 @@ def _colours(names: list[str]) -> dict[str, str]:
 
 
 def accuracy_figure(comparison: pd.DataFrame, context: str = "") -> Figure:
-    """Global and mean personalised accuracy per round per strategy: mean over seeds with a ±std band."""
+    """Global and mean personalised accuracy per round per strategy: mean over seeds with a ±std band. The
+    accuracy is named by the comparison's task; a language model's comparison adds a row of panels with the
+    perplexity (log scale)."""
     names = strategies(comparison)
     colours = _colours(names)
     seeds = comparison.groupby("strategy")["seed"].nunique()
-    fig = Figure(figsize=(11.0, 4.2), layout="constrained")
-    axes = fig.subplots(1, 2, sharex=True, sharey=True)
+    terms = task_terms(table_task(comparison))
+    measures = [("accuracy", 100.0, f"test {terms.accuracy} (%)")]
+    if terms.perplexity:
+        measures.append(("perplexity", 1.0, "test perplexity (log scale)"))
+    fig = Figure(figsize=(11.0, 4.2 * len(measures)), layout="constrained")
+    grid = fig.subplots(len(measures), 2, sharex=True, sharey="row", squeeze=False)
+    for axes, (measure, scale, label) in zip(grid, measures, strict=True):
+        _per_round_panels(axes, comparison, measure, scale, names, colours, seeds)
+        axes[0].set_ylabel(label)
+        if measure == "perplexity":
+            perplexity_axis(axes[0])
+    for ax in grid[-1]:
+        ax.set_xlabel("round")
+    grid[0, 1].legend(fontsize="small", loc="lower right")
+    what = f"{terms.accuracy} and perplexity" if terms.perplexity else terms.accuracy
+    titles(fig, f"Test {what} per round (mean ± std over seeds)", context)
+    return fig
+
+
+def _per_round_panels(
+    axes: Sequence[Axes],
+    comparison: pd.DataFrame,
+    measure: str,
+    scale: float,
+    names: list[str],
+    colours: dict[str, str],
+    seeds: pd.Series,
+) -> None:
+    """The global model's `measure` and the personalised models' mean over clients ("global_<measure>" and
+    "personal_<measure>_mean") per round and strategy, in two panels: mean over seeds, ±std band."""
     panels = (
-        ("global_accuracy", "global model on the global test set"),
-        ("personal_accuracy_mean", "personalised models on their local test sets (mean over clients)"),
+        (f"global_{measure}", "global model on the global test set"),
+        (f"personal_{measure}_mean", "personalised models on their local test sets (mean over clients)"),
     )
     for ax, (column, title) in zip(axes, panels, strict=True):
-        stats = comparison.groupby(["strategy", "round"])[column].agg(["mean", "std"]).dropna(subset=["mean"]) * 100
+        stats = comparison.groupby(["strategy", "round"])[column].agg(["mean", "std"]).dropna(subset=["mean"]) * scale
         for name in names:
             if name not in stats.index.get_level_values(0):
                 continue
@@ -117,13 +154,8 @@ def accuracy_figure(comparison: pd.DataFrame, context: str = "") -> Figure:
                 linewidth=0,
             )
         ax.set_title(title, fontsize="medium")
-        ax.set_xlabel("round")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
-    axes[0].set_ylabel("test accuracy (%)")
-    axes[1].legend(fontsize="small", loc="lower right")
-    titles(fig, "Test accuracy per round (mean ± std over seeds)", context)
-    return fig
 
 
 def communication_figure(comparison: pd.DataFrame, target: float = np.nan, context: str = "") -> Figure | None:
@@ -154,9 +186,10 @@ def communication_figure(comparison: pd.DataFrame, target: float = np.nan, conte
         ax.grid(alpha=0.3)
     if np.isfinite(target):
         axes[1].axhline(target * 100, color="0.3", linestyle="--", linewidth=1, label=f"target {target * 100:.1f} %")
-    axes[0].set_ylabel("test accuracy (%)")
+    accuracy = task_terms(table_task(comparison)).accuracy
+    axes[0].set_ylabel(f"test {accuracy} (%)")
     axes[1].legend(fontsize="small", loc="lower right")
-    titles(fig, "Test accuracy against the megabytes communicated (mean over seeds; one point per round)", context)
+    titles(fig, f"Test {accuracy} against the megabytes communicated (mean over seeds; one point per round)", context)
     return fig
 
 
@@ -183,7 +216,8 @@ def barrier_heatmaps_figure(compare_dir: Path, comparison: pd.DataFrame, context
         return None
     rows = max(len(g) for g, _ in grids.values())
     rounds = max(g.shape[1] for g, _ in grids.values())
-    fig = Figure(figsize=heatmap_size(rows, rounds, len(grids)), layout="constrained")
+    names = [name for grid, _ in grids.values() for name in grid.index]
+    fig = Figure(figsize=heatmap_size(rows, rounds, len(grids), names), layout="constrained")
     aligned = barrier_panels(fig, {f"{name} ({n} seed{'' if n == 1 else 's'})": g for name, (g, n) in grids.items()})
     missing = any(g.isna().to_numpy().any() for g in aligned.values())
     note = "; grey: not measured (layer kept on the clients)" if missing else ""
@@ -195,9 +229,10 @@ def barrier_heatmaps_figure(compare_dir: Path, comparison: pd.DataFrame, context
     return fig
 
 
-def final_figure(table: pd.DataFrame, context: str = "") -> Figure:
+def final_figure(table: pd.DataFrame, context: str = "", terms: TaskTerms = TERMS[CLASSIFICATION]) -> Figure:
     """Final-round global and personalised accuracy per strategy (`summary_table`), error bars = the 95 %
-    confidence interval of the mean over seeds (none with one seed)."""
+    confidence interval of the mean over seeds (none with one seed); the accuracy named in `terms`, the
+    comparison's task's."""
     fig = Figure(figsize=(max(5.0, 1.3 * len(table) + 2.5), 4.2), layout="constrained")
     ax = fig.subplots()
     x = np.arange(len(table))
@@ -215,7 +250,7 @@ def final_figure(table: pd.DataFrame, context: str = "") -> Figure:
     long = len(table) > 5 or table["strategy"].str.len().max() > 10
     ax.set_xticks(x)
     ax.set_xticklabels(table["strategy"], rotation=30 if long else 0, ha="right" if long else "center")
-    ax.set_ylabel("test accuracy (%)")
+    ax.set_ylabel(f"test {terms.accuracy} (%)")
     ax.set_ylim(0, 110)
     ax.grid(axis="y", alpha=0.3)
     ax.legend(
@@ -227,5 +262,5 @@ def final_figure(table: pd.DataFrame, context: str = "") -> Figure:
     )
     rounds = sorted(set(table["round"]))
     spread = "mean ± 95 % confidence interval over seeds" if table["seeds"].max() > 1 else "one seed"
-    titles(fig, f"Final accuracy (round {', '.join(map(str, rounds))}), {spread}", context)
+    titles(fig, f"Final {terms.accuracy} (round {', '.join(map(str, rounds))}), {spread}", context)
     return fig

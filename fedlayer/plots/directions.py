@@ -12,6 +12,7 @@ from matplotlib.figure import Figure
 
 from fedlayer.averaged import status
 from fedlayer.plots import titles
+from fedlayer.plots.barriers import metric_label
 from fedlayer.plots.marks import legend_entries, mark_texts, style_legend
 
 AVERAGING_COLOR = "tab:red"
@@ -62,7 +63,7 @@ def directions_figure(curves: pd.DataFrame, context: str = "", averaged: pd.Data
         )
         ax.axhline(base_loss, color="black", linestyle=":", linewidth=1.2, label=f"model {own} (L_{own})")
         ax.set_title(f"α = {alpha:g}: {_what(alpha, own, other)}, or moved as far at random", fontsize="medium")
-        ax.set_ylabel("test loss (cross-entropy)")
+        ax.set_ylabel(f"test {metric_label('loss', curves)}")
         ax.grid(alpha=0.3, axis="y")
     axes[-1, 0].set_xticks(positions, layers, rotation=60, ha="right", fontsize=8)
     rounds = [last] if last is not None else None

@@ -27,6 +27,8 @@ NEGLIGIBLE_BARRIER = 0.1  # the paper's "no barrier" band for single layers
 MAX_ANNOTATED_CELLS = 160
 MAX_ANNOTATED_ROUNDS = 16
 MAX_ROUND_TICKS = 20
+LABEL_INCHES_PER_CHARACTER = 0.075  # a tick label's width per character at 9 pt
+SHORT_LABEL_INCHES = 1.2  # row names up to this wide fit in the width `heatmap_size` always gives
 
 
 def round_ticks(ax, rounds: Sequence[int]) -> None:
@@ -76,7 +78,11 @@ def barrier_panels(
     full = [FULL_ROW] if any(FULL_ROW in g.index for g in grids.values()) else []
     aligned = {title: g.reindex(index=rows + full) for title, g in grids.items()}
     norm = barrier_norm(list(aligned.values()))
-    outer = fig.add_gridspec(1, len(aligned) + 1, width_ratios=[*[1.0] * len(aligned), 0.045])
+    # the first panel also holds the layer names: widen its column by them, so every heatmap is as wide
+    labels = label_width(rows + full)
+    panel = max(0.5, (fig.get_figwidth() - labels - 1.0) / len(aligned))
+    ratios = [1.0 + labels / panel, *[1.0] * (len(aligned) - 1), 0.045]
+    outer = fig.add_gridspec(1, len(aligned) + 1, width_ratios=ratios)
     seen: set[str] = set()
     for i, (title, grid) in enumerate(aligned.items()):
         marks = (averaged or {}).get(title)
@@ -149,6 +155,14 @@ def _annotate(ax, values: np.ndarray, norm: Normalize) -> None:
             )
 
 
-def heatmap_size(n_rows: int, n_rounds: int, panels: int = 1) -> tuple[float, float]:
+def label_width(names: Sequence[str]) -> float:
+    """About how many inches the longest of `names` takes as a tick label (9 pt)."""
+    return LABEL_INCHES_PER_CHARACTER * max((len(str(name)) for name in names), default=0)
+
+
+def heatmap_size(n_rows: int, n_rounds: int, panels: int = 1, labels: Sequence[str] = ()) -> tuple[float, float]:
+    """(width, height) in inches of `panels` heatmaps of `n_rows` rows and `n_rounds` columns side by side,
+    widened by the row names `labels` longer than a short layer name (a transformer's, say)."""
     width = panels * min(8.0 if panels == 1 else 5.5, max(3.2, 1.2 + 0.45 * n_rounds)) + 2.5
-    return min(width, 18.0), min(16.0, max(3.0, 1.6 + 0.26 * (n_rows + 1)))
+    longer = max(0.0, label_width(labels) - SHORT_LABEL_INCHES)
+    return min(width, 18.0) + longer, min(16.0, max(3.0, 1.6 + 0.26 * (n_rows + 1)))

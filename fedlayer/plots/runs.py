@@ -1,7 +1,8 @@
 """Every figure of a run directory or an analysis folder, drawn from its stored tables alone, and of a
 comparison with its runs.
 
-accuracy.png (global and personalised test accuracy per round), barrier_heatmap.png (layer x round
+accuracy.png (global and personalised test accuracy per round; a language model's next-token accuracy
+and perplexity), barrier_heatmap.png (layer x round
 midpoint loss barriers), barrier_curves.png (loss along alpha in the last analysed round), and when
 their tables hold them choices.png (barrier-aware averaging), groups.png (cumulative groups and
 sliding windows) and directions.png (averaging against random directions). Every figure with layers
