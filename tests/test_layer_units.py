@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from flwr.app import Context, RecordDict
 from inprocess_grid import InProcessGrid
+from test_layers import RECURRENT_NET
 from torch import nn
 
 from fedlayer.analysis import CurveEngine, random_direction
@@ -209,23 +210,6 @@ def test_the_head_is_the_same_tensors_at_both_units(name):
 
 # ---------------------------------------------------------------- a run at unit "tensor"
 
-RECURRENT_NET = """\
-from torch import nn
-
-
-class RecurrentNet(nn.Module):
-    def __init__(self, num_classes):
-        super().__init__()
-        self.lstm = nn.LSTM(8, 16, batch_first=True)
-        self.fc = nn.Linear(16, num_classes)
-
-    def forward(self, x):
-        return self.fc(self.lstm(x.reshape(len(x), 8, 8))[0][:, -1])
-
-
-def make_net(input_shape, num_classes):
-    return RecurrentNet(num_classes)
-"""
 RECURRENT_UNITS = ["lstm.weight_ih_l0", "lstm.weight_hh_l0", "fc"]
 RUN = [
     "data.dataset=digits",

@@ -276,17 +276,11 @@ def _load_roles(seq_len: int, stride: int, min_lines: int, test_fraction: float)
     ids = np.array(list(roles.texts), dtype=object)  # one string per role, shared by its windows' entries
     parts = [[windows(encode(text), seq_len, stride) for text in pair] for pair in roles.texts.values()]
     train, test = (torch.cat([pair[i] for pair in parts]) for i in (0, 1))
-    return Dataset(
-        name=SHAKESPEARE,
-        train_x=train[:, :-1],
-        train_y=train[:, 1:],
-        test_x=test[:, :-1],
-        test_y=test[:, 1:],
-        num_classes=len(VOCABULARY),
-        input_shape=(seq_len,),
-        source=source(),
+    return _next_character_dataset(
+        SHAKESPEARE,
+        train,
+        test,
         groups=np.repeat(ids, [len(pair[0]) for pair in parts]),
-        class_names=tuple(VOCABULARY),
         test_groups=np.repeat(ids, [len(pair[1]) for pair in parts]),
     )
 
@@ -313,14 +307,29 @@ def _load_corpus(seq_len: int, stride: int) -> Dataset:
             f"{seq_len} and its next character; use a smaller data.seq_len"
         )
     train, test = (windows(part, seq_len, stride) for part in (ids[:cut], ids[cut:]))
+    return _next_character_dataset(SHAKESPEARE_CORPUS, train, test)
+
+
+def _next_character_dataset(
+    name: str,
+    train: torch.Tensor,
+    test: torch.Tensor,
+    *,
+    groups: np.ndarray | None = None,
+    test_groups: np.ndarray | None = None,
+) -> Dataset:
+    """A language `Dataset` from windows of seq_len + 1 token ids: each window's first seq_len ids are the
+    input, and its last seq_len (shifted by one) the next character at every position."""
     return Dataset(
-        name=SHAKESPEARE_CORPUS,
+        name=name,
         train_x=train[:, :-1],
         train_y=train[:, 1:],
         test_x=test[:, :-1],
         test_y=test[:, 1:],
         num_classes=len(VOCABULARY),
-        input_shape=(seq_len,),
+        input_shape=(train.shape[1] - 1,),
         source=source(),
+        groups=groups,
         class_names=tuple(VOCABULARY),
+        test_groups=test_groups,
     )
