@@ -11,9 +11,16 @@ import torch  # noqa: E402
 
 torch.set_num_threads(1)
 
+import signal  # noqa: E402
 import tempfile  # noqa: E402
 
 import pytest  # noqa: E402
+
+# A shell that starts the suite in the background (`make test &`, no job control) makes it ignore SIGINT, and
+# every process it starts inherits that. fedlayer honours an ignored SIGINT (as under nohup), so the Ctrl-C
+# tests need a terminal's default back.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 # Partitions computed by one test process are cached on disk for the next (deployed ClientApps start
 # a process per message); keep the suite's cache private so it never sees a developer's.
