@@ -165,7 +165,7 @@ class StrategyConfig:
 class AnalysisConfig:
     every: int = _spec(1, ge=0, help="analyse client models every N rounds (0 = off)")
     pairs: int = _spec(0, ge=0, help="client pairs per analysis (0 = all pairs)")
-    samples: int = _spec(256, ge=1, help="seeded global test images to evaluate barriers on")
+    samples: int = _spec(256, ge=1, help="seeded global test samples (images, text windows) to evaluate barriers on")
     groups: list = _spec(
         ["layers", "full"],
         help="group specs: layers (each single layer), full, an ordering (shallow, deep, random, minimal: cumulative "
