@@ -64,3 +64,17 @@ def test_impossible_split_is_an_error_and_writes_nothing(tmp_path, capsys):
     assert main(["partitions", str(_config(tmp_path)), "--set", "federation.clients=5000"]) == 2
     assert "5000 clients but only 1437 samples" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_the_figure_names_what_a_language_partition_counts():
+    import numpy as np
+
+    from fedlayer.data.partition import make_partitions
+    from fedlayer.plots.partitions import label_distribution_figure
+    from fedlayer.task_kinds import LANGUAGE
+
+    partitions = make_partitions(np.arange(60) % 6, 3, "iid", seed=0)
+    image_axes = label_distribution_figure(partitions).axes[0]
+    text_axes = label_distribution_figure(partitions, task=LANGUAGE).axes[0]
+    assert (image_axes.get_xlabel(), image_axes.get_legend().get_title().get_text()) == ("samples", "class")
+    assert (text_axes.get_xlabel(), text_axes.get_legend().get_title().get_text()) == ("windows", "next token")

@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     )
     out = Path(args.out or cfg.output.dir)
     json_path = partitions.save(out / "partitions.json")
-    png_path = save_figure(label_distribution_figure(partitions), out / "partitions.png")
+    png_path = save_figure(label_distribution_figure(partitions, task=dataset.task), out / "partitions.png")
     console.print(f"wrote {json_path} and {png_path}")
     return 0
 

@@ -1,4 +1,5 @@
-"""The label distribution of a partition: how many samples of each class every client holds."""
+"""The label distribution of a partition: how many samples of each class every client holds (for a language
+task, how many windows end before each next token)."""
 
 from __future__ import annotations
 
@@ -9,13 +10,18 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
 from fedlayer.data.partition import Partitions
+from fedlayer.task_kinds import CLASSIFICATION, LANGUAGE
 
 MAX_LEGEND_CLASSES = 20
 MAX_CLIENT_TICKS = 40
 
 
-def label_distribution_figure(partitions: Partitions, *, class_names: list[str] | None = None) -> Figure:
-    """Stacked horizontal bars, one per client, one colour per class (train and local test together)."""
+def label_distribution_figure(
+    partitions: Partitions, *, class_names: list[str] | None = None, task: str = CLASSIFICATION
+) -> Figure:
+    """Stacked horizontal bars, one per client, one colour per class (train and local test together); a
+    language task's (`fedlayer.task_kinds`) partitions count windows by the token that follows each."""
+    counted, label = ("windows", "next token") if task == LANGUAGE else ("samples", "class")
     counts = partitions.class_counts().to_numpy()
     num_clients, num_classes = counts.shape
     names = class_names or [str(c) for c in range(num_classes)]
@@ -32,13 +38,13 @@ def label_distribution_figure(partitions: Partitions, *, class_names: list[str] 
     ax.set_yticks(np.arange(0, num_clients, step))
     ax.invert_yaxis()  # client 0 on top, as in the printed table
     ax.set_ylabel("client")
-    ax.set_xlabel("samples")
+    ax.set_xlabel(counted)
     params = ", ".join(f"{k}={v}" for k, v in partitions.params.items())
     dataset = f"{partitions.dataset}: " if partitions.dataset else ""
     ax.set_title(f"{dataset}{partitions.method} partition ({params}), {num_clients} clients, seed {partitions.seed}")
     if num_classes <= MAX_LEGEND_CLASSES:
-        ax.legend(title="class", bbox_to_anchor=(1.01, 1), loc="upper left", fontsize="small")
+        ax.legend(title=label, bbox_to_anchor=(1.01, 1), loc="upper left", fontsize="small")
     else:
         mappable = ScalarMappable(cmap=cmap, norm=Normalize(0, num_classes - 1))
-        fig.colorbar(mappable, ax=ax, label="class")
+        fig.colorbar(mappable, ax=ax, label=label)
     return fig
