@@ -60,6 +60,7 @@ from fedlayer.atomic import atomic_swap, atomic_target, readable, settle, write_
 from fedlayer.config import CompareConfig, Config, load_config
 from fedlayer.errors import DataError, FedlayerError
 from fedlayer.task_kinds import CLASSIFICATION, LANGUAGE, PREDICTION_UNITS
+from fedlayer.task_kinds import perplexity as per_token_perplexity
 
 TABLES = ("metrics", "barriers", "curves", "choices")
 RUN_MARKER = "metrics.parquet"
@@ -138,7 +139,7 @@ def perplexity(loss: float, task: str) -> float:
     classification and for a NaN loss (a failed client)."""
     if task != LANGUAGE or math.isnan(loss):
         return math.nan
-    return math.exp(loss) if loss < 709.0 else math.inf
+    return per_token_perplexity(loss)
 
 
 def write_parquet(frame: pd.DataFrame, path: str | Path) -> Path:

@@ -8,6 +8,8 @@ code once `flat_predictions` has lined them up.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from fedlayer.errors import ModelError
@@ -20,6 +22,14 @@ logits (N, T, vocab))."""
 
 PREDICTION_UNITS = {CLASSIFICATION: "sample", LANGUAGE: "token"}
 """What one prediction is, by task: losses and error rates are means over these."""
+
+
+def perplexity(loss: float) -> float:
+    """exp(loss), a language model's perplexity per token: inf where exp overflows a float."""
+    return math.exp(loss) if loss < _LARGEST_EXP else math.inf
+
+
+_LARGEST_EXP = 709.0  # exp(709.78...) is the largest float
 
 
 def task_of_labels(labels: torch.Tensor) -> str:

@@ -7,7 +7,6 @@ what the barrier engine (`fedlayer.analysis`) measures at every point, so both r
 
 from __future__ import annotations
 
-import math
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
@@ -16,7 +15,7 @@ from torch import nn
 
 from fedlayer.errors import ConfigError, choices_message
 from fedlayer.protocol import TRAIN_MODES
-from fedlayer.task_kinds import flat_predictions
+from fedlayer.task_kinds import flat_predictions, perplexity
 
 OPTIMIZERS = ("sgd", "adam")
 
@@ -75,7 +74,7 @@ class Metrics:
     @property
     def perplexity(self) -> float:
         """exp(loss): a language model's perplexity per token (inf where the loss overflows it)."""
-        return math.exp(self.loss) if self.loss < 709.0 else math.inf
+        return perplexity(self.loss)
 
     @property
     def error(self) -> float:
