@@ -1,8 +1,9 @@
 """Model checkpoints: fedlayer writes safetensors files (never pickle) atomically, and reads others' too.
 
 `read_state_dict` takes a safetensors file, a PyTorch state dict saved with `torch.save` (read with
-`torch.load(weights_only=True)`: tensors and plain containers only, never arbitrary objects) or a
-Hugging Face model folder; `fit_state` maps its keys to a model's and checks that it fits.
+`torch.load(weights_only=True)`: tensors and plain containers only, never arbitrary objects), a
+Hugging Face model folder, or a model in the local Hugging Face cache ("hf:EleutherAI/pythia-410m@step20000");
+`fit_state` maps its keys to a model's and checks that it fits.
 """
 
 from __future__ import annotations
@@ -17,13 +18,17 @@ import torch
 from torch import nn
 
 from fedlayer.atomic import atomic_target
+from fedlayer.data.specs import HF_PREFIX
 from fedlayer.errors import CheckpointError, listed, one_line
 
 TORCH_SUFFIXES = (".pt", ".pth", ".bin")
 """Files read with torch.load(weights_only=True); any other file is read as safetensors."""
 HF_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 """The weights of a Hugging Face model folder (save_pretrained), in order of preference; *.index.json lists shards."""
-FORMATS = "a .safetensors file, a PyTorch .pt/.pth/.bin state dict or a Hugging Face model folder"
+FORMATS = (
+    "a .safetensors file, a PyTorch .pt/.pth/.bin state dict, a Hugging Face model folder or 'hf:ID[@REVISION]' "
+    "from the local Hugging Face cache"
+)
 SAVE_HINT = "save a state dict instead: torch.save(model.state_dict(), path)"
 
 
@@ -110,7 +115,8 @@ def checkpoint_metadata(path: str | Path) -> dict[str, str]:
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """The tensors by name in a checkpoint of any accepted format, on the CPU, never unpickled.
 
-    Formats: a Hugging Face model folder (its `HF_WEIGHTS`, sharded or not); a `TORCH_SUFFIXES`
+    Formats: a Hugging Face model folder (its `HF_WEIGHTS`, sharded or not), or "hf:ID" / "hf:ID@REVISION"
+    naming one in the local Hugging Face cache (never downloaded); a `TORCH_SUFFIXES`
     file holding a state dict, or a dict holding exactly one state dict among other entries (a
     training script's `{"epoch": 3, "state_dict": ...}`), which is unwrapped; any other file as
     safetensors.
@@ -131,6 +137,8 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         If the path is missing, a folder without weights, a file of pickled objects that
         weights_only refuses, not a state dict, or not a valid file of its format.
     """
+    if isinstance(path, str) and path.startswith(HF_PREFIX):
+        return _read_folder(_cached_hub_folder(path[len(HF_PREFIX) :]))
     path = Path(path)
     if path.is_dir():
         return _read_folder(path)
@@ -142,6 +150,12 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         if path.suffix == ".safetensors" or not path.exists():
             raise
         raise CheckpointError(f"{exc}; a checkpoint is {FORMATS}") from exc
+
+
+def absolute_checkpoint(source: str) -> str:
+    """A checkpoint named by its absolute path ("hf:" names in the cache as they are): the same checkpoint from
+    any working directory."""
+    return source if source.startswith(HF_PREFIX) else str(Path(source).expanduser().resolve())
 
 
 def fit_state(model: nn.Module, state: Mapping[str, torch.Tensor], *, what: str = "state") -> dict[str, torch.Tensor]:
@@ -239,6 +253,23 @@ def _dotted_prefixes(key: str) -> list[str]:
     """'a.b.weight' -> ['a.', 'a.b.']."""
     parts = key.split(".")[:-1]
     return [".".join(parts[: i + 1]) + "." for i in range(len(parts))]
+
+
+def _cached_hub_folder(name: str) -> Path:
+    """The local Hugging Face cache's folder of model "ID" or "ID@REVISION" (a branch, tag or commit)."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.constants import HF_HUB_CACHE
+
+    repo, _, revision = name.partition("@")
+    try:
+        return Path(snapshot_download(repo, revision=revision or None, local_files_only=True))
+    except Exception as exc:  # huggingface_hub raises several kinds for "not in the cache"
+        raise CheckpointError(
+            f"checkpoint hf:{name}: not in the Hugging Face cache ({HF_HUB_CACHE}): {one_line(exc)}; fedlayer "
+            f"does not download models: fetch it once with `hf download {repo}"
+            + (f" --revision {revision}" if revision else "")
+            + "` on a machine with internet access, or give its folder"
+        ) from None
 
 
 def _read_folder(path: Path) -> dict[str, torch.Tensor]:

@@ -197,6 +197,7 @@ class FedlayerClient:
         generator = seed_everything(cfg.seed, pid, server_round)
         settings = train_settings(
             cfg,
+            pid,
             proximal_mu=float(cast(float, config.get(protocol.PROXIMAL_MU, fed.proximal_mu))),
             mode=str(config.get(protocol.TRAIN_MODE, "standard")),
         )

@@ -28,7 +28,7 @@ from fedlayer.errors import ConfigError
 from fedlayer.layers import LAYER_UNITS
 from fedlayer.model_specs import SPEC_FORMS as MODEL_SPEC_FORMS
 from fedlayer.model_specs import is_model_spec
-from fedlayer.models import MODEL_NORMS, MODELS, NORMS
+from fedlayer.models import INIT_MODES, MODEL_NORMS, MODELS, NORMS
 from fedlayer.protocol import PERSONAL_MODES
 from fedlayer.training import OPTIMIZERS
 
@@ -128,7 +128,9 @@ class ModelConfig:
 @dataclass
 class FederationConfig:
     clients: int = _spec(10, ge=1, help="number of clients (partitions)")
-    rounds: int = _spec(3, ge=1, help="federated rounds")
+    rounds: int = _spec(
+        3, ge=0, help="federated rounds (0 = none: the initial models only, e.g. the round-0 barriers between checkpoints)"
+    )
     fraction: float = _spec(1.0, gt=0.0, le=1.0, help="fraction of clients sampled per round")
     min_clients: int = _spec(1, ge=1, help="fewest usable training replies a round needs (else the run stops)")
     timeout: float = _spec(600.0, gt=0.0, help="seconds a round waits for client replies; later ones count as timeouts")
@@ -142,6 +144,24 @@ class FederationConfig:
     batch_size: int = _spec(32, ge=1, help="local batch size")
     optimizer: str = _spec("sgd", choices=OPTIMIZERS, help="local optimizer")
     lr: float = _spec(0.05, gt=0.0, help="local learning rate")
+    lr_per_client: list[float] = _spec(
+        [],
+        gt=0.0,
+        help="one learning rate per client, in partition order ([] = federation.lr for every client): the "
+        "paper's ViT pair trains one initialisation with two learning rates",
+    )
+    init: str = _spec(
+        "same",
+        choices=INIT_MODES,
+        help="where each client's model starts: same (the global model of `seed`), per-client (its own "
+        "initialisation, seeded by seed and partition id) or checkpoints (federation.init_checkpoints); a "
+        "client's own values last until an average replaces them",
+    )
+    init_checkpoints: list = _spec(
+        [],
+        help="init = checkpoints: one per client, in partition order: a safetensors or PyTorch file, a Hugging "
+        "Face model folder, or 'hf:ID' / 'hf:ID@REVISION' from the local Hugging Face cache",
+    )
     momentum: float = _spec(0.0, ge=0.0, lt=1.0, help="SGD momentum")
     weight_decay: float = _spec(0.0, ge=0.0, help="weight decay")
     proximal_mu: float = _spec(0.0, ge=0.0, help="FedProx proximal term (0 = off)")
@@ -310,7 +330,7 @@ def _kind(typ) -> type:
 
 
 def _item_type(typ) -> type:
-    """The item type of a list field: `list[int]` holds ints; a bare `list` holds strings."""
+    """The item type of a list field: `list[int]` holds ints, `list[float]` numbers; a bare `list` holds strings."""
     args = typing.get_args(typ)
     return args[0] if args else str
 
@@ -329,23 +349,27 @@ def _describe(f: dataclasses.Field, typ) -> str:
         int: "an integer",
         float: "a number",
         str: "a string",
-        list: "a list of integers" if _item_type(typ) is int else "a list",
+        list: {int: "a list of integers", float: "a list of numbers"}.get(_item_type(typ), "a list"),
         dict: "a table",
     }[_kind(typ)]
     return kind + (" " + " and ".join(bounds) if bounds else "")
 
 
 def _coerce_list(path: str, f: dataclasses.Field, typ, value) -> list:
-    """A list field's value: a TOML array or one comma-separated string of its items (strings, or integers
-    for `list[int]`); empty only where the field's default is."""
+    """A list field's value: a TOML array or one comma-separated string of its items (strings, or numbers
+    for `list[int]` and `list[float]`, where an integer counts as a float); empty only where the field's
+    default is."""
     item = _item_type(typ)
+    numeric = item in (int, float)
     if isinstance(value, str):
         value = [v.strip() for v in value.split(",") if v.strip()]
-        if item is int:
-            value = [_integer(v) for v in value]
+        if numeric:
+            value = [_number(v, item) for v in value]
+    if item is float and isinstance(value, list):
+        value = [float(v) if isinstance(v, int) and not isinstance(v, bool) else v for v in value]
     fits = isinstance(value, list) and all(isinstance(v, item) and not isinstance(v, bool) for v in value)
     if not fits or (not value and _default(f)):
-        expected = _describe(f, typ) if item is int else "a list of strings"
+        expected = _describe(f, typ) if numeric else "a list of strings"
         if _default(f):
             expected = expected.replace("a list", "a non-empty list", 1)
         raise ConfigError(
@@ -354,10 +378,11 @@ def _coerce_list(path: str, f: dataclasses.Field, typ, value) -> list:
     return value
 
 
-def _integer(text: str) -> int | str:
-    """`text` as an integer, or unchanged when it is not one (the caller reports it)."""
+def _number(text: str, kind: type) -> int | float | str:
+    """`text` as an integer (or a float, for `kind` float), or unchanged when it is not one (the caller
+    reports it)."""
     try:
-        return int(text)
+        return kind(text)
     except ValueError:
         return text
 
@@ -443,6 +468,7 @@ def _check_consistency(cfg: Config) -> None:
             f"config key 'federation.min_clients': {cfg.federation.min_clients} is more than the {sampled} "
             f"clients sampled per round (federation.clients * federation.fraction); every round would fail"
         )
+    _check_per_client(cfg.federation)
     if cfg.analysis.alphas % 2 == 0:
         raise ConfigError(
             f"config key 'analysis.alphas': invalid value {cfg.analysis.alphas}; expected an odd number "
@@ -458,6 +484,26 @@ def _check_consistency(cfg: Config) -> None:
         raise ConfigError(
             f"config key 'model.norm': invalid value {cfg.model.norm!r} for model {cfg.model.name!r}; "
             f"expected one of {', '.join(repr(n) for n in norms)}"
+        )
+
+
+def _check_per_client(fed: FederationConfig) -> None:
+    """The per-client lists hold one entry per client, and the checkpoints go with init = "checkpoints"."""
+    for key in ("lr_per_client", "init_checkpoints"):
+        values = getattr(fed, key)
+        if values and len(values) != fed.clients:
+            raise ConfigError(
+                f"config key 'federation.{key}': {len(values)} values for federation.clients = {fed.clients}; "
+                "give one per client, in partition order"
+            )
+    if (fed.init == "checkpoints") != bool(fed.init_checkpoints):
+        raise ConfigError(
+            "config key 'federation.init_checkpoints': "
+            + (
+                "init = 'checkpoints' needs one checkpoint per client"
+                if fed.init == "checkpoints"
+                else f"checkpoints are read with init = 'checkpoints' only (init is {fed.init!r})"
+            )
         )
 
 

@@ -7,6 +7,7 @@ Every builder draws its initial weights from torch's global generator only, so
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import math
 import operator
@@ -25,6 +26,9 @@ from fedlayer.vit import SimpleViT
 
 NORMS = ("none", "bn", "gn")
 """Normalisation layers a model may have: none, BatchNorm or GroupNorm (per model: `MODEL_NORMS`)."""
+INIT_MODES = ("same", "per-client", "checkpoints")
+"""Where each client's model starts (`federation.init`): the run's one initialisation, its own seeded one, or a
+checkpoint per client."""
 GROUP_NORM_GROUPS = 32  # GroupNorm uses gcd(32, channels) groups, i.e. 32 for every ResNet width
 
 
@@ -39,6 +43,13 @@ def dataset_spec(dataset: str) -> tuple[tuple[int, int, int], int]:
     if dataset not in DATASET_SPECS:
         raise DataError(choices_message("dataset", dataset, DATASET_SPECS))
     return DATASET_SPECS[dataset]
+
+
+def client_init_seed(seed: int, partition: int) -> int:
+    """The torch seed of a client's own initialisation (`federation.init = "per-client"`): fixed by the run's
+    seed and the partition id, and apart from the run's seed and from every other client's."""
+    digest = hashlib.sha256(f"init-{seed}-{partition}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1  # torch seeds are below 2**63
 
 
 def _norm_2d(norm: str) -> Callable[[int], nn.Module]:

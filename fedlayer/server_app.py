@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
+import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import Strategy
@@ -25,6 +26,7 @@ from flwr.supercore.exit import add_exit_handler
 from rich.console import Console
 
 from fedlayer import protocol
+from fedlayer.checkpoints import absolute_checkpoint
 from fedlayer.config import Config, config_from_flat, load_config
 from fedlayer.console import make_console
 from fedlayer.data.specs import absolute_spec
@@ -45,7 +47,7 @@ from fedlayer.resume import (
     read_state,
 )
 from fedlayer.runlock import claim
-from fedlayer.task import dataset_for, new_model, partitions_for
+from fedlayer.task import client_initial_state, dataset_for, new_model, partitions_for
 from fedlayer.task_kinds import LANGUAGE
 from fedlayer.training import Metrics, default_device
 from strategies import (
@@ -69,12 +71,13 @@ RAY_STOP_TIMEOUT_S = 3.0  # Flower force-exits 5 s after `flwr stop`
 
 def faithful(cfg: Config, run_dir: RunDirectory) -> Config:
     """`cfg` as the run directory records it: where the run really went (`output.dir`, whatever --out
-    said) and a strategy file, a dataset's file or folder and a model's file or folder by their absolute
-    paths, so `--resume` works from any working directory."""
+    said) and a strategy file, a dataset's file or folder, a model's file or folder and the clients' initial
+    checkpoints by their absolute paths, so `--resume` works from any working directory."""
     changes: dict = {
         "output": {"dir": str(run_dir.path)},
         "data": {"dataset": absolute_spec(cfg.data.dataset)},
         "model": {"name": absolute_model_spec(cfg.model.name)},
+        "federation": {"init_checkpoints": [absolute_checkpoint(c) for c in cfg.federation.init_checkpoints]},
     }
     module, sep, name = cfg.strategy.class_.rpartition(":")
     if sep and module.endswith(".py"):
@@ -100,6 +103,9 @@ class FederatedRun:
         self.console = console
         self.partitions = partitions_for(cfg)  # loads the dataset: a missing one fails here
         self.model = new_model(cfg)
+        if cfg.federation.init == "checkpoints":  # a missing or misfit checkpoint fails now, not at first contact
+            for partition in range(cfg.federation.clients):
+                client_initial_state(cfg, partition, self.model)
         self.layers = model_layers(self.model, cfg.analysis.layer_unit)  # the unit of the selectors and groups
         device = default_device()  # the server's GPU, if it has one, evaluates and analyses
         self.strategy = self._build_strategy()
@@ -174,12 +180,17 @@ class FederatedRun:
             model_name=self.cfg.model.name,
             measure=self._layer_barriers,
             threshold=s.threshold,
+            client_init=self._client_init if fed.init != "same" else None,
             fraction_train=1.0,
             fraction_evaluate=1.0,
             min_train_nodes=sampled,
             min_evaluate_nodes=sampled,
             min_available_nodes=sampled,
         )
+
+    def _client_init(self, partition: int) -> dict[str, torch.Tensor]:
+        """Where client `partition` starts (`federation.init`: its own initialisation or checkpoint)."""
+        return client_initial_state(self.cfg, partition, self.model)
 
     def main(self, grid: Grid, context: Context) -> None:
         """The ServerApp body: find which node holds which partition, then run the strategy."""
@@ -196,6 +207,9 @@ class FederatedRun:
             if kept is not None:
                 restore_state(self.strategy, kept)
             done = self.resumed.round
+        if self.resumed is None and fed.init != "same" and self.analysis.due(0):
+            # the clients start apart: the barriers between their initial models are round 0's
+            self.analysis.analyse(0, {str(pid): self._client_init(pid) for pid in range(fed.clients)})
         strategy = self.server_strategy(done)
         tag = self.run_dir.path.name if self.tag is None else self.tag
         train_config, evaluate_config = ConfigRecord({protocol.RUN_TAG: tag}), ConfigRecord({protocol.RUN_TAG: tag})

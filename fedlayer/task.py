@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fedlayer.checkpoints import fit_state, read_state_dict
 from fedlayer.config import Config
 from fedlayer.data import DATASET_SPECS, Dataset, load_dataset
 from fedlayer.data.partition import TEST_SET, Partitions, partitions_from_config
@@ -24,7 +25,7 @@ from fedlayer.errors import ConfigError, FedlayerError
 from fedlayer.layers import Layer, model_layers, select_layers
 from fedlayer.memory import keep_freed_memory
 from fedlayer.model_fit import fit_input
-from fedlayer.models import build_model
+from fedlayer.models import build_model, client_init_seed
 from fedlayer.task_kinds import CLASSIFICATION
 from fedlayer.training import TrainSettings
 
@@ -172,21 +173,48 @@ def subsample(x: torch.Tensor, y: torch.Tensor, count: int, seed: int) -> tuple[
     return x[idx], y[idx]
 
 
-def new_model(cfg: Config) -> torch.nn.Module:
-    """The config's model for its dataset, initialised from the config's seed (every client starts from it)."""
+def new_model(cfg: Config, *, seed: int | None = None) -> torch.nn.Module:
+    """The config's model for its dataset, initialised from `seed` (default: the config's seed, the global
+    model every client starts from unless `federation.init` says otherwise)."""
     data = dataset_for(cfg)
-    return model_for(cfg, data.input_shape, data.num_classes, data.task)
+    return model_for(cfg, data.input_shape, data.num_classes, data.task, seed=seed)
+
+
+def client_initial_state(cfg: Config, partition: int, model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Where client `partition` starts under `federation.init` = "per-client" (its own seeded initialisation)
+    or "checkpoints" (its checkpoint, fitted to `model`, a model of the run's architecture left unchanged).
+
+    Raises
+    ------
+    ConfigError
+        With `federation.init` = "same": every client starts from the global model then.
+    CheckpointError
+        A checkpoint that is missing or does not fit the model.
+    """
+    fed = cfg.federation
+    if fed.init == "per-client":
+        return new_model(cfg, seed=client_init_seed(cfg.seed, partition)).state_dict()
+    if fed.init == "checkpoints":
+        source = fed.init_checkpoints[partition]
+        state = read_state_dict(source)
+        return fit_state(model, state, what=f"federation.init_checkpoints[{partition}] ({source})")
+    raise ConfigError(f"federation.init = {fed.init!r}: every client starts from the global model")
 
 
 def model_for(
-    cfg: Config, input_shape: tuple[int, ...], num_classes: int, task: str = CLASSIFICATION
+    cfg: Config,
+    input_shape: tuple[int, ...],
+    num_classes: int,
+    task: str = CLASSIFICATION,
+    *,
+    seed: int | None = None,
 ) -> torch.nn.Module:
     """The config's model for data of this shape and task (`fedlayer.task_kinds.TASKS`; a language task's
     num_classes is its vocabulary size): the one place a config becomes a model (`new_model`, and the
     benchmarks and plots that know the shape without loading the data, `model_for(cfg, *data_shape(cfg))`).
 
-    Seeded from the config's seed; with `data.resize` the model is built for resize x resize images and
-    resizes what it is given.
+    Seeded from `seed` (default: the config's seed); with `data.resize` the model is built for resize x resize
+    images and resizes what it is given.
     """
     size = cfg.data.resize
     if size:
@@ -196,21 +224,24 @@ def model_for(
                 f"{tuple(input_shape)}"
             )
         input_shape = (input_shape[0], size, size)
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(cfg.seed if seed is None else seed)
     model = build_model(
         cfg.model.name, input_shape, num_classes, task=task, norm=cfg.model.norm, options=cfg.model.options
     )
     return fit_input(model, size=size) if size else model
 
 
-def train_settings(cfg: Config, *, proximal_mu: float | None = None, mode: str = "standard") -> TrainSettings:
-    """How a client trains locally, from `cfg.federation` (the server may send its own `proximal_mu` and `mode`)."""
+def train_settings(
+    cfg: Config, partition: int, *, proximal_mu: float | None = None, mode: str = "standard"
+) -> TrainSettings:
+    """How client `partition` trains locally, from `cfg.federation` (its own learning rate when
+    `lr_per_client` gives one; the server may send its own `proximal_mu` and `mode`)."""
     fed = cfg.federation
     return TrainSettings(
         epochs=fed.local_epochs,
         batch_size=fed.batch_size,
         optimizer=fed.optimizer,
-        lr=fed.lr,
+        lr=fed.lr_per_client[partition] if fed.lr_per_client else fed.lr,
         momentum=fed.momentum,
         weight_decay=fed.weight_decay,
         proximal_mu=fed.proximal_mu if proximal_mu is None else proximal_mu,

@@ -219,6 +219,17 @@ class BarrierAnalysis(StrategyWrapper):
             self.seconds[server_round] = seconds
         return arrays, metrics
 
+    def analyse(self, server_round: int, states: Mapping[str, Mapping[str, torch.Tensor]]) -> None:
+        """Measure and publish one round's barriers between the given client models (full state dicts by
+        client name), as if they had replied: e.g. the clients' own initialisations as round 0."""
+        if len(states) < 2:
+            return
+        started = time.perf_counter()
+        curves, barriers = self._measure(server_round, states, self.pairs, set.intersection(*map(set, states.values())))
+        self._between_clients = (server_round, barriers)
+        self._publish(server_round, curves, barriers)
+        self.seconds[server_round] = time.perf_counter() - started
+
     def _measure(
         self, server_round: int, states: Mapping[str, Mapping[str, torch.Tensor]], pairs: Any, received: set[str]
     ) -> tuple[pd.DataFrame, pd.DataFrame]:

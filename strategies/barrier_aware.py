@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from logging import WARNING
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -63,6 +63,8 @@ class BarrierAware(LayerSelective):
         Only the server can keep the personal layers: it measures on the clients' full models.
     preset : strategies.presets.Preset, optional
         The named scheme this strategy was built from.
+    client_init : callable, optional
+        Each client's own initial state by partition id (`LayerSelective`'s `client_init`).
 
     Attributes
     ----------
@@ -86,6 +88,7 @@ class BarrierAware(LayerSelective):
         layers: LayerSource | None = None,
         personal: str = "server",
         preset: Preset | None = None,
+        client_init: Callable[[int], Mapping[str, Any]] | None = None,
     ) -> None:
         if personal != "server":
             raise ConfigError(
@@ -94,7 +97,15 @@ class BarrierAware(LayerSelective):
             )
         if not callable(measure):
             raise ConfigError(f"barrier-aware averaging needs a measure function, got {measure!r}")
-        super().__init__(strategy, average, layer_unit=layer_unit, layers=layers, personal=personal, preset=preset)
+        super().__init__(
+            strategy,
+            average,
+            layer_unit=layer_unit,
+            layers=layers,
+            personal=personal,
+            preset=preset,
+            client_init=client_init,
+        )
         self.measure = measure
         self.threshold = threshold
         self.history: list[dict] = []

@@ -35,7 +35,7 @@ personal layers); with personal="client" the previous global's values. Integer b
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from logging import INFO, WARNING
 from typing import TYPE_CHECKING, Any, cast
@@ -154,6 +154,11 @@ class LayerSelective(StrategyWrapper):
         Sent to clients as `fedlayer.protocol.TRAIN_MODE`: how they train locally.
     preset : strategies.presets.Preset, optional
         The named scheme this strategy was built from (`build_strategy`), for reports.
+    client_init : callable, optional
+        `client_init(partition_id)` -> that client's own initial state (a state dict or ArrayRecord):
+        where a client starts instead of the global arrays, for every key without a shared value
+        yet (its personal layers until they are averaged, every layer before the first average).
+        None: every client starts from the global arrays.
 
     Raises
     ------
@@ -171,6 +176,7 @@ class LayerSelective(StrategyWrapper):
         personal: str = "server",
         train_mode: str = "standard",
         preset: Preset | None = None,
+        client_init: Callable[[int], Mapping[str, Any]] | None = None,
     ) -> None:
         super().__init__(strategy)
         if personal not in protocol.PERSONAL_MODES:
@@ -184,13 +190,16 @@ class LayerSelective(StrategyWrapper):
         self.personal = personal
         self.train_mode = train_mode
         self.preset = preset
+        self.client_init = client_init
         self.layers: list[Layer] | None = None
         self.selected: list[Layer] = []  # what `average` picks
         self.average_keys: list[str] = []  # the keys averaged (in the last round)
         self.personal_state: dict[str, ArrayRecord] = {}  # client name -> its personal layers (server mode)
         self.client_labels: dict[int, str] = {}  # node id -> client name, from its replies or a SeededGrid
         self._global: ArrayRecord | None = None  # the global arrays of the current round
-        self._shared: dict[str, Array] = {}  # per key, the last value every client shared (initial/averaged)
+        # per key, the last value every client shared: the initial one (unless clients start from their own) or
+        # the last average
+        self._shared: dict[str, Array] = {}
         self._holding: set[int] = set()  # client mode: nodes that keep their personal layers
         if layers is not None:
             self.resolve(layers)
@@ -290,7 +299,7 @@ class LayerSelective(StrategyWrapper):
             raise RunError(
                 f"the global arrays do not fit the model's layers: missing keys {missing}, unexpected keys {unexpected}"
             )
-        if not self._shared:
+        if not self._shared and self.client_init is None:
             self._shared = dict(arrays.items())
         self._global = arrays
 
@@ -332,15 +341,36 @@ class LayerSelective(StrategyWrapper):
         label = self.client_labels.get(node)
         own: Mapping[str, Array] = self.personal_state.get(label, {}) if label is not None else {}
         personal = set(self.personal_keys)
+        start: Mapping[str, Array] | None = None  # the client's own initial state, read once when needed
         out = ArrayRecord()
         for key in self.model_keys:
-            if key in personal:
-                out[key] = own[key] if key in own else self._shared[key]
+            if key in personal and key in own:
+                out[key] = own[key]
+            elif key in personal and key in self._shared:
+                out[key] = self._shared[key]
+            elif self.client_init is not None and key not in self._shared:  # no shared value yet: its own
+                start = start if start is not None else self._client_start(node, label)
+                out[key] = start[key]
             elif key in sent:
                 out[key] = sent[key]
             else:
                 raise RunError(f"{type(self.strategy).__name__} sent no value for the averaged key {key!r}")
         return out
+
+    def _client_start(self, node: int, label: str | None) -> ArrayRecord:
+        """The client's own initial state (`client_init`), checked to hold every key of the model."""
+        assert self.client_init is not None
+        if label is None or not label.isdigit():
+            raise RunError(
+                f"node {node} has no partition id, which its own initialisation needs (client_init takes the "
+                "partition id): sample with strategies.SeededGrid, which knows every node's partition"
+            )
+        state = self.client_init(int(label))
+        record = state if isinstance(state, ArrayRecord) else ArrayRecord({k: v for k, v in state.items()})
+        missing = [key for key in self.model_keys if key not in record]
+        if missing:
+            raise RunError(f"the initial state of client {label} lacks keys {missing}")
+        return record
 
     # ------------------------------------------------------------------ aggregate
 

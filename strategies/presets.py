@@ -6,7 +6,7 @@ Any layer selector is also a preset name: "last:2" means "average the last two l
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -137,6 +137,7 @@ def build_strategy(
     model_name: str = "",
     measure: Measure | None = None,
     threshold: float = 0.1,
+    client_init: Callable[[int], Mapping[str, Any]] | None = None,
     **flower_kwargs: Any,
 ) -> LayerSelective:
     """Build the Flower strategy `class_path` (default FedAvg) and wrap it for the preset `name`.
@@ -164,6 +165,8 @@ def build_strategy(
         The barrier measure of the "barrier-aware" preset (the server app provides it).
     threshold : float, default 0.1
         The "barrier-aware" threshold.
+    client_init : callable, optional
+        Each client's own initial state by partition id (`LayerSelective`); None: the global arrays.
     **flower_kwargs
         The app's settings (e.g. `fraction_train`, `min_train_nodes`), passed where the class accepts them.
 
@@ -187,11 +190,24 @@ def build_strategy(
         if measure is None:
             raise ConfigError("the barrier-aware preset needs a measure function (the server app provides it)")
         strategy: LayerSelective = BarrierAware(
-            inner, measure, threshold, average=selector, layer_unit=layer_unit, personal=personal, preset=preset
+            inner,
+            measure,
+            threshold,
+            average=selector,
+            layer_unit=layer_unit,
+            personal=personal,
+            preset=preset,
+            client_init=client_init,
         )
     else:
         strategy = LayerSelective(
-            inner, selector, layer_unit=layer_unit, personal=personal, train_mode=preset.train_mode, preset=preset
+            inner,
+            selector,
+            layer_unit=layer_unit,
+            personal=personal,
+            train_mode=preset.train_mode,
+            preset=preset,
+            client_init=client_init,
         )
     if layers is not None:
         strategy.resolve(layers, model_name=model_name)

@@ -66,7 +66,7 @@ def test_integer_for_float_field_is_accepted():
 @pytest.mark.parametrize(
     ("override", "fragment"),
     [
-        ("federation.rounds=0", "'federation.rounds': invalid value 0; expected an integer >= 1"),
+        ("federation.rounds=-1", "'federation.rounds': invalid value -1; expected an integer >= 0"),
         ("federation.rounds=2.5", "expected an integer"),
         ("federation.clients=-3", "'federation.clients'"),
         ("data.alpha=0", "'data.alpha': invalid value 0; expected a number > 0.0"),
@@ -119,7 +119,7 @@ def test_replace_validates():
     cfg = Config().replace(strategy={"name": "local"}, seed=3)
     assert cfg.strategy.name == "local" and cfg.seed == 3
     with pytest.raises(FedlayerError):
-        Config().replace(federation={"rounds": 0})
+        Config().replace(federation={"rounds": -1})
 
 
 def test_every_field_is_described():

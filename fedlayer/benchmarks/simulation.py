@@ -75,8 +75,9 @@ def _client_round(job: tuple[dict[str, torch.Tensor], int, int]):
     model.load_state_dict(state)
     data = client_data(cfg, pid)
     generator = seed_everything(cfg.seed, pid, server_round)
+    settings = train_settings(cfg, pid)
     trained = train_local(
-        model, data.train_x, data.train_y, train_settings(cfg), head_params=_WORKER.head_params, generator=generator
+        model, data.train_x, data.train_y, settings, head_params=_WORKER.head_params, generator=generator
     )
     evaluate(model, data.test_x, data.test_y)
     return pid, model.state_dict(), trained.num_examples
