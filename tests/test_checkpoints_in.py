@@ -185,7 +185,8 @@ BAD = {
     "an unknown format": (
         lambda tmp_path, state: _write(tmp_path / "lightning.ckpt", b"junk"),
         r"lightning.ckpt: not a valid safetensors file .*; a checkpoint is a .safetensors file, "
-        r"a PyTorch .pt/.pth/.bin state dict or a Hugging Face model folder",
+        r"a PyTorch .pt/.pth/.bin state dict, a Hugging Face model folder or .hf:ID\[@REVISION\]. from the local "
+        r"Hugging Face cache",
     ),
     "a folder without weights": (
         lambda tmp_path, state: _folder(tmp_path, "config.json", "tf_model.h5"),

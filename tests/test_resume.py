@@ -97,8 +97,18 @@ def state_round(path: Path) -> int:
             2,
         ),
         (["strategy.name=barrier-aware", "strategy.threshold=0.05", "analysis.every=2"], crash_before_commit, 3),
+        (  # clients first sampled after the crash still start from their own initialisation
+            [
+                "strategy.name=fedper",
+                "federation.fraction=0.5",
+                "federation.init=per-client",
+                "federation.lr_per_client=[0.1,0.05,0.2,0.1]",
+            ],
+            crash_after_commit,
+            2,
+        ),
     ],
-    ids=["fedper-sampled-faulty", "barrier-aware"],
+    ids=["fedper-sampled-faulty", "barrier-aware", "fedper-per-client-init"],
 )
 def test_a_resumed_run_ends_with_the_tables_of_an_uninterrupted_one(tmp_path, overrides, crash, at):
     cfg = load_config(None, [*BASE, *overrides])
