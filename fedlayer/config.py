@@ -129,7 +129,9 @@ class ModelConfig:
 class FederationConfig:
     clients: int = _spec(10, ge=1, help="number of clients (partitions)")
     rounds: int = _spec(
-        3, ge=0, help="federated rounds (0 = none: the initial models only, e.g. the round-0 barriers between checkpoints)"
+        3,
+        ge=0,
+        help="federated rounds (0 = none: the initial models only, e.g. the round-0 barriers between checkpoints)",
     )
     fraction: float = _spec(1.0, gt=0.0, le=1.0, help="fraction of clients sampled per round")
     min_clients: int = _spec(1, ge=1, help="fewest usable training replies a round needs (else the run stops)")

@@ -16,10 +16,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
+from fedlayer.data.specs import HF_PREFIX
 from fedlayer.errors import ModelError, listed
-from fedlayer.model_fit import fit_input
+from fedlayer.model_fit import FittedModel, fit_input
 from fedlayer.task_kinds import CLASSIFICATION, LANGUAGE
 
 PRETRAINED = "pretrained"
@@ -79,6 +81,32 @@ def hf_model(
     except Exception as exc:  # e.g. overrides that do not fit together (hidden_size vs num_attention_heads)
         raise ModelError(f"hf:{source} cannot be built with options {options}: {type(exc).__name__}: {exc}") from exc
     return fit_input(model, logits=True, tokens=not images)
+
+
+def hf_checkpoint_state(model: nn.Module, source: str) -> dict[str, torch.Tensor] | None:
+    """A Hugging Face checkpoint (a model folder, or "hf:ID[@REVISION]" in the local cache) loaded by transformers
+    into `model`'s class and config, so that its key renames and conversions apply (a GPT-NeoX folder stores
+    `embed_out`, the model names it `lm_head`); None when `model` is not a transformers model or `source` is
+    not such a checkpoint (then it is read as a plain state dict)."""
+    try:
+        from transformers import PreTrainedModel
+    except ImportError:
+        return None
+    if not isinstance(model, PreTrainedModel):
+        return None
+    if source.startswith(HF_PREFIX):
+        name, _, revision = source[len(HF_PREFIX) :].partition("@")
+    elif (Path(source).expanduser() / "config.json").is_file():
+        name, revision = str(Path(source).expanduser()), ""
+    else:
+        return None
+    cls = next(c for c in type(model).__mro__ if issubclass(c, PreTrainedModel) and not issubclass(c, FittedModel))
+    loaded = _local(
+        lambda s, **kw: cls.from_pretrained(s, config=model.config, revision=revision or None, **kw),
+        name,
+        "weights (model.safetensors or pytorch_model.bin)" + (f" at revision {revision}" if revision else ""),
+    )
+    return loaded.state_dict()
 
 
 def _transformers():

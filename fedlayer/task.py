@@ -22,6 +22,7 @@ from fedlayer.config import Config
 from fedlayer.data import DATASET_SPECS, Dataset, load_dataset
 from fedlayer.data.partition import TEST_SET, Partitions, partitions_from_config
 from fedlayer.errors import ConfigError, FedlayerError
+from fedlayer.hf_models import hf_checkpoint_state
 from fedlayer.layers import Layer, model_layers, select_layers
 from fedlayer.memory import keep_freed_memory
 from fedlayer.model_fit import fit_input
@@ -196,7 +197,8 @@ def client_initial_state(cfg: Config, partition: int, model: torch.nn.Module) ->
         return new_model(cfg, seed=client_init_seed(cfg.seed, partition)).state_dict()
     if fed.init == "checkpoints":
         source = fed.init_checkpoints[partition]
-        state = read_state_dict(source)
+        state = hf_checkpoint_state(model, source)
+        state = read_state_dict(source) if state is None else state
         return fit_state(model, state, what=f"federation.init_checkpoints[{partition}] ({source})")
     raise ConfigError(f"federation.init = {fed.init!r}: every client starts from the global model")
 

@@ -43,6 +43,22 @@ def example_hf_folder(tmp_path_factory):
     return folder
 
 
+@pytest.fixture(scope="session")
+def pythia_pair(tmp_path_factory):
+    """A function giving the two tiny GPT-NeoX folders of the Pythia stand-in, written once per session when
+    first asked for."""
+    from pythia_stand_in import write_pair
+
+    written: list = []
+
+    def pair():
+        if not written:
+            written.extend(write_pair(tmp_path_factory.mktemp("pythia")))
+        return written
+
+    return pair
+
+
 @pytest.fixture
 def in_process(monkeypatch):
     """`fedlayer run` and `compare` on the in-process grid instead of Ray."""

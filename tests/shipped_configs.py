@@ -12,6 +12,7 @@ from fedlayer.task import data_shape, model_for
 SIMULATIONS = Path(__file__).resolve().parents[1] / "simulations"
 CONFIGS = sorted(SIMULATIONS.rglob("*.toml"))
 EXAMPLES = SIMULATIONS / "examples"
+PYTHIA = SIMULATIONS / "paper_scale" / "paper_pythia.toml"
 EXAMPLE_HF_DATASET = "hf:runs/examples/fashion-mnist-hf"
 """The folder examples/hf_folder.toml reads, which examples/make_hf_folder.py writes."""
 
@@ -22,13 +23,28 @@ def write_example_hf_folder(folder: Path) -> Path:
     return folder
 
 
-def load_shipped(path: Path, hf_folder) -> Config:
+def load_shipped(path: Path, hf_folder, pythia_pair=None) -> Config:
     """A shipped config; the Hugging Face example reads `hf_folder()` (a folder its script wrote) instead of
-    the checkout's runs/, which tests do not write."""
+    the checkout's runs/, which tests do not write, and the Pythia pair is `pythia_pair()`'s offline
+    stand-in."""
     cfg = load_config(path)
     if cfg.data.dataset == EXAMPLE_HF_DATASET:
         cfg = load_config(path, [f"data.dataset=hf:{hf_folder()}"])
+    if path == PYTHIA:
+        assert pythia_pair is not None, "the Pythia config needs the pythia_pair fixture"
+        cfg = load_config(path, pythia_stand_in(pythia_pair()))
     return cfg
+
+
+def pythia_stand_in(pair: list[Path]) -> list[str]:
+    """Overrides that turn simulations/paper_scale/paper_pythia.toml into the same experiment on two tiny
+    GPT-NeoX checkpoints and windows of characters (`pythia_stand_in.py`), offline."""
+    checkpoints = ", ".join(f'"{path}"' for path in pair)
+    return [
+        f"model.name=hf:{pair[0]}",
+        f"federation.init_checkpoints=[{checkpoints}]",
+        f"data.dataset={Path(__file__).parent / 'pythia_stand_in.py'}:character_windows",
+    ]
 
 
 def layers_of(cfg: Config) -> list[Layer]:

@@ -13,6 +13,7 @@ import pytest
 import torch
 from flwr.app import ArrayRecord, Context, RecordDict
 from inprocess_grid import InProcessGrid, ProtocolClient, digits, tiny_net
+from test_strategies_layerwise import BODY, HEAD, NODES, flower, initial
 
 from fedlayer.checkpoints import save_checkpoint
 from fedlayer.client_app import make_client_app
@@ -22,7 +23,6 @@ from fedlayer.models import client_init_seed
 from fedlayer.server_app import FederatedRun
 from fedlayer.task import client_initial_state, new_model, train_settings
 from strategies import LayerSelective, SeededGrid
-from test_strategies_layerwise import BODY, HEAD, NODES, flower, initial
 
 SMALL = [
     "data.dataset=digits",

@@ -280,8 +280,8 @@ def test_long_strategy_names_are_cut_and_told_apart_by_a_hash():
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: str(p.relative_to(p.parents[1])))
-def test_every_shipped_configs_compare_strategies_resolve_against_its_model(path, example_hf_folder):
-    cfg = load_shipped(path, example_hf_folder)
+def test_every_shipped_configs_compare_strategies_resolve_against_its_model(path, example_hf_folder, pythia_pair):
+    cfg = load_shipped(path, example_hf_folder, pythia_pair)
     settings = comparison_settings(cfg)
     layers = layers_of(cfg)
     for name in settings.strategies:

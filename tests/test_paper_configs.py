@@ -8,24 +8,29 @@ about. The twins need CIFAR and a GPU, so test_simulation_configs.py only resolv
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 from flwr.app import Context, RecordDict
 from inprocess_grid import InProcessGrid
-from shipped_configs import SIMULATIONS, compare_strategies, layers_of
+from shipped_configs import PYTHIA, SIMULATIONS, compare_strategies, layers_of, pythia_stand_in
 
 from fedlayer.client_app import make_client_app
 from fedlayer.config import Config, load_config
 from fedlayer.data import load_dataset
 from fedlayer.errors import FedlayerError
+from fedlayer.layers import model_layers
 from fedlayer.server_app import FederatedRun
-from fedlayer.task import partitions_for
+from fedlayer.task import new_model, partitions_for
 
 EXPERIMENTS = ("paper_single_layer", "paper_cumulative", "paper_deep_linear", "paper_robustness", "paper_federated")
-CPU = {name: SIMULATIONS / f"{name}.toml" for name in EXPERIMENTS}
-SCALE = {name: SIMULATIONS / "paper_scale" / f"{name}.toml" for name in EXPERIMENTS}
+TRANSFORMERS = ("paper_vit", "paper_lm")  # the paper's ViT and language-model pairs
+PAPER_SCALE_ONLY = ("paper_pythia",)  # two pretrained 410 M-parameter models: no CPU size
+CPU = {name: SIMULATIONS / f"{name}.toml" for name in EXPERIMENTS + TRANSFORMERS}
+SCALE = {name: SIMULATIONS / "paper_scale" / f"{name}.toml" for name in EXPERIMENTS + TRANSFORMERS}
 SMOKE = [  # one round on a few samples of the config's own dataset
     "federation.rounds=1",
     "federation.local_epochs=1",
@@ -59,8 +64,10 @@ def smoke_run(path: Path, tmp_path: Path, *overrides: str) -> pd.DataFrame:
 
 
 def test_every_experiment_has_a_cpu_config_and_a_paper_scale_twin():
-    assert {p.stem for p in SIMULATIONS.glob("paper_*.toml")} == set(EXPERIMENTS)
-    assert {p.stem for p in (SIMULATIONS / "paper_scale").glob("paper_*.toml")} == set(EXPERIMENTS)
+    assert {p.stem for p in SIMULATIONS.glob("paper_*.toml")} == set(EXPERIMENTS + TRANSFORMERS)
+    assert {p.stem for p in (SIMULATIONS / "paper_scale").glob("paper_*.toml")} == set(
+        EXPERIMENTS + TRANSFORMERS + PAPER_SCALE_ONLY
+    )
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
@@ -141,3 +148,72 @@ def test_federated_config_runs_under_both_splits(tmp_path, partition):
     # 10 clients need more than SMOKE's 120 images for a Dirichlet split with at least 10 each
     barriers = smoke_run(CPU["paper_federated"], tmp_path, f"data.partition={partition}", "data.max_train_samples=600")
     assert (barriers["kind"] == "full").any()
+
+
+# ------------------------------------------------------------------ the transformer experiments
+
+
+def test_transformer_twins_are_the_papers_models():
+    vit = load_config(SCALE["paper_vit"])
+    assert vit.data.dataset == "cifar10" and vit.model.name == "vit"
+    assert {k: vit.model.options[k] for k in ("dim", "depth", "heads", "mlp_dim", "patch_size")} == {
+        "dim": 512, "depth": 6, "heads": 16, "mlp_dim": 1024, "patch_size": 4,
+    }  # fmt: skip
+    lm = load_config(SCALE["paper_lm"])
+    assert lm.data.dataset == "shakespeare-corpus" and lm.data.seq_len == 256
+    sizes = {k: lm.model.options[k] for k in ("n_layer", "n_head", "n_embd")}
+    assert sizes == {"n_layer": 12, "n_head": 12, "n_embd": 768}
+    for name in TRANSFORMERS:
+        cpu, twin = load_config(CPU[name]), load_config(SCALE[name])
+        assert 0 < twin.simulation.num_gpus < 1
+        assert (twin.strategy.name, twin.federation.init, twin.analysis.layer_unit) == (
+            cpu.strategy.name, cpu.federation.init, cpu.analysis.layer_unit,
+        )  # fmt: skip
+        assert twin.analysis.alphas == cpu.analysis.alphas and twin.analysis.bases == cpu.analysis.bases
+
+
+def test_vit_config_is_one_initialisation_two_learning_rates_every_tensor_and_random_directions(tmp_path):
+    cfg = load_config(CPU["paper_vit"])
+    assert cfg.federation.init == "same" and len(set(cfg.federation.lr_per_client)) == 2
+    assert cfg.strategy.name == "local" and cfg.analysis.alphas == 11 and cfg.analysis.random_directions > 0
+    barriers = smoke_run(CPU["paper_vit"], tmp_path)
+    tensors = model_layers(new_model(cfg), "tensor")
+    per_layer = barriers[barriers["kind"] == "layer"]
+    assert set(per_layer["group"]) == {layer.name for layer in tensors}
+    assert set(per_layer["layer_unit"]) == {"tensor"} and set(per_layer["base"]) == {"a", "b"}
+    assert (barriers["kind"] == "full").any() and (barriers["kind"] == "random-direction").any()
+
+
+def test_lm_config_measures_two_initialisations_from_round_zero_on_the_corpus(tmp_path):
+    cfg = load_config(CPU["paper_lm"])
+    assert cfg.federation.init == "per-client" and cfg.strategy.name == "local"
+    assert cfg.data.dataset == "shakespeare-corpus" and cfg.analysis.every == 1
+    barriers = smoke_run(CPU["paper_lm"], tmp_path)
+    assert sorted(barriers["round"].unique()) == [0, 1]  # the two initialisations, then after training
+    assert set(barriers["task"]) == {"language"}
+    start = barriers[barriers["round"] == 0]
+    assert {"layer", "full"} <= set(start["kind"])
+
+
+def test_pythia_config_shape_runs_offline_on_two_tiny_gpt_neox_checkpoints(tmp_path, pythia_pair):
+    cfg = load_config(PYTHIA)
+    assert (cfg.federation.rounds, cfg.federation.init, cfg.strategy.name) == (0, "checkpoints", "local")
+    assert cfg.model.name == "hf:EleutherAI/pythia-410m"
+    assert [c.removeprefix("hf:EleutherAI/") for c in cfg.federation.init_checkpoints] == [
+        "pythia-410m", "pythia-410m-deduped",
+    ]  # fmt: skip
+    barriers = smoke_run(PYTHIA, tmp_path, *pythia_stand_in(pythia_pair()), "federation.rounds=0")
+    assert set(barriers["round"]) == {0} and set(barriers["task"]) == {"language"}
+    assert {"layer", "full"} <= set(barriers["kind"])
+    assert (barriers.loc[barriers["kind"] == "full", "loss_barrier_mid"].abs() > 0).all()  # two different models
+
+
+def test_pythia_text_windows_are_next_token_pairs():
+    spec = importlib.util.spec_from_file_location("pythia_text", SIMULATIONS / "paper_scale" / "pythia_text.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    x, y = module.token_windows(torch.arange(10), 3)
+    assert x.tolist() == [[0, 1, 2], [3, 4, 5], [6, 7, 8]] and y.tolist() == [[1, 2, 3], [4, 5, 6], [7, 8, 9]]
+    with pytest.raises(ValueError, match="fewer than one window"):
+        module.token_windows(torch.arange(3), 3)
