@@ -102,7 +102,7 @@ def hf_checkpoint_state(model: nn.Module, source: str) -> dict[str, torch.Tensor
         return None
     cls = next(c for c in type(model).__mro__ if issubclass(c, PreTrainedModel) and not issubclass(c, FittedModel))
     loaded = _local(
-        lambda s, **kw: cls.from_pretrained(s, config=model.config, revision=revision or None, **kw),
+        lambda s, **kw: cls.from_pretrained(s, config=model.config, revision=revision or "main", **kw),
         name,
         "weights (model.safetensors or pytorch_model.bin)" + (f" at revision {revision}" if revision else ""),
     )
