@@ -102,6 +102,7 @@ def test_bench_simulation_plain_side_trains_and_evaluates_the_clients_fedlayer_s
         ("strategy.average=body", "strategy.average = 'body'"),
         ("federation.fault_probability=0.2", "federation.fault_probability = 0"),
         ("simulation.num_gpus=0.5", "simulation.num_gpus = 0"),
+        ("federation.init=per-client", "federation.init = 'same'"),
     ],
 )
 def test_bench_simulation_refuses_work_its_plain_side_does_not_do(capsys, setting, named):

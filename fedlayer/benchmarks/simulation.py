@@ -102,6 +102,11 @@ def check_comparable(cfg: Config) -> None:
             f"bench simulation needs simulation.num_gpus = 0 (got {cfg.simulation.num_gpus}): "
             "its plain side runs on the CPU"
         )
+    if fed.init != "same":
+        raise ConfigError(
+            f"bench simulation needs federation.init = 'same' (got {fed.init!r}): its plain side starts every "
+            "client from the global model"
+        )
 
 
 def sampler(cfg: Config) -> Callable[[int], list[int]]:
