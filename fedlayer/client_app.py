@@ -23,23 +23,18 @@ fail alike): a way to exercise the server's fault handling.
 from __future__ import annotations
 
 import functools
-import io
-import math
 import random
-import warnings
 from dataclasses import dataclass
 from typing import cast
 
-import numpy as np
 import torch
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
-from flwr.common.constant import SType
-from numpy.lib import format as npy_format
 
 from fedlayer import protocol
 from fedlayer.config import Config, config_from_flat, config_hash
 from fedlayer.errors import ConfigError
+from fedlayer.records import array_record, tensors
 from fedlayer.task import client_data, configure_process, head_parameter_names, new_model, train_settings
 from fedlayer.training import default_device, evaluate, seed_everything, train_local
 
@@ -72,57 +67,6 @@ def _warm(cfg: Config) -> _Warm:
         initial = {k: v.clone() for k, v in model.state_dict().items()}
         _WARM[key] = _Warm(model.to(default_device()), initial, head_parameter_names(model))
     return _WARM[key]
-
-
-@functools.cache
-def _npy_header(dtype: np.dtype, shape: tuple[int, ...]) -> bytes:
-    """The bytes `np.save` (so Flower's `Array`) writes before the data of a C-ordered array."""
-    buffer = io.BytesIO()
-    header = {"descr": npy_format.dtype_to_descr(dtype), "fortran_order": False, "shape": shape}
-    npy_format.write_array_header_1_0(buffer, header)
-    return buffer.getvalue()
-
-
-def tensors(record: ArrayRecord) -> dict[str, torch.Tensor]:
-    """`record.to_torch_state_dict()` without copies: read-only tensors viewing the arrays' bytes, for
-    `load_state_dict` to copy into a model.
-
-    Flower's `Array.numpy()` parses each .npy header with `ast.literal_eval` and copies the data out:
-    a sixth of a small client's time (the cross-device benchmark's). Bytes made of exactly the header
-    `np.save` writes for the Array's dtype and shape, then that many bytes, are its C-ordered data;
-    anything else takes Flower's path.
-    """
-    out = {}
-    with warnings.catch_warnings():  # torch warns (once) that a view of `bytes` is not writable
-        warnings.simplefilter("ignore", UserWarning)
-        for key, array in record.items():
-            dtype, shape = np.dtype(array.dtype), tuple(array.shape)
-            header, count = _npy_header(dtype, shape), math.prod(shape)
-            data = array.data
-            if (
-                array.stype == SType.NUMPY
-                and len(data) == len(header) + count * dtype.itemsize
-                and data.startswith(header)
-            ):
-                values = np.frombuffer(data, dtype, count, offset=len(header)).reshape(shape)
-            else:
-                values = array.numpy()
-            out[key] = torch.from_numpy(values)
-    return out
-
-
-def array_record(state: dict[str, torch.Tensor]) -> ArrayRecord:
-    """`ArrayRecord(state)`, byte for byte, copying each tensor once (`np.save` writes to a buffer in
-    chunks, which Flower then copies out)."""
-    record = ArrayRecord()
-    for key, tensor in state.items():
-        values = tensor.detach().cpu().numpy()
-        if values.flags.c_contiguous:
-            data = b"".join((_npy_header(values.dtype, values.shape), values.data))
-            record[key] = Array(dtype=str(values.dtype), shape=values.shape, stype=SType.NUMPY, data=data)
-        else:
-            record[key] = Array(values)
-    return record
 
 
 def _received(msg: Message) -> tuple[dict[str, torch.Tensor], ConfigRecord]:

@@ -23,6 +23,7 @@ from flwr.serverapp.strategy import Strategy
 from fedlayer import protocol
 from fedlayer.checkpoints import save_checkpoint
 from fedlayer.config import Config
+from fedlayer.records import tensors, values
 from fedlayer.results import NUM_PREDICTIONS, PERPLEXITY, TASK, RunDirectory, perplexity
 from fedlayer.task import dataset_for, global_test_set, subsample
 from fedlayer.task_kinds import task_of_labels
@@ -36,9 +37,9 @@ OnRoundEnd = Callable[[int, Metrics], None]
 OnAnalysis = Callable[[int, pd.DataFrame, pd.DataFrame], None]
 
 
-def reply_state(reply: Message) -> dict[str, torch.Tensor]:
-    arrays = next(iter(reply.content.array_records.values()))
-    return arrays.to_torch_state_dict()
+def reply_arrays(reply: Message) -> ArrayRecord:
+    """The model a client replied with: its only ArrayRecord."""
+    return next(iter(reply.content.array_records.values()))
 
 
 def reply_metrics(reply: Message) -> MetricRecord:
@@ -130,7 +131,9 @@ class RoundRecorder:
         self.device = device
         self.eval_model = copy.deepcopy(model).to(self.device)
         self.failures: dict[tuple[int, str], list[dict]] = {}  # (round, split) -> rows of failed clients
-        self.client_states: dict[str, dict[str, torch.Tensor]] = {}
+        self._global_arrays = ArrayRecord()  # the global model of the last training round
+        self._client_arrays: dict[str, ArrayRecord] = {}  # client -> its reply's arrays, last training round
+        self._client_states: dict[str, dict[str, torch.Tensor]] | None = None  # decoded from them when asked
         self.client_keys: set[str] = set()
         self.traffic: dict[int, Traffic] = {}  # node id -> this round's training bytes (from `on_traffic`)
         # tables kept whole by the strategy and rewritten each round
@@ -145,12 +148,26 @@ class RoundRecorder:
     # -- hooks ---------------------------------------------------------------------------------------
     def on_train(self, server_round: int, replies: Sequence[Message], global_arrays: ArrayRecord) -> None:
         """Every valid training reply, sorted by partition, before the strategy aggregates it."""
-        base = global_arrays.to_torch_state_dict()
-        sent = {client_label(r): reply_state(r) for r in replies}
-        self.client_keys = set.intersection(*(set(s) for s in sent.values())) if sent else set()
-        self.client_states = {client: {**base, **state} for client, state in sent.items()}
+        self._global_arrays = global_arrays
+        self._client_arrays = {client_label(r): reply_arrays(r) for r in replies}
+        self._client_states = None
+        sent = [set(arrays.keys()) for arrays in self._client_arrays.values()]
+        self.client_keys = set.intersection(*sent) if sent else set()
         traffic, self.traffic = self.traffic, {}
         self._add_metrics(server_round, replies, "train", protocol.TRAIN_LOSS, protocol.TRAIN_ACCURACY, traffic)
+
+    @property
+    def client_states(self) -> dict[str, dict[str, torch.Tensor]]:
+        """Each client's model of the last training round, by client: the arrays it replied with over the
+        global model it started from (the keys it kept). Decoded when first asked for: a round itself needs
+        at most their personal layers (`_save_checkpoints`), and decoding 50 replies costs more than the
+        rest of the recording."""
+        if self._client_states is None:
+            base = _decoded(self._global_arrays)
+            self._client_states = {
+                client: {**base, **_decoded(arrays)} for client, arrays in self._client_arrays.items()
+            }
+        return self._client_states
 
     def on_traffic(self, server_round: int, traffic: Mapping[int, Traffic]) -> None:
         """This round's training bytes per node (from `strategies.Observed`), for the train rows of metrics.parquet."""
@@ -175,7 +192,7 @@ class RoundRecorder:
         The tables are written first, then `on_commit` (the run's round checkpoint, whose state.json
         is the commit), then `on_round_end` (progress).
         """
-        self.eval_model.load_state_dict(arrays.to_torch_state_dict(), strict=True)
+        self.eval_model.load_state_dict(tensors(arrays), strict=True)  # views: load_state_dict copies
         metrics = evaluate(self.eval_model, *self.test_set, device=self.device)
         row = self._row(server_round, "global", "test", metrics.loss, metrics.accuracy, metrics.num_examples, None)
         self.run_dir.add("metrics", pd.DataFrame([row]))
@@ -251,10 +268,15 @@ class RoundRecorder:
     def _save_checkpoints(self, arrays: ArrayRecord) -> None:
         """The global model, and each client's personal layers as far as the server has seen them."""
         folder = self.run_dir.checkpoints
-        save_checkpoint(arrays.to_torch_state_dict(), folder / "global.safetensors")
-        personal = set(self.strategy.personal_keys) & self.client_keys
-        for client, state in self.client_states.items():
-            if personal:
-                save_checkpoint(
-                    {k: state[k] for k in sorted(personal)}, folder / f"client-{client}-personal.safetensors"
-                )
+        save_checkpoint(tensors(arrays), folder / "global.safetensors")  # views: save_checkpoint copies
+        personal = sorted(set(self.strategy.personal_keys) & self.client_keys)  # in every reply
+        if not personal:
+            return
+        for client, record in self._client_arrays.items():
+            state = tensors(record)
+            save_checkpoint({k: state[k] for k in personal}, folder / f"client-{client}-personal.safetensors")
+
+
+def _decoded(record: ArrayRecord) -> dict[str, torch.Tensor]:
+    """`record.to_torch_state_dict()`: fresh, writable tensors (`fedlayer.records.values`, one copy each)."""
+    return {key: torch.from_numpy(values(array)) for key, array in record.items()}

@@ -27,6 +27,7 @@ from flwr.serverapp.strategy import Strategy
 
 from fedlayer.errors import ConfigError
 from fedlayer.layers import keys_of
+from fedlayer.records import values
 from strategies.layerwise import LayerSelective, LayerSource
 from strategies.sampling import client_label
 
@@ -115,7 +116,7 @@ class BarrierAware(LayerSelective):
 
     def _choose(self, server_round: int, replies: list[Message], received: list[ArrayRecord]) -> list[str]:
         states = {
-            client_label(reply): {key: record[key].numpy() for key in self.model_keys}
+            client_label(reply): {key: values(record[key]) for key in self.model_keys}
             for reply, record in zip(replies, received, strict=True)
         }
         barriers = self.measure(server_round, states)

@@ -33,6 +33,7 @@ from flwr.serverapp.strategy import Strategy
 
 from fedlayer import protocol
 from fedlayer.errors import ConfigError, RunError, listed
+from fedlayer.records import view
 from strategies.sampling import SeededGrid, client_label, error_summary, split_replies
 from strategies.wrapper import StrategyWrapper
 
@@ -196,7 +197,7 @@ class Guarded(StrategyWrapper):
             problems.append(f"dtype mismatch {listed(dtypes)}")
         if problems:
             return "; ".join(problems)
-        not_finite = [k for k in sorted(keys) if not _finite(arrays[k].numpy())]
+        not_finite = [k for k in sorted(keys) if not _finite(view(arrays[k]))]
         return f"non-finite values (NaN or inf) in {listed(not_finite)}" if not_finite else None
 
 

@@ -56,6 +56,7 @@ from torch import nn
 from fedlayer import protocol
 from fedlayer.errors import ConfigError, RunError, choices_message, listed
 from fedlayer.layers import LAYER_UNITS, Layer, keys_of, model_layers, select_layers
+from fedlayer.records import DecodedArray, plain, values
 from strategies.sampling import SeededGrid, client_label, split_replies
 from strategies.wrapper import StrategyWrapper
 
@@ -92,18 +93,19 @@ def layers_of(source: LayerSource, unit: str = "module") -> list[Layer]:
 def cast_like(array: Array, like: Array) -> Array:
     """`array` with the dtype of `like`; integers (num_batches_tracked) are rounded, not truncated."""
     if array.dtype == like.dtype:
-        return array
-    values, dtype = array.numpy(), np.dtype(like.dtype)
+        return plain(array)
+    decoded, dtype = values(array), np.dtype(like.dtype)
     if dtype.kind in "iub":
-        values = np.rint(values)
-    return Array(np.asarray(values, dtype=dtype))  # np.asarray keeps 0-d arrays 0-d
+        decoded = np.rint(decoded)
+    return Array(np.asarray(decoded, dtype=dtype))  # np.asarray keeps 0-d arrays 0-d
 
 
-def subset(record: ArrayRecord, keys: Iterable[str]) -> ArrayRecord:
-    """A new ArrayRecord holding (not copying) the given keys of `record`, in that order."""
+def subset(record: ArrayRecord, keys: Iterable[str], *, decoded: bool = False) -> ArrayRecord:
+    """A new ArrayRecord holding (not copying) the given keys of `record`, in that order; with `decoded`, as
+    `fedlayer.records.DecodedArray`s (the same bytes; `numpy()` gives what Flower's gives, faster)."""
     out = ArrayRecord()
     for key in keys:
-        out[key] = record[key]
+        out[key] = DecodedArray.of(record[key]) if decoded else record[key]
     return out
 
 
@@ -393,8 +395,8 @@ class LayerSelective(StrategyWrapper):
         chosen = self._choose(server_round, valid, received)
         wrapped = self._wrapped_keys()
         if wrapped:
-            restricted = [
-                with_record(m, n or protocol.ARRAYS, subset(r, wrapped))
+            restricted = [  # decoded: Flower's averaging decodes every reply's every array
+                with_record(m, n or protocol.ARRAYS, subset(r, wrapped, decoded=True))
                 for m, n, r in zip(valid, names, received, strict=True)
             ]
             aggregated, metrics = self.strategy.aggregate_train(server_round, restricted)
@@ -474,8 +476,8 @@ class LayerSelective(StrategyWrapper):
         weighted = all(isinstance(m.get(self._weight_key), int | float) for m in metrics)
         weights = [float(cast(float, m[self._weight_key])) if weighted else 1.0 for m in metrics]
         records = [
-            RecordDict({protocol.ARRAYS: subset(record, keys), protocol.METRICS: MetricRecord({"weight": weight})})
-            for record, weight in zip(received, weights, strict=True)
+            RecordDict({protocol.ARRAYS: subset(r, keys, decoded=True), protocol.METRICS: MetricRecord({"weight": w})})
+            for r, w in zip(received, weights, strict=True)
         ]
         return aggregate_arrayrecords(records, "weight")
 

@@ -20,7 +20,7 @@ from collections.abc import Iterable, Mapping
 from logging import INFO, WARNING
 from typing import cast
 
-from flwr.app import Message, MessageType, RecordDict
+from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 from flwr.common import log
 from flwr.serverapp import Grid
 from flwr.superlink.grid import InMemoryGrid
@@ -37,8 +37,8 @@ _EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*: \S.*$", re.MULTILINE)  # "Runti
 
 def partition_of(reply: Message) -> int | None:
     """The partition id a reply names under its `CLIENT` ConfigRecord, or None."""
-    record = reply.content.config_records.get(protocol.CLIENT)
-    if record is None or protocol.PARTITION_ID not in record:
+    record = reply.content.get(protocol.CLIENT)  # not `.config_records`: Flower builds that dict anew each time
+    if not isinstance(record, ConfigRecord) or protocol.PARTITION_ID not in record:
         return None
     return int(cast(int, record[protocol.PARTITION_ID]))
 
