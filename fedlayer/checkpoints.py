@@ -137,8 +137,9 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         If the path is missing, a folder without weights, a file of pickled objects that
         weights_only refuses, not a state dict, or not a valid file of its format.
     """
-    if isinstance(path, str) and path.startswith(HF_PREFIX):
-        return _read_folder(_cached_hub_folder(path[len(HF_PREFIX) :]))
+    hub = hub_checkpoint(path) if isinstance(path, str) else None
+    if hub is not None:
+        return _read_folder(_cached_hub_folder(*hub))
     path = Path(path)
     if path.is_dir():
         return _read_folder(path)
@@ -152,10 +153,18 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{exc}; a checkpoint is {FORMATS}") from exc
 
 
+def hub_checkpoint(source: str) -> tuple[str, str] | None:
+    """(model id, revision or "") of a checkpoint named "hf:ID" or "hf:ID@REVISION"; None for a path."""
+    if not source.startswith(HF_PREFIX):
+        return None
+    repo, _, revision = source[len(HF_PREFIX) :].partition("@")
+    return repo, revision
+
+
 def absolute_checkpoint(source: str) -> str:
     """A checkpoint named by its absolute path ("hf:" names in the cache as they are): the same checkpoint from
     any working directory."""
-    return source if source.startswith(HF_PREFIX) else str(Path(source).expanduser().resolve())
+    return source if hub_checkpoint(source) is not None else str(Path(source).expanduser().resolve())
 
 
 def fit_state(model: nn.Module, state: Mapping[str, torch.Tensor], *, what: str = "state") -> dict[str, torch.Tensor]:
@@ -255,15 +264,15 @@ def _dotted_prefixes(key: str) -> list[str]:
     return [".".join(parts[: i + 1]) + "." for i in range(len(parts))]
 
 
-def _cached_hub_folder(name: str) -> Path:
-    """The local Hugging Face cache's folder of model "ID" or "ID@REVISION" (a branch, tag or commit)."""
+def _cached_hub_folder(repo: str, revision: str) -> Path:
+    """The local Hugging Face cache's folder of model `repo` at `revision` (a branch, tag or commit; "" = main)."""
     from huggingface_hub import snapshot_download
     from huggingface_hub.constants import HF_HUB_CACHE
 
-    repo, _, revision = name.partition("@")
     try:
         return Path(snapshot_download(repo, revision=revision or None, local_files_only=True))
     except Exception as exc:  # huggingface_hub raises several kinds for "not in the cache"
+        name = repo + (f"@{revision}" if revision else "")
         raise CheckpointError(
             f"checkpoint hf:{name}: not in the Hugging Face cache ({HF_HUB_CACHE}): {one_line(exc)}; fedlayer "
             f"does not download models: fetch it once with `hf download {repo}"

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from fedlayer.data.specs import HF_PREFIX
+from fedlayer.checkpoints import hub_checkpoint
 from fedlayer.errors import ModelError, listed
 from fedlayer.model_fit import FittedModel, fit_input
 from fedlayer.task_kinds import CLASSIFICATION, LANGUAGE
@@ -94,8 +94,9 @@ def hf_checkpoint_state(model: nn.Module, source: str) -> dict[str, torch.Tensor
         return None
     if not isinstance(model, PreTrainedModel):
         return None
-    if source.startswith(HF_PREFIX):
-        name, _, revision = source[len(HF_PREFIX) :].partition("@")
+    hub = hub_checkpoint(source)
+    if hub is not None:
+        name, revision = hub
     elif (Path(source).expanduser() / "config.json").is_file():
         name, revision = str(Path(source).expanduser()), ""
     else:
