@@ -23,7 +23,7 @@ from flwr.serverapp.strategy import Strategy
 from fedlayer import protocol
 from fedlayer.checkpoints import save_checkpoint
 from fedlayer.config import Config
-from fedlayer.records import tensors, values
+from fedlayer.records import Decoded, tensors
 from fedlayer.results import NUM_PREDICTIONS, PERPLEXITY, TASK, RunDirectory, perplexity
 from fedlayer.task import dataset_for, global_test_set, subsample
 from fedlayer.task_kinds import task_of_labels
@@ -133,7 +133,7 @@ class RoundRecorder:
         self.failures: dict[tuple[int, str], list[dict]] = {}  # (round, split) -> rows of failed clients
         self._global_arrays = ArrayRecord()  # the global model of the last training round
         self._client_arrays: dict[str, ArrayRecord] = {}  # client -> its reply's arrays, last training round
-        self._client_states: dict[str, dict[str, torch.Tensor]] | None = None  # decoded from them when asked
+        self._client_states: dict[str, Decoded] | None = None  # decoded from them when asked
         self.client_keys: set[str] = set()
         self.traffic: dict[int, Traffic] = {}  # node id -> this round's training bytes (from `on_traffic`)
         # tables kept whole by the strategy and rewritten each round
@@ -157,16 +157,14 @@ class RoundRecorder:
         self._add_metrics(server_round, replies, "train", protocol.TRAIN_LOSS, protocol.TRAIN_ACCURACY, traffic)
 
     @property
-    def client_states(self) -> dict[str, dict[str, torch.Tensor]]:
+    def client_states(self) -> dict[str, Decoded]:
         """Each client's model of the last training round, by client: the arrays it replied with over the
         global model it started from (the keys it kept). Decoded when first asked for: a round itself needs
         at most their personal layers (`_save_checkpoints`), and decoding 50 replies costs more than the
         rest of the recording."""
         if self._client_states is None:
-            base = _decoded(self._global_arrays)
-            self._client_states = {
-                client: {**base, **_decoded(arrays)} for client, arrays in self._client_arrays.items()
-            }
+            base = Decoded(self._global_arrays)
+            self._client_states = {client: Decoded(arrays, base) for client, arrays in self._client_arrays.items()}
         return self._client_states
 
     def on_traffic(self, server_round: int, traffic: Mapping[int, Traffic]) -> None:
@@ -275,8 +273,3 @@ class RoundRecorder:
         for client, record in self._client_arrays.items():
             state = tensors(record)
             save_checkpoint({k: state[k] for k in personal}, folder / f"client-{client}-personal.safetensors")
-
-
-def _decoded(record: ArrayRecord) -> dict[str, torch.Tensor]:
-    """`record.to_torch_state_dict()`: fresh, writable tensors (`fedlayer.records.values`, one copy each)."""
-    return {key: torch.from_numpy(values(array)) for key, array in record.items()}

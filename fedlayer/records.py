@@ -12,7 +12,8 @@ header, Fortran order, another serialisation type) takes Flower's own path.
 - `view(array)`: a read-only view of the Array's bytes (no copy), for code that only reads;
 - `tensors(record)`: `record.to_torch_state_dict()` as read-only views, for `load_state_dict` to copy;
 - `array_record(state)`: `ArrayRecord(state)`, the same bytes, with one copy per tensor;
-- `DecodedArray`: an Array whose `numpy()` is `values`, for a strategy that decodes every reply.
+- `DecodedArray`: an Array whose `numpy()` is `values`, for a strategy that decodes every reply;
+- `Decoded(record, base)`: a state dict over `base` whose tensors are decoded when first read.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import functools
 import io
 import math
 import warnings
+from collections.abc import Iterator, Mapping
 
 import numpy as np
 import torch
@@ -105,3 +107,34 @@ def plain(array: Array) -> Array:
     if isinstance(array, DecodedArray):
         return Array(dtype=array.dtype, shape=tuple(array.shape), stype=array.stype, data=array.data)
     return array
+
+
+class Decoded(Mapping[str, torch.Tensor]):
+    """A state dict of an ArrayRecord's arrays over a `base` state dict (`{**base, **arrays}`), each tensor
+    decoded when first read, as `ArrayRecord.to_torch_state_dict()` does (`values`).
+
+    A round's measurement reads the models of the few clients its pairs name: decoding all the replies
+    (50 in a cross-device round) up front would cost more than the rest of the bookkeeping.
+    """
+
+    def __init__(self, arrays: ArrayRecord, base: Mapping[str, torch.Tensor] | None = None) -> None:
+        self._arrays = arrays
+        self._base: Mapping[str, torch.Tensor] = base if base is not None else {}
+        self._keys = [*self._base.keys(), *(key for key in arrays.keys() if key not in self._base)]
+        self._decoded: dict[str, torch.Tensor] = {}
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        if key not in self._arrays:
+            return self._base[key]
+        if key not in self._decoded:
+            self._decoded[key] = torch.from_numpy(values(self._arrays[key]))
+        return self._decoded[key]
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._arrays or key in self._base
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._keys)
+
+    def __len__(self) -> int:
+        return len(self._keys)

@@ -103,9 +103,12 @@ class FederatedRun:
         self.console = console
         self.partitions = partitions_for(cfg)  # loads the dataset: a missing one fails here
         self.model = new_model(cfg)
-        if cfg.federation.init == "checkpoints":  # a missing or misfit checkpoint fails now, not at first contact
-            for partition in range(cfg.federation.clients):
-                client_initial_state(cfg, partition, self.model)
+        # init = "checkpoints": each read once, now (a missing or misfit one fails before anything is created)
+        self.checkpoint_starts = (
+            {p: client_initial_state(cfg, p, self.model) for p in range(cfg.federation.clients)}
+            if cfg.federation.init == "checkpoints"
+            else {}
+        )
         self.layers = model_layers(self.model, cfg.analysis.layer_unit)  # the unit of the selectors and groups
         device = default_device()  # the server's GPU, if it has one, evaluates and analyses
         self.strategy = self._build_strategy()
@@ -190,6 +193,8 @@ class FederatedRun:
 
     def _client_init(self, partition: int) -> dict[str, torch.Tensor]:
         """Where client `partition` starts (`federation.init`: its own initialisation or checkpoint)."""
+        if partition in self.checkpoint_starts:
+            return self.checkpoint_starts[partition]
         return client_initial_state(self.cfg, partition, self.model)
 
     def main(self, grid: Grid, context: Context) -> None:

@@ -18,7 +18,7 @@ work on the folder, during the run too. The measurement is the barrier engine's
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +35,7 @@ from fedlayer.analysis import EvalInput, pairwise_curves, resolve_groups
 from fedlayer.errors import ConfigError
 from fedlayer.layers import model_layers
 from fedlayer.protocol import AGGREGATE_LABEL
-from fedlayer.records import values
+from fedlayer.records import Decoded
 from fedlayer.results import ANALYSIS_TABLES, TASK, PartTable, read_optional
 from fedlayer.task_kinds import task_of_labels
 from strategies.sampling import client_label, split_replies
@@ -305,34 +305,3 @@ class BarrierAnalysis(StrategyWrapper):
 def _reply_arrays(reply: Message) -> ArrayRecord:
     """The model a client replied with (its only ArrayRecord; none: an empty one)."""
     return next(iter(reply.content.array_records.values()), ArrayRecord())
-
-
-class Decoded(Mapping[str, torch.Tensor]):
-    """A state dict of an ArrayRecord's arrays over a `base` state dict (`{**base, **arrays}`), each tensor
-    decoded when first read, as `ArrayRecord.to_torch_state_dict()` does (`fedlayer.records.values`).
-
-    A round's measurement reads the models of the few clients its pairs name: decoding all the replies
-    (50 in a cross-device round) up front would cost more than the rest of the bookkeeping.
-    """
-
-    def __init__(self, arrays: ArrayRecord, base: Mapping[str, torch.Tensor] | None = None) -> None:
-        self._arrays = arrays
-        self._base: Mapping[str, torch.Tensor] = base if base is not None else {}
-        self._keys = [*self._base.keys(), *(key for key in arrays.keys() if key not in self._base)]
-        self._decoded: dict[str, torch.Tensor] = {}
-
-    def __getitem__(self, key: str) -> torch.Tensor:
-        if key not in self._arrays:
-            return self._base[key]
-        if key not in self._decoded:
-            self._decoded[key] = torch.from_numpy(values(self._arrays[key]))
-        return self._decoded[key]
-
-    def __contains__(self, key: object) -> bool:
-        return key in self._arrays or key in self._base
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._keys)
-
-    def __len__(self) -> int:
-        return len(self._keys)
