@@ -74,7 +74,7 @@ def test_bench_simulation_summary_uses_rounds_after_the_first_and_the_mean_basel
     assert m.analysis_share == pytest.approx(statistics.median([1.5 / 7.5, 1.0 / 8.0, 1.5 / 8.0]))
 
 
-def test_bench_simulation_plain_side_trains_and_evaluates_the_clients_fedlayer_samples(tmp_path):
+def test_bench_simulation_plain_side_does_the_work_of_a_fedlayer_run(tmp_path):
     cfg = load_config(
         None,
         ["data.dataset=digits", "model.name=mlp", "federation.clients=10", "federation.fraction=0.3",
@@ -89,8 +89,13 @@ def test_bench_simulation_plain_side_trains_and_evaluates_the_clients_fedlayer_s
         rows = metrics[(metrics["split"] == split) & (metrics["round"] > 0)]
         return sorted((int(r), int(c)) for r, c in zip(rows["round"], rows["client"], strict=True))
 
-    trained = sorted(plain_pytorch(cfg, rounds=3, workers=1).trained)
+    plain = plain_pytorch(cfg, rounds=3, workers=1)
+    trained = sorted(plain.trained)
     assert trained == worked("train") == worked("local-test")
+    # the same clients, trained alike and averaged alike: the same global model (up to summation order)
+    glob = metrics[(metrics["client"] == "global") & (metrics["round"] > 0)].sort_values("round")
+    assert [m.loss for m in plain.global_test] == pytest.approx(list(glob["loss"]), rel=1e-4)
+    assert [m.accuracy for m in plain.global_test] == pytest.approx(list(glob["accuracy"]), abs=1e-9)
     samples = [frozenset(c for r, c in trained if r == server_round) for server_round in (1, 2, 3)]
     assert [len(s) for s in samples] == [3, 3, 3] and len(set(samples)) > 1  # a sample, drawn anew each round
 

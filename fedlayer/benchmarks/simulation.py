@@ -31,6 +31,8 @@ from fedlayer.errors import ConfigError
 if TYPE_CHECKING:  # torch, the task and training are imported where they run: `fedlayer --help` stays fast
     import torch
 
+    from fedlayer.training import Metrics
+
 TARGET_RATIO = 1.15
 TARGET_ANALYSIS_SHARE = 0.20
 
@@ -65,7 +67,13 @@ def _init_worker(cfg: Config) -> None:
 
 
 def _client_round(job: tuple[dict[str, torch.Tensor], int, int]):
-    """One client's round: load the global state, train, evaluate locally; return its partition, state and weight."""
+    """One client's round: load the global state, train, evaluate locally; return its partition, a copy of its
+    trained state, and its weight.
+
+    The copy is what a real client sends. Without it torch's pickling would move the worker's own parameters
+    into shared memory and hand the server views of them: every state a worker returns in a round would then
+    be its last client's, the average would be wrong, and the baseline would skip the cost of the transfer.
+    """
     from fedlayer.task import client_data, train_settings
     from fedlayer.training import evaluate, seed_everything, train_local
 
@@ -80,7 +88,7 @@ def _client_round(job: tuple[dict[str, torch.Tensor], int, int]):
         model, data.train_x, data.train_y, settings, head_params=_WORKER.head_params, generator=generator
     )
     evaluate(model, data.test_x, data.test_y)
-    return pid, model.state_dict(), trained.num_examples
+    return pid, {key: value.clone() for key, value in model.state_dict().items()}, trained.num_examples
 
 
 def check_comparable(cfg: Config) -> None:
@@ -125,11 +133,13 @@ def sampler(cfg: Config) -> Callable[[int], list[int]]:
 
 @dataclass(frozen=True)
 class PlainRun:
-    """The plain side's start-up seconds, seconds per round, and the (round, partition) it trained, in order."""
+    """The plain side's start-up seconds, seconds per round, the (round, partition) it trained, in order, and
+    the global model's test metrics after each round (which a real run's must match: the same work)."""
 
     startup: float
     seconds: list[float]
     trained: list[tuple[int, int]]
+    global_test: list[Metrics]
 
 
 def plain_pytorch(cfg: Config, rounds: int, workers: int) -> PlainRun:
@@ -147,7 +157,7 @@ def plain_pytorch(cfg: Config, rounds: int, workers: int) -> PlainRun:
         test_x, test_y = global_test_set(cfg)
         evaluate(model, test_x, test_y)
         startup = time.perf_counter() - started
-        times = []
+        times, global_test = [], []
         for server_round in range(1, rounds + 1):
             t0 = time.perf_counter()
             state = model.state_dict()
@@ -157,10 +167,10 @@ def plain_pytorch(cfg: Config, rounds: int, workers: int) -> PlainRun:
             model.load_state_dict(
                 {k: sum(s[k] * (n / total) for _, s, n in results).to(v.dtype) for k, v in state.items()}
             )
-            evaluate(model, test_x, test_y)
+            global_test.append(evaluate(model, test_x, test_y))
             times.append(time.perf_counter() - t0)
             trained.extend((server_round, pid) for pid, _, _ in results)
-    return PlainRun(startup, times, trained)
+    return PlainRun(startup, times, trained, global_test)
 
 
 def _noop(_):
