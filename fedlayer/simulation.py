@@ -16,7 +16,7 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -30,9 +30,8 @@ from fedlayer.results import RunDirectory
 from fedlayer.runlock import claim
 
 if TYPE_CHECKING:
-    from flwr.app import Context, Message
+    from flwr.app import Context
     from flwr.clientapp import ClientApp
-    from flwr.server.superlink.linkstate.in_memory_linkstate import InMemoryLinkState
     from flwr.serverapp import Grid
 
     from fedlayer.server_app import FederatedRun
@@ -40,8 +39,7 @@ if TYPE_CHECKING:
 ServerMain = Callable[["Grid", "Context"], None]  # what a ServerApp's @main() function is
 
 RAY_CONNECT_TIMEOUT_S = 10.0
-DISPATCH_POLL_S = 0.01  # how often the simulation runtime looks for new messages to its clients (Flower: 0.1 s)
-SWEEP_S = 0.1  # how often it checks the messages already delivered for expiry (Flower: every cycle of 0.1 s)
+WORKER_SETUP_HOOK = "fedlayer.ray_transport.install_in_worker"
 QUIET_ENV = {
     "FLWR_TELEMETRY_ENABLED": "0",
     "FLWR_DISABLE_UPDATE_CHECK": "1",
@@ -128,7 +126,7 @@ def ray_init_args(cfg: Config, verbose: bool) -> dict:
     An empty `simulation.ray_address` means a fresh Ray instance on this machine, always ("local"):
     never a cluster that Ray's own files or RAY_ADDRESS name (which may have died long ago). The
     workers get the driver's `sys.path` (as Flower gives them), so a user's strategy or model file
-    imports there too.
+    imports there too, and send their ArrayRecords out of band (`fedlayer.ray_transport`).
     """
     pythonpath = os.pathsep.join([*sys.path, *filter(None, [os.environ.get("PYTHONPATH")])])
     return {
@@ -136,7 +134,7 @@ def ray_init_args(cfg: Config, verbose: bool) -> dict:
         "include_dashboard": False,
         "logging_level": "INFO" if verbose else "ERROR",
         "log_to_driver": verbose,
-        "runtime_env": {"env_vars": {"PYTHONPATH": pythonpath}},
+        "runtime_env": {"env_vars": {"PYTHONPATH": pythonpath}, "worker_process_setup_hook": WORKER_SETUP_HOOK},
     }
 
 
@@ -265,7 +263,9 @@ def simulate(main: ServerMain, client_app: ClientApp, cfg: Config, *, verbose: b
     from flwr.serverapp import ServerApp
     from flwr.simulation import run_simulation as flower_run_simulation
 
+    from fedlayer.flower_runtime import pipelined_actors, prompt_dispatch
     from fedlayer.interrupt import Interruptible
+    from fedlayer.ray_transport import shared_arrays
 
     check_ray_address(cfg.simulation.ray_address)
     server = Interruptible(main)
@@ -273,7 +273,15 @@ def simulate(main: ServerMain, client_app: ClientApp, cfg: Config, *, verbose: b
     server_app.main()(server.serve)
     if cfg.simulation.keep_freed_memory:
         keep_freed_memory()  # before Ray starts: its worker processes inherit the settings
-    with quiet_logs(verbose), _environment(CLIENT_ENV), started_ray(cfg, verbose), server.signals(), prompt_dispatch():
+    with (
+        quiet_logs(verbose),
+        _environment(CLIENT_ENV),
+        started_ray(cfg, verbose),
+        server.signals(),
+        prompt_dispatch(),
+        pipelined_actors(),
+        shared_arrays(),
+    ):
         flower_run_simulation(
             server_app=server_app,
             client_app=client_app,
@@ -281,66 +289,3 @@ def simulate(main: ServerMain, client_app: ClientApp, cfg: Config, *, verbose: b
             backend_config=backend_config(cfg),
             verbose_logging=verbose,
         )
-
-
-@contextlib.contextmanager
-def prompt_dispatch() -> Iterator[None]:
-    """Flower's simulation runtime, handing its messages to the clients as Flower does, at a fraction of the cost.
-
-    Flower's runtime (`flwr.server.superlink.fleet.vce.vce_api.run_api`) has a thread that, every 0.1 s, asks its
-    link state for the next message of every node in turn (`get_message_ins(node, limit=1)`), and each such
-    question checks every message in the state (`_check_stored_messages`: a lock and a clock reading each) until
-    it finds the node's. With 1,000 nodes and a round's 50 messages in flight that is 50,000 checks a cycle, a
-    quarter of a second of CPU on an idle core: the thread never rests while clients train, and takes a core
-    (and the GIL) from them; the 1,000 queries that find the partitions at the start take minutes. Here the
-    thread makes one pass over the messages a cycle (`_dispatch_cycle`), hands out the same messages in the
-    same order, and looks every `DISPATCH_POLL_S` seconds. A link state other than Flower's in-memory one is
-    served by Flower's own loop.
-    """
-    from flwr.server.superlink.fleet.vce import vce_api
-    from flwr.server.superlink.linkstate.in_memory_linkstate import InMemoryLinkState
-
-    original = vce_api.add_messages_to_queue
-
-    def add_messages_to_queue(state, queue, nodes_mapping, f_stop: threading.Event) -> None:
-        if not isinstance(state, InMemoryLinkState):
-            original(state, queue, nodes_mapping, f_stop)
-            return
-        swept = 0.0
-        while not f_stop.is_set():
-            sweep = time.monotonic() - swept >= SWEEP_S
-            swept = time.monotonic() if sweep else swept
-            for message in _dispatch_cycle(state, nodes_mapping, sweep=sweep):
-                queue.put(message)
-            f_stop.wait(DISPATCH_POLL_S)
-
-    vce_api.add_messages_to_queue = add_messages_to_queue
-    try:
-        yield
-    finally:
-        vce_api.add_messages_to_queue = original
-
-
-def _dispatch_cycle(state: InMemoryLinkState, nodes: Mapping[int, int], *, sweep: bool) -> list[Message]:
-    """One cycle of Flower's `add_messages_to_queue`: for each node of `nodes` in order, its first undelivered
-    message (in the state's order) that passes Flower's check (`_check_stored_messages` deletes an expired
-    one), marked delivered. Flower checks every message it passes on its way; here an undelivered message is
-    checked every cycle, a delivered one (which only its expiry can remove) on a `sweep` (every `SWEEP_S`)."""
-    from flwr.supercore.date import now
-
-    first: dict[int, Message] = {}
-    with state.lock:
-        for message_id, message in list(state.message_ins_store.items()):
-            metadata = message.metadata
-            if metadata.delivered_at and not sweep:
-                continue
-            state._check_stored_messages({message_id})
-            if metadata.delivered_at or message_id not in state.message_ins_store:
-                continue
-            if metadata.dst_node_id in nodes and metadata.dst_node_id not in first:
-                first[metadata.dst_node_id] = message
-        if first:
-            delivered_at = now().isoformat()
-            for message in first.values():
-                message.metadata.delivered_at = delivered_at
-    return [first[node] for node in nodes if node in first] if first else []

@@ -68,6 +68,7 @@ def test_bench_simulation_summary_uses_rounds_after_the_first_and_the_mean_basel
         analysis=[1.0, 1.5, 1.0, 1.5],
         plain_before=[8.0, 6.0, 5.0, 6.0],
         plain_after=[9.0, 5.0, 6.0, 6.0],
+        accuracy=(0.5, 0.5),
     )
     assert m.plain == [8.5, 5.5, 5.5, 6.0]
     assert m.ratio == pytest.approx(6.5 / 5.5)
@@ -122,4 +123,5 @@ def test_bench_simulation_command_prints_the_table_and_both_targets(capsys):
     printed = " ".join(capsys.readouterr().out.split())  # rich wraps long lines
     assert "start-up" in printed and "plain before" in printed
     assert "steady-state round" in printed and "(target <= 1.15x)" in printed
+    assert "the same work: global test accuracy after round 2" in printed
     assert "per-round barrier analysis" in printed and "(target <= 20%)" in printed

@@ -24,8 +24,8 @@ from flwr.superlink.grid.inmemory_grid import InMemoryGrid
 from inprocess_grid import InProcessGrid, ProtocolClient, digits, tiny_net
 
 from fedlayer import simulation
+from fedlayer.flower_runtime import _dispatch_cycle, prompt_dispatch
 from fedlayer.interrupt import POLL_S, SIMULATION_POLL_S, StoppableGrid
-from fedlayer.simulation import _dispatch_cycle, prompt_dispatch
 
 NODES = 200
 
