@@ -96,15 +96,13 @@ class _Received:
 
     def get(self, stored: list[Any]) -> list[bytes]:
         keys = [reference.binary() for reference in stored]
-        missing = [reference for reference, key in zip(stored, keys, strict=True) if key not in self._data]
+        missing = [(reference, key) for reference, key in zip(stored, keys, strict=True) if key not in self._data]
         if missing:
             import ray
 
-            fetched = ray.get(missing)
-            self._data.update(
-                (reference.binary(), bytes(view)) for reference, view in zip(missing, fetched, strict=True)
-            )
-        data = [self._data[key] for key in keys]
+            fetched = ray.get([reference for reference, _ in missing])
+            self._data.update((key, bytes(view)) for (_, key), view in zip(missing, fetched, strict=True))
+        data = [self._data[key] for key in keys]  # a key twice where a record ties two names to one array
         self._data = dict(zip(keys, data, strict=True))
         return data
 
@@ -125,12 +123,11 @@ def _reduce_record(record: ArrayRecord) -> tuple:
     """Pickle an ArrayRecord as its arrays' metadata and out-of-band bytes (or, in the driver, references)."""
     items, stored = [], []
     for key, array in record.items():
-        data: Any = pickle.PickleBuffer(array.data)
-        if _sharing is not None and len(array.data) >= SHARE_MIN_BYTES:
-            reference = _sharing.reference(array)
-            if reference is not None:
-                stored.append(reference)
-                data = None
+        large = len(array.data) >= SHARE_MIN_BYTES
+        reference = _sharing.reference(array) if _sharing is not None and large else None
+        if reference is not None:
+            stored.append(reference)
+        data = None if reference is not None else pickle.PickleBuffer(array.data)
         items.append((key, array.dtype, tuple(array.shape), array.stype, data))
     return _rebuild_record, (items, stored)
 
